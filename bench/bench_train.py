@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""Training speed on the same images: (a) the seed article's loop in plain PyTorch, (b) covid_fastai, (c) the bare ResNet50 floor.
+
+    python bench/bench_train.py [--size 256] [--bs 8] [--epochs 2] [--repeats 2] [--workers N] [--big]
+
+Each method trains `--repeats` times from scratch for `--epochs` epochs; the methods take turns (a, b, c, a, b, c...)
+so that a slow spell of the machine does not fall on one method only. The first epoch of every run is warm-up and is
+left out; the figure is the median of the other epochs. See bench/README.md for what each number means.
+"""
+from __future__ import annotations
+import argparse, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch, torchvision
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from covid_fastai.data import CLASSES
+from _common import quiet, balanced, machine_info, print_block, stats, md_table, fmt
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+METHODS = {'a': 'plain PyTorch (seed loop)', 'b': 'covid_fastai', 'c': 'floor: model step on tensors in memory'}
+
+
+# ---------------------------------------------------------------- (a) the seed article's loop, in plain PyTorch
+class SeedDataset(Dataset):
+    "The seed's Dataset: PIL opens each file and converts it to RGB, torchvision's transforms resize and augment."
+    def __init__(self, paths, labels, size:int):
+        self.paths, self.labels = list(paths), list(labels)
+        self.tfms = T.Compose([T.Resize((size, size)), T.RandomHorizontalFlip(), T.RandomRotation(10),
+                               T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    def __len__(self): return len(self.paths)
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as im: return self.tfms(im.convert('RGB')), self.labels[i]
+
+
+def seed_model()->nn.Module:
+    "torchvision's ResNet50 without pretrained weights, its `fc` replaced by a 2-class linear layer."
+    m = torchvision.models.resnet50(weights=None)
+    m.fc = nn.Linear(2048, 2)
+    return m
+
+
+def train_step(model, opt, x, y, clip:float=0.1):
+    "One optimiser step: cross entropy on the logits, backward, clip each gradient element, step."
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    nn.utils.clip_grad_value_(model.parameters(), clip)
+    opt.step()
+
+
+def run_seed(rows, cfg)->list[tuple[float, int]]:
+    "Train the seed model for `cfg.epochs` epochs, training only; (seconds, images) of each epoch."
+    labels = [CLASSES.index(t) for t in rows.target]
+    dl = DataLoader(SeedDataset(rows.path, labels, cfg.size), batch_size=cfg.bs, shuffle=True,
+                    num_workers=cfg.workers, drop_last=True)   # drop_last: the same batches as fastai's training loader
+    model = seed_model()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=len(dl))
+    out = []
+    for _ in range(cfg.epochs):
+        model.train()
+        t0, n = time.perf_counter(), 0
+        for x, y in dl:
+            train_step(model, opt, x, y)
+            sched.step()
+            n += len(y)
+        out.append((time.perf_counter() - t0, n))
+    return out
+
+
+# ---------------------------------------------------------------- (b) covid_fastai
+def make_timer():
+    "A fastai callback that times each epoch's training phase (before_train to after_train) and its whole epoch."
+    from fastai.callback.core import Callback
+    from fastai.torch_core import find_bs
+
+    class TrainPhaseTimer(Callback):
+        "Seconds and images of each training phase (validation left out), and seconds of each whole epoch."
+        def before_fit(self): self.train, self.whole = [], []
+        def before_epoch(self): self.t_epoch = time.perf_counter()
+        def before_train(self): self.t0, self.n = time.perf_counter(), 0
+        def after_batch(self):
+            if self.training: self.n += find_bs(self.yb)
+        def after_train(self): self.train.append((time.perf_counter() - self.t0, self.n))
+        def after_epoch(self): self.whole.append(time.perf_counter() - self.t_epoch)
+    return TrainPhaseTimer()
+
+
+def run_fastai(dls, cfg, valid_seconds:list)->list[tuple[float, int]]:
+    "Train covid_learner (resnet50, random weights, body unfrozen) with fit_one_cycle; (seconds, images) of each training phase."
+    from covid_fastai.learner import covid_learner
+    timer = make_timer()
+    learn = covid_learner(dls, arch='resnet50', pretrained=False, cbs=[timer])
+    learn.unfreeze()
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(cfg.epochs, cfg.lr)
+    valid_seconds += [w - t for w, (t, _) in zip(timer.whole, timer.train)]
+    return timer.train
+
+
+# ---------------------------------------------------------------- (c) the floor
+def premade_batches(dls)->list[tuple[torch.Tensor, torch.Tensor]]:
+    "One epoch of covid_fastai's training batches, decoded and augmented once, kept in memory as plain tensors."
+    return [(x.as_subclass(torch.Tensor).clone(), y.as_subclass(torch.Tensor).clone()) for x, y in dls.train]
+
+
+def run_floor(dls, batches, cfg)->list[tuple[float, int]]:
+    "Forward, backward and Adam step of covid_fastai's model on `batches`, nothing else; (seconds, images) of each pass."
+    from covid_fastai.learner import covid_learner
+    model = covid_learner(dls, arch='resnet50', pretrained=False).model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    out = []
+    for _ in range(cfg.epochs):
+        t0 = time.perf_counter()
+        for x, y in batches: train_step(model, opt, x, y)
+        out.append((time.perf_counter() - t0, sum(len(y) for _, y in batches)))
+    return out
+
+
+# ---------------------------------------------------------------- --big: radiograph-sized copies
+def enlarge(src:str, dest_dir:Path, side:int)->str:
+    "Save a copy of image `src` in `dest_dir` resized (bicubic) so that its long side is `side` pixels; its path."
+    dest = dest_dir/Path(src).name
+    with Image.open(src) as im:
+        im.load()
+        w, h = im.size
+        big = im.resize((round(w*side/max(w, h)), round(h*side/max(w, h))), Image.BICUBIC)
+        big.save(dest, quality=90) if dest.suffix.lower() in ('.jpg', '.jpeg') else big.save(dest)
+    return str(dest)
+
+
+def enlarge_rows(rows, dest_dir:Path, side:int, workers:int=2):
+    "`rows` with `path` pointing at enlarged copies written into `dest_dir`."
+    with ThreadPoolExecutor(workers) as pool:
+        paths = list(pool.map(lambda p: enlarge(p, dest_dir, side), rows.path))
+    return rows.assign(path=paths)
+
+
+# ---------------------------------------------------------------- the benchmark
+def setup(cfg, tmp:Path):
+    "The balanced rows (enlarged with --big), covid_fastai's DataLoaders on them, and the pre-made batches for the floor."
+    from covid_fastai.datablock import covid_dataloaders
+    rows = balanced(cfg.data)
+    if cfg.big:
+        t0 = time.perf_counter()
+        rows = enlarge_rows(rows, tmp, cfg.big_side)
+        print(f"--big: wrote {len(rows)} copies with a {cfg.big_side} px long side to {tmp} in {time.perf_counter()-t0:.0f} s")
+    dls = covid_dataloaders(rows, bs=cfg.bs, size=cfg.size, num_workers=cfg.workers, device=torch.device('cpu'), seed=cfg.seed)
+    return dls, premade_batches(dls)
+
+
+def run_all(cfg, dls, batches)->tuple[dict, list]:
+    "Every method `cfg.repeats` times, taking turns; the (seconds, images) of each epoch, grouped by method and run."
+    from fastai.torch_core import set_seed
+    train_rows = dls.train_ds.items   # (a) trains on exactly the rows of fastai's training split
+    results, valid_seconds = {m: [] for m in cfg.methods}, []
+    for r in range(cfg.repeats):
+        for m in cfg.methods:
+            set_seed(cfg.seed + r)
+            t0 = time.perf_counter()
+            if m == 'a': epochs = run_seed(train_rows, cfg)
+            elif m == 'b': epochs = run_fastai(dls, cfg, valid_seconds)
+            else: epochs = run_floor(dls, batches, cfg)
+            results[m].append(epochs)
+            print(f"run {r+1}/{cfg.repeats} {METHODS[m]}: " + ', '.join(f"{s:.1f}s" for s, _ in epochs)
+                  + f" (total {time.perf_counter()-t0:.0f} s)", flush=True)
+    return results, valid_seconds
+
+
+def summarise(results:dict)->dict:
+    "Per method: warm-up seconds, statistics of the timed epochs (warm-up left out), images per epoch and images/s."
+    out = {}
+    for m, runs in results.items():
+        timed = [s for run in runs for s, _ in run[1:]]
+        images = runs[0][0][1]
+        st = stats(timed)
+        out[m] = {**st, 'warmup': stats([run[0][0] for run in runs])['median'], 'images': images,
+                  'ips': images / st['median']}
+    return out
+
+
+def report(cfg, summary:dict, valid_seconds:list, n_rows:int, info:dict):
+    "Print settings, machine, a plain summary and the Markdown table with the ratios."
+    print_block('Settings', {'images (balanced selection)': n_rows, 'image source': f"enlarged to {cfg.big_side} px (--big)" if cfg.big
+                             else 'shared copy (long side <= 1024 px)', 'size': cfg.size, 'batch size': cfg.bs,
+                             'num_workers': cfg.workers, 'epochs per run': cfg.epochs, 'runs per method': cfg.repeats,
+                             'peak lr': cfg.lr, 'timed epochs per method': (cfg.epochs - 1) * cfg.repeats})
+    print_block('Machine', info)
+    if valid_seconds:
+        print(f"\ncovid_fastai validation per epoch (left out of its figure): median {stats(valid_seconds)['median']:.1f} s")
+    floor = summary.get('c')
+    rows = []
+    for m, s in summary.items():
+        rows.append([METHODS[m], fmt(s['median']), f"{fmt(s['min'])}–{fmt(s['max'])}", s['n'], fmt(s['warmup']),
+                     s['images'], fmt(s['ips']), fmt(s['median'] / floor['median']) if floor else 'n/a'])
+    print(f"\n### Training speed, ResNet50, {cfg.size} px, batch {cfg.bs}, {cfg.workers} workers"
+          f"{', ' + str(cfg.big_side) + ' px source images' if cfg.big else ''} ({info['cpu']}, {info['usable cores']} cores, "
+          f"torch {info['torch']}, {info['torch threads']} threads)\n")
+    print(md_table(['method', 's/epoch (median)', 'min–max', 'timed epochs', 'warm-up epoch s', 'images/epoch',
+                    'images/s', '× floor'], rows))
+    if 'a' in summary and 'b' in summary:
+        print(f"\nb/a (covid_fastai ÷ plain PyTorch, s/epoch): {summary['b']['median'] / summary['a']['median']:.2f}")
+    if 'b' in summary and floor:
+        print(f"b/c (covid_fastai ÷ floor, s/epoch): {summary['b']['median'] / floor['median']:.2f}")
+
+
+def parse(argv=None):
+    "The command-line settings."
+    from fastai.vision.all import defaults
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--data', help='dataset root (default: $COVID_FASTAI_DATA, then the usual places)')
+    p.add_argument('--size', type=int, default=256, help='image side (default 256)')
+    p.add_argument('--bs', type=int, default=8, help='batch size (default 8)')
+    p.add_argument('--epochs', type=int, default=2, help='epochs per run, the first one is warm-up (default 2)')
+    p.add_argument('--repeats', type=int, default=2, help='runs per method (default 2)')
+    p.add_argument('--workers', type=int, default=defaults.cpus, help=f"DataLoader processes (default fastai's: {defaults.cpus} here)")
+    p.add_argument('--lr', type=float, default=1e-2, help='peak learning rate (default 1e-2)')
+    p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--big', action='store_true', help='train on copies enlarged to radiograph size (see --big-side)')
+    p.add_argument('--big-side', type=int, default=2500, help='long side of the --big copies in pixels (default 2500)')
+    p.add_argument('--methods', default='abc', help='which of a (plain PyTorch), b (covid_fastai), c (floor) to run (default abc)')
+    cfg = p.parse_args(argv)
+    if cfg.epochs < 2: p.error('--epochs must be at least 2: the first epoch of each run is warm-up and is not timed')
+    cfg.methods = [m for m in 'abc' if m in cfg.methods]
+    return cfg
+
+
+def main(argv=None):
+    "Run the benchmark and print its tables."
+    quiet()
+    cfg = parse(argv)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix='covid_bench_') as tmp:
+        dls, batches = setup(cfg, Path(tmp))
+        n_rows = len(dls.train_ds) + len(dls.valid_ds)
+        print(f"{len(dls.train_ds)} training rows, {len(batches)} batches of {cfg.bs} per epoch; "
+              f"{len(dls.valid_ds)} validation rows (used by covid_fastai only, not timed)", flush=True)
+        results, valid_seconds = run_all(cfg, dls, batches)
+    report(cfg, summarise(results), valid_seconds, n_rows, machine_info())
+    print(f"\nTotal wall time: {time.perf_counter()-start:.0f} s")
+
+
+if __name__ == '__main__': main()

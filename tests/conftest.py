@@ -1,0 +1,59 @@
+"Shared fixtures: the real CoronaHack copy, and one small training run reused by the command-line tests."
+import os, subprocess, sys, warnings
+from pathlib import Path
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [str(Path(sys.executable).parent/'covid-fastai')]   # the installed console script itself
+
+
+@pytest.fixture(scope='session')
+def data_root():
+    "The dataset root: $COVID_FASTAI_DATA or the development copy beside the checkout; the tests need real images."
+    from covid_fastai.data import find_data_root
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO)
+        root = find_data_root()
+    finally: os.chdir(cwd)
+    os.environ['COVID_FASTAI_DATA'] = str(root)   # for the subprocesses
+    return root
+
+
+@pytest.fixture(scope='session')
+def images(data_root):
+    from covid_fastai.data import images_dir
+    return images_dir(data_root)
+
+
+@pytest.fixture(scope='session')
+def metadata(data_root):
+    from covid_fastai.data import read_metadata
+    return read_metadata(data_root)
+
+
+def run_cli(*args, check=True, **kw):
+    "Run `covid-fastai ARGS` in a fresh process; return the CompletedProcess."
+    res = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kw)
+    if check and res.returncode != 0: raise AssertionError(f"covid-fastai {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr}")
+    return res
+
+
+@pytest.fixture(scope='session')
+def small_run(data_root, tmp_path_factory):
+    "The issue's small run: ResNet50 at 64 px, one epoch frozen and one unfrozen, no pretrained weights."
+    out = tmp_path_factory.mktemp('run')/'small'
+    res = run_cli('train', '--data', data_root, '--out', out, '--size', 64, '--frozen-epochs', 1, '--unfrozen-epochs', 1,
+                  '--no-pretrained', '--num-workers', 0)
+    return out, res
+
+
+@pytest.fixture(scope='session')
+def unseen(data_root, metadata, small_run, tmp_path_factory):
+    "A CoronaHack-format CSV of TRAIN rows whose images the small run never used (Normal ones and other classes)."
+    import pandas as pd
+    used = set(pd.read_csv(small_run[0]/'split.csv').X_ray_image_name)
+    rows = metadata[(metadata.Dataset_type == 'TRAIN') & ~metadata.X_ray_image_name.isin(used)]
+    csv = tmp_path_factory.mktemp('unseen')/'unseen.csv'
+    rows.to_csv(csv, index=False)
+    return csv, rows
