@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine: `make run` (train on the data it finds) and `make test` (everything CI runs).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= runs/main
+ARGS   ?=
+
+.PHONY: setup run test export-check readme
+
+# The virtual environment, with the library editable and the dev tools; redone when the package description changes.
+$(BIN)/covid-fastai: settings.ini setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+setup: $(BIN)/covid-fastai
+
+# The default recipe (ResNet50, 256 px, 5 + 5 epochs) on the data that `find_data_root` finds. Without ImageNet
+# weights (exit code 3) it says so and trains from scratch rather than stopping.
+run: setup
+	@$(BIN)/covid-fastai train --out $(OUT) $(ARGS); rc=$$?; \
+	if [ $$rc -eq 3 ]; then \
+	  echo "make run: no ImageNet weights on this machine; training from scratch (--no-pretrained) instead"; \
+	  $(BIN)/covid-fastai train --out $(OUT) --no-pretrained $(ARGS); \
+	else exit $$rc; fi
+
+# The library must be exactly what the notebooks export.
+export-check: setup
+	$(BIN)/nbdev_export
+	@git diff --quiet -- covid_fastai || { git --no-pager diff --stat -- covid_fastai; \
+	  echo "nbdev_export changed covid_fastai/: edit the notebooks in nbs/, then export"; exit 1; }
+
+readme: setup
+	$(BIN)/python tools/readme.py
+
+test: export-check
+	$(BIN)/python tools/readme.py --check
+	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/pytest -q

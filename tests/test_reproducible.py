@@ -1,0 +1,17 @@
+"Same seed, same result: the rows, the split and, on the CPU, the validation metrics."
+import json
+import pandas as pd
+from covid_fastai.train import train
+
+SMALL = dict(arch='resnet18', size=32, frozen_epochs=1, unfrozen_epochs=1, pretrained=False, cpu=True, num_workers=0)
+
+
+def test_same_seed_same_split_and_metrics(data_root, tmp_path):
+    a = train(data_root, tmp_path/'a', **SMALL)
+    b = train(data_root, tmp_path/'b', **SMALL)
+    assert a == b
+    assert (tmp_path/'a'/'split.csv').read_text() == (tmp_path/'b'/'split.csv').read_text()
+    ha, hb = pd.read_csv(tmp_path/'a'/'history.csv'), pd.read_csv(tmp_path/'b'/'history.csv')
+    pd.testing.assert_frame_equal(ha, hb)
+    c = train(data_root, tmp_path/'c', **{**SMALL, 'seed': 7})
+    assert (tmp_path/'c'/'split.csv').read_text() != (tmp_path/'a'/'split.csv').read_text()
