@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_datablock.ipynb #7a0b4ae8
 from __future__ import annotations
-import warnings
+import re, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -54,7 +54,11 @@ def load_xray(fn:str|Path, # An image file
                 return to_rgb(ImageOps.exif_transpose(im))
     except UnreadableImageError: raise
     except FileNotFoundError: raise UnreadableImageError(f"{fn}: file not found (moved or deleted after it was listed)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:   # Pillow's own check, in `open`, came first
+        n = re.search(r'\((\d+) pixels\)', str(e))
+        raise UnreadableImageError(f"{fn}: {int(n[1]) if n else 'too many':,} pixels is over the limit of {max_pixels:,}; "
+                                   "shrink the image or raise max_pixels") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: not a readable image ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/02_datablock.ipynb #b4088f04

@@ -1,0 +1,216 @@
+"""Bad inputs, as hospital systems export them: each gets a clear outcome from train, evaluate and predict.
+
+The images are real: radiographs of the shared copy, re-saved or damaged in a temporary folder."""
+import json, shutil, struct, zlib
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
+from PIL import Image
+from hypothesis import given, settings, strategies as st, HealthCheck
+from conftest import run_cli
+from covid_fastai.core import *
+from covid_fastai.data import read_metadata, image_path, select_balanced, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
+from covid_fastai.datablock import load_xray
+
+
+def _png_header_only(path, w, h):
+    "A PNG that claims `w` x `h` pixels: the shape of a decompression bomb, without the gigabytes."
+    chunk = lambda kind, data: struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 0, 0, 0, 0))
+                     + chunk(b'IDAT', zlib.compress(b'\x00' * 16)) + chunk(b'IEND', b''))
+
+
+# name -> (how to make it from a real radiograph, readable?)
+def _make(kind, src, dest):
+    im = Image.open(src).convert('L')
+    if kind == 'zero_byte': dest.write_bytes(b'')
+    elif kind == 'truncated': dest.write_bytes(src.read_bytes()[:len(src.read_bytes())//3])
+    elif kind == 'text': dest.write_text('Patient export failed\n')
+    elif kind == 'bomb': _png_header_only(dest, 30000, 30000)
+    elif kind == 'grey16': Image.fromarray(np.asarray(im, dtype=np.uint16)*200 + 1000).save(dest, format='PNG')
+    elif kind == 'rgba': im.convert('RGBA').save(dest, format='PNG')
+    elif kind == 'palette': im.convert('P').save(dest, format='PNG')
+    elif kind == 'cmyk': im.convert('CMYK').save(dest, format='JPEG')
+    return dest
+
+BAD = {'zero_byte': 'a.jpeg', 'truncated': 'b.jpeg', 'text': 'c.jpeg', 'bomb': 'd.png'}
+ODD = {'grey16': 'e.png', 'rgba': 'f.png', 'palette': 'g.png', 'cmyk': 'h.jpeg'}
+
+
+@pytest.fixture(scope='module')
+def bad_root(data_root, images, tmp_path_factory):
+    "A dataset root in Kaggle layout: the balanced selection's real images, some Normal rows replaced by bad or odd files."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        rows = select_balanced(read_metadata(data_root), images)
+    root = tmp_path_factory.mktemp('bad')/'coronahack'
+    folder = root/IMAGES_SUBDIR/'train'; folder.mkdir(parents=True)
+    for p in rows.path: shutil.copy(p, folder)
+    normal = rows[rows.target == 'Normal'].X_ray_image_name.tolist()
+    meta = rows[COLUMNS].copy()
+    for (kind, name), old in zip({**BAD, **ODD}.items(), normal):
+        _make(kind, folder/old, folder/f'{kind}_{name}')
+        (folder/old).unlink()
+        meta.loc[meta.X_ray_image_name == old, 'X_ray_image_name'] = f'{kind}_{name}'
+    meta.to_csv(root/METADATA_CSV)
+    return root, folder
+
+
+@pytest.mark.parametrize('kind', list(BAD))
+def test_unreadable_images_raise_a_named_error(kind, bad_root):
+    f = bad_root[1]/f'{kind}_{BAD[kind]}'
+    with pytest.raises(UnreadableImageError, match=f.name): load_xray(f)
+
+
+def test_decompression_bomb_is_refused_before_decoding(bad_root, tmp_path):
+    with pytest.raises(UnreadableImageError, match=r'bomb_d.png: 900,000,000 pixels is over the limit of 50,000,000'):
+        load_xray(bad_root[1]/'bomb_d.png')
+    _png_header_only(tmp_path/'big.png', 8000, 8000)         # under Pillow's own limits, over covid_fastai's
+    with pytest.raises(UnreadableImageError, match=r'big.png: 8000 x 8000 pixels is over the limit of 50,000,000'):
+        load_xray(tmp_path/'big.png')
+
+
+@pytest.mark.parametrize('kind', list(ODD))
+def test_odd_modes_load_as_rgb(kind, bad_root):
+    im = load_xray(bad_root[1]/f'{kind}_{ODD[kind]}')
+    assert im.mode == 'RGB' and min(im.size) > 100
+    a = np.asarray(im)
+    assert a.std() > 20                            # a radiograph, not a white or black sheet
+
+
+def test_16bit_keeps_its_dynamic_range(bad_root, images):
+    a = np.asarray(load_xray(bad_root[1]/'grey16_e.png'))[..., 0].astype(float)
+    src = Image.open(bad_root[1]/'grey16_e.png'); raw = np.asarray(src, dtype=float)
+    assert src.mode.startswith('I') and raw.max() > 255       # really 16-bit
+    assert a.min() == 0 and a.max() == 255
+    assert np.corrcoef(a.ravel(), raw.ravel())[0, 1] > 0.999  # scaled, not clipped
+
+
+def test_file_that_disappears_after_listing(bad_root, tmp_path):
+    f = tmp_path/'gone.jpeg'; shutil.copy(next(bad_root[1].glob('*.jpeg')), f)
+    listed = [f]; f.unlink()
+    with pytest.raises(UnreadableImageError, match='moved or deleted'): load_xray(listed[0])
+
+
+@pytest.fixture(scope='module')
+def bad_run(bad_root, tmp_path_factory):
+    root, _ = bad_root
+    out = tmp_path_factory.mktemp('badrun')/'run'
+    res = run_cli('train', '--data', root, '--out', out, '--arch', 'resnet18', '--size', 32, '--frozen-epochs', 1,
+                  '--unfrozen-epochs', 0, '--no-pretrained', '--num-workers', 0)
+    return out, res
+
+
+def test_train_leaves_out_each_unreadable_file_with_its_reason(bad_run):
+    out, res = bad_run
+    assert '4 unreadable image(s) left out' in res.stderr
+    for kind, name in BAD.items(): assert f'{kind}_{name}' in res.stderr
+    split = pd.read_csv(out/'split.csv')
+    assert len(split) == 110 - 4
+    assert set(f'{k}_{n}' for k, n in ODD.items()) <= set(split.X_ray_image_name)   # odd modes train
+    assert (out/'model.json').is_file()
+
+
+def test_train_strict_stops_on_the_first_bad_file(bad_root, tmp_path):
+    res = run_cli('train', '--data', bad_root[0], '--out', tmp_path/'run', '--arch', 'resnet18', '--size', 32,
+                  '--no-pretrained', '--strict', check=False)
+    assert res.returncode == 2 and 'unreadable image' in res.stderr and 'Traceback' not in res.stderr
+    assert not (tmp_path/'run').exists()
+
+
+def test_evaluate_counts_unreadable_images(bad_run, bad_root, tmp_path):
+    root, folder = bad_root
+    res = run_cli('evaluate', '--model', bad_run[0], '--csv', root/METADATA_CSV, '--images', folder, '--out', tmp_path)
+    m = json.loads((tmp_path/'metrics.json').read_text())
+    assert m['left_out']['unreadable'] == 4 and m['n'] == 110 - 4
+    errors = pd.read_csv(tmp_path/'predictions.csv').dropna(subset=['error'])
+    assert sorted(errors.file.map(lambda f: f.split('/')[-1])) == sorted(f'{k}_{n}' for k, n in BAD.items())
+
+
+def test_predict_reports_each_bad_file_and_predicts_the_rest(bad_run, bad_root):
+    res = run_cli('predict', '--model', bad_run[0], bad_root[1], check=False)
+    assert res.returncode == 1
+    lines = dict(l.split('\t', 1) for l in res.stdout.strip().splitlines())
+    assert len(lines) == 110
+    for kind, name in BAD.items(): assert lines[str(bad_root[1]/f'{kind}_{name}')].startswith('ERROR\t')
+    for kind, name in ODD.items(): assert lines[str(bad_root[1]/f'{kind}_{name}')].split('\t')[0] in ('Normal', 'COVID-19')
+    assert '4 of 110 file(s) could not be read' in res.stderr
+
+
+# Bad tables
+
+def _root_with(tmp_path, meta, images=None):
+    root = tmp_path/'root'; (root/IMAGES_SUBDIR/'train').mkdir(parents=True, exist_ok=True)
+    meta.to_csv(root/METADATA_CSV, index=False)
+    return root
+
+
+@pytest.mark.parametrize('change, exc, words', [
+    (lambda m: m.drop(columns='Label_2_Virus_category'), MetadataError, ['lacks column(s) Label_2_Virus_category']),
+    (lambda m: m.assign(Label=['Covid'] + list(m.Label[1:])), MetadataError, ["column Label", "line 2 ('Covid')"]),
+    (lambda m: pd.concat([m, m.head(1)]), MetadataError, ['used twice', 'line 2']),
+    (lambda m: m.assign(Dataset_type='VALID'), MetadataError, ['column Dataset_type', 'VALID']),
+])
+def test_bad_tables_name_file_column_and_row(change, exc, words, metadata, tmp_path):
+    root = _root_with(tmp_path, change(metadata.head(20).reset_index(drop=True)))
+    with pytest.raises(exc) as e: read_metadata(root)
+    for w in [str(root/METADATA_CSV), *words]: assert w in str(e.value)
+    res = run_cli('summary', '--data', root, check=False)
+    assert res.returncode == 2 and 'Traceback' not in res.stderr and words[0] in res.stderr
+
+
+def test_missing_csv(tmp_path):
+    with pytest.raises(DataNotFoundError, match='kaggle datasets download'): read_metadata(tmp_path/'none.csv')
+
+
+def test_empty_selection_says_which_class(metadata, data_root, images, tmp_path):
+    no_covid = metadata[metadata.Label_2_Virus_category != 'COVID-19']
+    with pytest.raises(EmptySelectionError, match='No COVID-19 TRAIN rows'): select_balanced(no_covid, images)
+    root = _root_with(tmp_path, metadata)      # every row, but an empty image folder
+    res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--no-pretrained', check=False)
+    assert res.returncode == 2 and 'No COVID-19 TRAIN rows with an image file' in res.stderr
+
+
+@pytest.mark.parametrize('name', ['../secret.jpeg', '/etc/passwd', 'sub/../../x.png', '..'])
+def test_names_outside_the_folder_are_refused(name, metadata, images, tmp_path):
+    meta = metadata.copy(); meta.loc[meta.Label == 'Normal', 'X_ray_image_name'] = [name] + list(meta[meta.Label == 'Normal'].X_ray_image_name[1:])
+    root = _root_with(tmp_path, meta)
+    res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--no-pretrained', check=False)
+    assert res.returncode == 2 and 'would resolve outside' in res.stderr and repr(name) in res.stderr
+
+
+# Properties
+
+segment = st.sampled_from(['..', '.', 'a', 'b.jpeg', '', 'x..y', '...', ' '])
+
+@given(st.lists(segment, min_size=1, max_size=5), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_image_path_never_leaves_the_folder(parts, absolute):
+    folder = Path('/data/coronahack/train')   # need not exist: the rule is about names
+    name = ('/' if absolute else '') + '/'.join(parts)
+    try: p = image_path(folder, name)
+    except UnsafeImageNameError: return
+    assert not absolute and p.resolve().is_relative_to(folder.resolve()) and p.resolve() != folder.resolve()
+
+
+text = st.text(st.characters(codec='utf-8', exclude_categories=('Cs', 'Cc')), min_size=1, max_size=12).filter(lambda s: s.strip() == s and s)
+row = st.fixed_dictionaries({'X_ray_image_name': text, 'Label': st.sampled_from(['Normal', 'Pnemonia']),
+                             'Dataset_type': st.sampled_from(['TRAIN', 'TEST']),
+                             'Label_2_Virus_category': st.sampled_from([None, 'COVID-19', 'SARS']),
+                             'Label_1_Virus_category': st.sampled_from([None, 'Virus', 'bacteria'])})
+
+@given(rows=st.lists(row, min_size=1, max_size=20, unique_by=lambda r: (r['Dataset_type'], r['X_ray_image_name'])))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_valid_csvs_load_unchanged(rows, tmp_path):
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.to_csv(tmp_path/'m.csv')
+    got = read_metadata(tmp_path/'m.csv')
+    assert got.X_ray_image_name.tolist() == df.X_ray_image_name.tolist()
+    assert got.Label_2_Virus_category.isna().tolist() == df.Label_2_Virus_category.isna().tolist()
+
+
+@given(label=st.text(min_size=1, max_size=10).filter(lambda s: s.strip() not in ('Normal', 'Pnemonia') and s.strip() and ',' not in s and '"' not in s and '\n' not in s and '\r' not in s))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_unknown_labels_are_refused(label, tmp_path):
+    pd.DataFrame([{'X_ray_image_name': 'a.jpeg', 'Label': label, 'Dataset_type': 'TRAIN'}], columns=COLUMNS).to_csv(tmp_path/'m.csv')
+    with pytest.raises(MetadataError, match='column Label'): read_metadata(tmp_path/'m.csv')
