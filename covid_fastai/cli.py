@@ -51,7 +51,8 @@ def _train(a):
 # %% ../nbs/07_cli.ipynb #4cf58dac
 def _evaluate(a):
     from covid_fastai.train import evaluate
-    m = evaluate(a.model, data=a.data, csv=a.csv, images=a.images, out=a.out, trust_pickle=a.trust_pickle, cpu=a.cpu, bs=a.bs)
+    m = evaluate(a.model, data=a.data, csv=a.csv, images=a.images, out=a.out, trust_pickle=a.trust_pickle, cpu=a.cpu, bs=a.bs,
+                 cache=a.cache)
     _print_metrics(m)
     left = m['left_out']
     print(f"left out: {left.get('other_labels', 0)} rows of other classes, {left.get('missing_images', 0)} without image file, "
@@ -65,8 +66,10 @@ def _device(cpu):
 
 def _predict(a)->int:
     from covid_fastai.inference import load_model
+    from covid_fastai.datablock import DecodeCache
     files = _image_files(a.images)
-    preds = load_model(a.model, trust_pickle=a.trust_pickle, device=_device(a.cpu)).predict(files, bs=a.bs)
+    clf = load_model(a.model, trust_pickle=a.trust_pickle, device=_device(a.cpu), cache=DecodeCache() if a.cache else None)
+    preds = clf.predict(files, bs=a.bs)
     if a.json: print(json.dumps([{k: v for k, v in r.items() if not (k == 'error' and v is None)}
                                  for r in preds.astype(object).where(preds.notna(), None).to_dict('records')], indent=2))
     else:
@@ -95,6 +98,11 @@ def _add_train_args(p):
     p.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
     p.add_argument('--num-workers', type=int, default=None, help='data loader processes (default: one per core)')
     p.add_argument('--strict', action='store_true', help='stop on missing or unreadable images instead of leaving them out')
+    _add_cache_arg(p)
+
+def _add_cache_arg(p):
+    p.add_argument('--no-cache', dest='cache', action='store_false',
+                   help='decode every image every time, instead of keeping decoded images in $COVID_FASTAI_CACHE (~/.cache/covid_fastai)')
 
 # %% ../nbs/07_cli.ipynb #4496e2ad
 def _parser()->argparse.ArgumentParser:
@@ -124,6 +132,7 @@ def _parser()->argparse.ArgumentParser:
         c.add_argument('--trust-pickle', action='store_true', help='allow a pickled fastai export (it can run code: only files you trust)')
         c.add_argument('--cpu', action='store_true', help='predict on the CPU even if there is a GPU')
         c.add_argument('--bs', type=int, default=32, help='images per forward pass (default 32)')
+        _add_cache_arg(c)
     return p
 
 # %% ../nbs/07_cli.ipynb #7a4e4771

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_datablock.ipynb #7a0b4ae8
 from __future__ import annotations
-import re, warnings
+import os, re, hashlib, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -14,8 +14,8 @@ from .core import *
 from .data import CLASSES
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'to_rgb', 'load_xray', 'check_images', 'XRayImage', 'StratifiedSplitter', 'covid_augment',
-           'covid_datablock', 'covid_dataloaders']
+__all__ = ['MAX_PIXELS', 'CACHE_ENV', 'to_rgb', 'load_xray', 'default_cache_dir', 'DecodeCache', 'OpenXRay', 'check_images',
+           'StratifiedSplitter', 'covid_augment', 'covid_datablock', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -40,6 +40,7 @@ def to_rgb(im:Image.Image)->Image.Image:
 
 # %% ../nbs/02_datablock.ipynb #dc1607de
 def load_xray(fn:str|Path, # An image file
+              size:int|None=None, # Squish to `size` x `size` (bilinear); None keeps the image's own size
               max_pixels:int=MAX_PIXELS # Refuse images with more pixels than this, before decoding
              )->Image.Image:
     "Open `fn` as an RGB Pillow image; raise `UnreadableImageError` naming the file and the reason."
@@ -50,8 +51,9 @@ def load_xray(fn:str|Path, # An image file
                 w, h = im.size
                 if w*h > max_pixels: raise UnreadableImageError(
                     f"{fn}: {w} x {h} pixels is over the limit of {max_pixels:,}; shrink the image or raise max_pixels")
+                if size: im.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `size`
                 im.load()
-                return to_rgb(ImageOps.exif_transpose(im))
+                im = to_rgb(ImageOps.exif_transpose(im))
     except UnreadableImageError: raise
     except FileNotFoundError: raise UnreadableImageError(f"{fn}: file not found (moved or deleted after it was listed)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:   # Pillow's own check, in `open`, came first
@@ -60,15 +62,60 @@ def load_xray(fn:str|Path, # An image file
                                    "shrink the image or raise max_pixels") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: not a readable image ({type(e).__name__}: {e})") from None
+    return im if size is None else im.resize((size, size), Image.BILINEAR)
 
-# %% ../nbs/02_datablock.ipynb #b4088f04
+# %% ../nbs/02_datablock.ipynb #ee74c503
+CACHE_ENV = 'COVID_FASTAI_CACHE'
+_LOADER_VERSION = 1   # bump when `load_xray`'s output changes, to retire old cache entries
+
+def default_cache_dir()->Path:
+    "`$COVID_FASTAI_CACHE`, else `decoded/` in the user's cache folder."
+    if os.environ.get(CACHE_ENV): return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'covid_fastai'/'decoded'
+
+# %% ../nbs/02_datablock.ipynb #904e99d7
+class DecodeCache:
+    "Decoded and resized radiographs on disk, keyed by source file, its size and mtime, and the image size."
+    def __init__(self, folder:str|Path|None=None): self.folder = Path(folder or default_cache_dir())
+    def __repr__(self): return f"DecodeCache({self.folder})"
+
+    def entry(self, fn:str|Path, size:int)->Path:
+        "Where the decoded `fn` at `size` is kept."
+        try: st = os.stat(fn)
+        except FileNotFoundError: raise UnreadableImageError(f"{fn}: file not found (moved or deleted after it was listed)") from None
+        key = f"{Path(fn).resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{_LOADER_VERSION}"
+        return self.folder/f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
+    def load(self, fn:str|Path, size:int)->Image.Image:
+        "`load_xray(fn, size)`, from the cache when it is there, stored in it when not."
+        path = self.entry(fn, size)
+        try: return Image.fromarray(np.load(path))
+        except (OSError, ValueError): pass              # absent, or damaged: decode again
+        im = load_xray(fn, size)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path) as tmp:
+                with open(tmp, 'wb') as f: np.save(f, np.asarray(im))
+        except OSError: pass                            # a read-only cache only costs speed
+        return im
+
+# %% ../nbs/02_datablock.ipynb #7768c3ed
+class OpenXRay(Transform):
+    "Open an image file as a `size` x `size` RGB `PILImage`, through `cache` when given."
+    def __init__(self, size:int, cache:DecodeCache|None=None): store_attr()
+    def encodes(self, fn)->PILImage:
+        return PILImage(self.cache.load(fn, self.size) if self.cache else load_xray(fn, self.size))
+
+# %% ../nbs/02_datablock.ipynb #94cc8728
 def check_images(df:pd.DataFrame, # Rows with a `path` column
                  strict:bool=False, # Raise `UnreadableImageError` on the first bad file instead of leaving it out
+                 size:int|None=None, # Decode at this size (as training will), filling `cache`
+                 cache:DecodeCache|None=None, # Keep the decoded images here, so the first epoch reads them back
                  workers:int=4 # Threads that decode
                 )->pd.DataFrame:
     "`df` without the rows whose image cannot be decoded, with a warning that lists them and why."
     def _why(p):
-        try: load_xray(p); return None
+        try: (cache.load(p, size) if cache and size else load_xray(p, size)); return None
         except UnreadableImageError as e: return str(e)
     with ThreadPoolExecutor(workers) as pool:
         reasons = list(progress_bar(pool.map(_why, df.path), total=len(df), leave=False))
@@ -77,14 +124,7 @@ def check_images(df:pd.DataFrame, # Rows with a `path` column
     if bad: warnings.warn(f"{len(bad)} unreadable image(s) left out: " + '; '.join(bad), stacklevel=2)
     return df[[r is None for r in reasons]]
 
-# %% ../nbs/02_datablock.ipynb #f0be2c6a
-class XRayImage(PILImage):
-    "A `PILImage` that opens any radiograph with `load_xray`."
-    @classmethod
-    def create(cls, fn, **kwargs):
-        return cls(load_xray(fn)) if isinstance(fn, (str, Path)) else super().create(fn, **kwargs)
-
-# %% ../nbs/02_datablock.ipynb #7d66a07d
+# %% ../nbs/02_datablock.ipynb #ce65e5c2
 def StratifiedSplitter(valid_pct:float=0.1, # Fraction of each class for validation
                        seed:int|None=None, # Seed of the split
                        col:str='target' # Column with the class
@@ -101,7 +141,7 @@ def StratifiedSplitter(valid_pct:float=0.1, # Fraction of each class for validat
         return L(sorted(set(range(len(df))) - set(valid))), L(valid)
     return _inner
 
-# %% ../nbs/02_datablock.ipynb #5e70b289
+# %% ../nbs/02_datablock.ipynb #5f597af3
 def covid_augment(max_rotate:float=10., # Largest rotation, in degrees
                   max_zoom:float=1.1, # Largest zoom (1.0: none)
                   max_lighting:float=0.2, # Largest change of brightness and contrast (0: none)
@@ -111,20 +151,21 @@ def covid_augment(max_rotate:float=10., # Largest rotation, in degrees
                             max_lighting=max_lighting, max_warp=0., p_lighting=0.75 if max_lighting else 0.),
             Normalize.from_stats(*imagenet_stats)]
 
-# %% ../nbs/02_datablock.ipynb #8745b6a7
+# %% ../nbs/02_datablock.ipynb #78309857
 @delegates(covid_augment)
 def covid_datablock(size:int=256, # Side of the square images the model sees
                     valid_pct:float=0.1, # Fraction of each class for validation
                     seed:int=42, # Seed of the split
+                    cache:DecodeCache|None=None, # Where decoded images are kept; None decodes every time
                     **kwargs)->DataBlock:
     "A DataBlock for a DataFrame with `path` and `target` columns, as `select_balanced` makes."
-    return DataBlock(blocks=(ImageBlock(XRayImage), CategoryBlock(vocab=CLASSES, sort=False)),
+    return DataBlock(blocks=(TransformBlock(type_tfms=OpenXRay(size, cache), batch_tfms=IntToFloatTensor),
+                             CategoryBlock(vocab=CLASSES, sort=False)),
                      get_x=ColReader('path'), get_y=ColReader('target'),
                      splitter=StratifiedSplitter(valid_pct, seed),
-                     item_tfms=Resize(size, method=ResizeMethod.Squish),
                      batch_tfms=covid_augment(**kwargs))
 
-# %% ../nbs/02_datablock.ipynb #ce65e5c2
+# %% ../nbs/02_datablock.ipynb #0ee0eb5d
 @delegates(covid_datablock)
 def covid_dataloaders(df:pd.DataFrame, # Rows with `path` and `target`, from `select_balanced`
                       bs:int=8, # Batch size

@@ -109,7 +109,7 @@ def plot_predictions(paths, targets, probs, # Image files, their true class (1: 
     for ax in axs.flat: ax.axis('off')
     for ax, path, y, p in zip(axs.flat, paths[:n], targets[:n], probs[:n]):
         pred = int(p >= threshold)
-        ax.imshow(load_xray(path).convert('L').resize((224, 224)), cmap='gray')
+        ax.imshow(load_xray(path, size=224).convert('L'), cmap='gray')
         ax.set_title(f"true {CLASSES[int(y)]}\npred {CLASSES[pred]} (p={p:.2f})", fontsize=9,
                      color='black' if pred == int(y) else 'tab:red')
     fig.tight_layout()

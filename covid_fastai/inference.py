@@ -16,7 +16,7 @@ from fastai.vision.all import Learner, create_vision_model, imagenet_stats, load
 import covid_fastai
 from .core import *
 from .data import CLASSES
-from .datablock import load_xray
+from .datablock import OpenXRay, DecodeCache
 from .learner import arch_fn, ARCHS
 
 # %% auto #0
@@ -54,8 +54,9 @@ def save_model(learn:Learner, # A learner from `covid_learner`
 # %% ../nbs/05_inference.ipynb #15c84cce
 class CovidClassifier:
     "A trained COVID-19 vs Normal network with its preprocessing: predicts on image files in batches."
-    def __init__(self, model:torch.nn.Module, meta:dict, device:torch.device|None=None):
+    def __init__(self, model:torch.nn.Module, meta:dict, device:torch.device|None=None, cache:DecodeCache|None=None):
         self.meta, self.device = meta, device or get_device()
+        self.open = OpenXRay(meta['size'], cache)
         self.size, self.threshold, self.classes = meta['size'], meta['threshold'], meta['classes']
         self.model = model.to(self.device).eval()
         if self.device.type == 'cuda': self.model = self.model.to(memory_format=torch.channels_last)
@@ -67,7 +68,7 @@ class CovidClassifier:
 @patch
 def prepare(self:CovidClassifier, fn)->torch.Tensor:
     "The normalised input tensor of image file `fn`."
-    im = load_xray(fn).resize((self.size, self.size), Image.BILINEAR)
+    im = self.open(fn)
     x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.)
     return (x - self.mean) / self.std
 
@@ -125,7 +126,7 @@ def _read_meta(path:Path)->dict:
     return meta
 
 # %% ../nbs/05_inference.ipynb #eab0e22e
-def _load_safe(path:Path, device)->CovidClassifier:
+def _load_safe(path:Path, device, cache)->CovidClassifier:
     meta = _read_meta(path)
     weights = path.parent/meta['weights']
     if weights.parent != path.parent or not weights.is_file():
@@ -137,20 +138,21 @@ def _load_safe(path:Path, device)->CovidClassifier:
     model = create_vision_model(arch_fn(meta['arch']), len(meta['classes']), pretrained=False)
     try: model.load_state_dict(state)
     except RuntimeError as e: raise ModelFileError(f"{weights} does not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
-    return CovidClassifier(model, meta, device)
+    return CovidClassifier(model, meta, device, cache)
 
 # %% ../nbs/05_inference.ipynb #fbbc228e
-def _load_pickle(path:Path, device)->CovidClassifier:
+def _load_pickle(path:Path, device, cache)->CovidClassifier:
     learn = load_learner(path, cpu=True)
     resize = next(t for t in learn.dls.after_item.fs if type(t).__name__ == 'Resize')
     meta = {'format': 'fastai-pickle', 'arch': getattr(learn, 'arch_name', '?'), 'size': int(resize.size[0]),
             'classes': list(learn.dls.vocab), 'mean': list(imagenet_stats[0]), 'std': list(imagenet_stats[1]), 'threshold': 0.5}
-    return CovidClassifier(learn.model, meta, device)
+    return CovidClassifier(learn.model, meta, device, cache)
 
 # %% ../nbs/05_inference.ipynb #79370530
 def load_model(path:str|Path, # A run folder, its `model.json`, or a fastai `.pkl` export
                trust_pickle:bool=False, # Allow loading a pickle, which can run any code it holds
-               device:torch.device|None=None # Default: `get_device()`
+               device:torch.device|None=None, # Default: `get_device()`
+               cache:DecodeCache|None=None # Keep decoded images here; None decodes every time
               )->CovidClassifier:
     "Load a model saved by `save_model` (or, if trusted, a fastai export) for prediction."
     path = Path(path)
@@ -160,5 +162,5 @@ def load_model(path:str|Path, # A run folder, its `model.json`, or a fastai `.pk
         if not trust_pickle: raise ModelFileError(
             f"{path} is a pickle, and loading it can run any code it holds; pass --trust-pickle (trust_pickle=True) "
             "only if you trust where it comes from, or use the model.json + model.safetensors that train writes")
-        return _load_pickle(path, device)
-    return _load_safe(path, device)
+        return _load_pickle(path, device, cache)
+    return _load_safe(path, device, cache)

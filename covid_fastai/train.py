@@ -24,12 +24,14 @@ __all__ = ['balanced_rows', 'split_frame', 'save_evaluation', 'train', 'evaluate
 def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
                   ratio:float=1.0, # Normal rows per COVID-19 row
                   seed:int=42, # Seed of the sample
-                  strict:bool=False # Stop on missing or unreadable images instead of leaving them out
+                  strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
+                  size:int|None=None, # Decode at this size, as training will...
+                  cache:DecodeCache|None=None # ...and keep the decoded images here
                  )->pd.DataFrame:
     "The balanced selection of a dataset root, with only images that exist and decode."
     root = find_data_root(data)
     rows = select_balanced(read_metadata(root), images_dir(root), ratio=ratio, seed=seed, strict=strict)
-    return check_images(rows, strict=strict)
+    return check_images(rows, strict=strict, size=size, cache=cache)
 
 # %% ../nbs/06_train.ipynb #dae2b856
 def split_frame(dls)->pd.DataFrame:
@@ -70,13 +72,16 @@ def train(data:str|Path|None=None, # Dataset root; see `find_data_root`
           weights:str|Path|None=None, # Start from this checkpoint instead
           cpu:bool=False, # Train on the CPU even if there is a GPU
           num_workers:int|None=None, # Loader processes; default fastai's
-          strict:bool=False # Stop on missing or unreadable images instead of leaving them out
+          strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
+          cache:bool=True # Keep decoded images in the decode cache (`default_cache_dir()`)
          )->dict:
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out`."
     settings, start, out = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}, time.time(), Path(out)
-    rows = balanced_rows(data, ratio, seed, strict)
+    decoded = DecodeCache() if cache else None
+    rows = balanced_rows(data, ratio, seed, strict, size, decoded)
     set_seed(seed, reproducible=True)
-    dls = covid_dataloaders(rows, bs=bs, size=size, valid_pct=valid_pct, seed=seed, device=get_device(cpu), num_workers=num_workers)
+    dls = covid_dataloaders(rows, bs=bs, size=size, valid_pct=valid_pct, seed=seed, device=get_device(cpu),
+                            num_workers=num_workers, cache=decoded)
     learn = covid_learner(dls, arch, pretrained=pretrained, weights=weights, wd=wd, clip=clip)
     hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr)
     save_model(learn, out, size)
@@ -109,11 +114,12 @@ def evaluate(model:str|Path, # A run folder or its model.json
              out:str|Path|None=None, # Where to write metrics.json, predictions.csv and plots; None writes nothing
              trust_pickle:bool=False, # Allow a pickled fastai export
              cpu:bool=False, # Predict on the CPU even if there is a GPU
-             bs:int=32 # Images per forward pass
+             bs:int=32, # Images per forward pass
+             cache:bool=True # Use the decode cache
             )->dict:
     "Metrics of `model` on its validation images or on `csv`, with counts of the rows left out."
     if csv is not None and images is None: raise CovidFastaiError("--csv needs --images DIR, the folder that holds its image files")
-    clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu))
+    clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
     if csv is not None: rows, left_out = select_labelled(read_metadata(csv), images)
     else: rows, left_out = _run_valid_rows(model, data)
     preds = clf.predict(rows.path, bs=bs).assign(target=rows.target.values)
