@@ -4,7 +4,8 @@
 
 # %% ../nbs/03_learner.ipynb #167769cd
 from __future__ import annotations
-import os, socket, urllib.error
+import os, random, socket, urllib.error
+import numpy as np
 from pathlib import Path
 from urllib.parse import urlparse
 import torch, torchvision
@@ -13,7 +14,8 @@ from .core import *
 
 # %% auto #0
 __all__ = ['ARCHS', 'arch_fn', 'imagenet_weights', 'cached_weights_path', 'pretrained_state', 'ClipGradValue', 'covid_metrics',
-           'load_body', 'covid_learner', 'History']
+           'load_body', 'covid_learner', 'History', 'rng_states', 'set_rng_states', 'EpochCheckpoint',
+           'load_checkpoint']
 
 # %% ../nbs/03_learner.ipynb #d3022367
 ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -118,15 +120,71 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
 class History(Callback):
     "Keep each epoch's losses and metrics, with the phase and learning rate, across fits, in `learn.history`."
     order = Recorder.order + 1
-    def __init__(self): self.rows, self.phase = [], 'fit'
+    def __init__(self): self.rows, self.phase, self.skipped = [], 'fit', False
+    def after_cancel_epoch(self): self.skipped = True   # an epoch skipped on resume leaves no row
     def after_epoch(self):
+        if self.skipped: self.skipped = False; return
         names = self.recorder.metric_names[1:-1]   # without 'epoch' and 'time'
         self.rows.append({'phase': self.phase, 'epoch': len(self.rows), **dict(zip(names, self.recorder.log[1:-1])),
                           'lr': self.opt.hypers[-1]['lr']})
     @property
     def frame(self)->pd.DataFrame: return pd.DataFrame(self.rows)
 
-# %% ../nbs/03_learner.ipynb #2d306d7e
+# %% ../nbs/03_learner.ipynb #b9731f9d
+def _plain(o):
+    "`o` with NumPy values turned into Python ones, so that `torch.load(weights_only=True)` accepts it."
+    if isinstance(o, dict): return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return type(o)(_plain(v) for v in o) if not isinstance(o, L) else [_plain(v) for v in o]
+    if isinstance(o, np.ndarray): return o.tolist()
+    if isinstance(o, np.generic): return o.item()
+    return o
+
+def rng_states(dl)->dict:
+    "The states of the random generators that training draws from."
+    return _plain({'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state(),
+                   'loader': dl.rng.getstate()})
+
+def set_rng_states(dl, states:dict):
+    "Put back what `rng_states` saved."
+    tup = lambda o: tuple(tup(v) for v in o) if isinstance(o, (list, tuple)) else o
+    random.setstate(tup(states['python'])); dl.rng.setstate(tup(states['loader']))
+    kind, keys, *rest = states['numpy']
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(states['torch'])
+
+# %% ../nbs/03_learner.ipynb #cc81c850
+class EpochCheckpoint(Callback):
+    "After each complete epoch, save what `fit_recipe(resume=...)` needs to go on, atomically, to `path`."
+    order = History.order + 1
+    def __init__(self, path:str|Path): self.path, self.skipped = Path(path), False
+    def after_cancel_epoch(self): self.skipped = True
+    def after_epoch(self):
+        if self.skipped: self.skipped = False; return
+        state = {'model': self.learn.model.state_dict(), 'opt': _plain(self.learn.opt.state_dict()),
+                 'phase': self.learn.history.phase, 'epoch': self.epoch + 1, 'history': _plain(self.learn.history.rows),
+                 'rng': rng_states(self.dls.train),
+                 'smooth_loss': {'count': self.recorder.smooth_loss.count, 'val': float(self.recorder.smooth_loss.val)}}
+        with atomic_write(self.path) as tmp: torch.save(state, tmp)
+
+# %% ../nbs/03_learner.ipynb #0cafb03c
+class _Restore(Callback):
+    "Put the random generators (and, mid-phase, the smoothed loss) back before the first epoch a resumed run trains."
+    order = 71   # after fastai's SkipToEpoch (70), so skipped epochs do not get here
+    def __init__(self, state, epoch): self.state, self.start = state, epoch
+    def before_epoch(self):
+        if self.epoch != self.start: return
+        set_rng_states(self.dls.train, self.state['rng'])
+        if self.start:   # a new phase starts a new fit, and fastai resets the smoothed loss then anyway
+            sl = self.state['smooth_loss']
+            self.recorder.smooth_loss.count, self.recorder.smooth_loss.val = sl['count'], torch.tensor(sl['val'])
+
+def load_checkpoint(path:str|Path)->dict:
+    "A checkpoint written by `EpochCheckpoint`, loaded without unpickling code."
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError: raise DataNotFoundError(f"No checkpoint at {path}: nothing to resume (the run finished, or never completed an epoch)") from None
+    except Exception as e: raise ModelFileError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+# %% ../nbs/03_learner.ipynb #7ac0450a
 @patch
 @delegates(Learner.fit_one_cycle)
 def fit_recipe(self:Learner,
@@ -134,13 +192,27 @@ def fit_recipe(self:Learner,
                unfrozen_epochs:int=5, # Epochs with everything trainable
                frozen_lr:float=1e-2, # Peak learning rate while frozen
                unfrozen_lr:float=1e-3, # Peak learning rate once unfrozen
+               checkpoint:str|Path|None=None, # Save each complete epoch here (see `EpochCheckpoint`)
+               resume:dict|None=None, # A checkpoint from `load_checkpoint`: go on from there
                **kwargs):
     "Freeze and `fit_one_cycle`, then unfreeze and `fit_one_cycle` again; the history is in `self.history`."
     if not hasattr(self, 'history'): self.add_cb(History())
-    for phase, epochs, lr, set_trainable in [('frozen', frozen_epochs, frozen_lr, self.freeze),
-                                             ('unfrozen', unfrozen_epochs, unfrozen_lr, self.unfreeze)]:
-        if not epochs: continue
-        set_trainable()
+    if checkpoint is not None and not hasattr(self, 'epoch_checkpoint'): self.add_cb(EpochCheckpoint(checkpoint))
+    phases = [('frozen', frozen_epochs, frozen_lr, self.freeze), ('unfrozen', unfrozen_epochs, unfrozen_lr, self.unfreeze)]
+    user_cbs, done = L(kwargs.pop('cbs', None)), {}
+    if resume is not None:
+        self.model.load_state_dict(resume['model'])
+        self.history.rows = list(resume['history'])
+        names = [p[0] for p in phases]
+        done = {**{n: e for n, e, *_ in phases[:names.index(resume['phase'])]}, resume['phase']: resume['epoch']}
+    for phase, epochs, lr, set_trainable in phases:
+        start = done.get(phase, 0)
+        if start >= epochs: continue
+        set_trainable()                    # fastai clears the optimizer's state here...
+        cbs = user_cbs
+        if resume is not None:
+            if start: self.opt.load_state_dict(resume['opt'])   # ...so a run resumed mid-phase loads it after
+            cbs, resume = cbs + _Restore(resume, start), None
         self.history.phase = phase
-        self.fit_one_cycle(epochs, lr, **kwargs)
+        self.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs, **kwargs)
     return self.history.frame
