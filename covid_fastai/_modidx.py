@@ -148,6 +148,7 @@ d = { 'settings': { 'branch': 'main',
                                     'covid_fastai.train._write_csv': ('train.html#_write_csv', 'covid_fastai/train.py'),
                                     'covid_fastai.train.balanced_rows': ('train.html#balanced_rows', 'covid_fastai/train.py'),
                                     'covid_fastai.train.evaluate': ('train.html#evaluate', 'covid_fastai/train.py'),
+                                    'covid_fastai.train.resume_training': ('train.html#resume_training', 'covid_fastai/train.py'),
                                     'covid_fastai.train.save_evaluation': ('train.html#save_evaluation', 'covid_fastai/train.py'),
                                     'covid_fastai.train.split_frame': ('train.html#split_frame', 'covid_fastai/train.py'),
                                     'covid_fastai.train.train': ('train.html#train', 'covid_fastai/train.py')}}}

@@ -40,9 +40,11 @@ def _print_metrics(m:dict):
 
 # %% ../nbs/07_cli.ipynb #8fe45461
 def _train(a):
-    from covid_fastai.train import train
-    kw = {k: getattr(a, k) for k in inspect.signature(train).parameters}
-    metrics = train(**kw)
+    from covid_fastai.train import train, resume_training
+    if a.resume:
+        a.out = a.resume
+        metrics = resume_training(a.resume)
+    else: metrics = train(**{k: getattr(a, k) for k in inspect.signature(train).parameters if k != 'resume'})
     print(f"Validation: ", end=''); _print_metrics(metrics)
     out = Path(a.out)
     print(f"Model: {out/'model.json'} (+ model.safetensors)\nMetrics: {out/'metrics.json'}\n"
@@ -88,7 +90,9 @@ def _train_defaults()->dict:
 def _add_train_args(p):
     d = _train_defaults()
     p.add_argument('--data', metavar='ROOT', help='dataset root (default: $COVID_FASTAI_DATA, then ../input/coronahack-chest-xraydataset)')
-    p.add_argument('--out', required=True, metavar='DIR', help='folder for the model, metrics.json, history and plots')
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument('--out', metavar='DIR', help='folder for the model, metrics.json, history and plots')
+    dest.add_argument('--resume', metavar='DIR', help="go on with the interrupted run in DIR, with its own settings")
     p.add_argument('--arch', default=d['arch'], choices=['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'])
     for name, typ in [('size', int), ('bs', int), ('frozen_epochs', int), ('unfrozen_epochs', int), ('frozen_lr', float),
                       ('unfrozen_lr', float), ('wd', float), ('clip', float), ('valid_pct', float), ('ratio', float), ('seed', int)]:
@@ -158,4 +162,6 @@ def main(argv:list[str]|None=None)->int:
     except OSError as e:
         print(f"covid-fastai: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt:
-        print("covid-fastai: interrupted; finished outputs are complete, unfinished ones were not written", file=sys.stderr); return 130
+        print("covid-fastai: interrupted; finished outputs are complete, unfinished ones were not written"
+              + (f"; go on with `covid-fastai train --resume {a.out}`" if a.command == 'train' and a.out else ''), file=sys.stderr)
+        return 130

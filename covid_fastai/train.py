@@ -18,7 +18,7 @@ from .evaluate import *
 from .inference import *
 
 # %% auto #0
-__all__ = ['balanced_rows', 'split_frame', 'save_evaluation', 'train', 'evaluate']
+__all__ = ['CHECKPOINT', 'balanced_rows', 'split_frame', 'save_evaluation', 'train', 'resume_training', 'evaluate']
 
 # %% ../nbs/06_train.ipynb #3b714932
 def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
@@ -40,6 +40,9 @@ def split_frame(dls)->pd.DataFrame:
                     )[['X_ray_image_name', 'target', 'split']]
 
 # %% ../nbs/06_train.ipynb #017d2d7c
+CHECKPOINT = 'checkpoint.pth'
+
+# %% ../nbs/06_train.ipynb #980d7cfa
 def _write_csv(df, path):
     with atomic_write(path) as tmp: df.to_csv(tmp, index=False)
 
@@ -55,7 +58,7 @@ def save_evaluation(out:Path, # Folder to write into
     save_figure(plot_predictions([paths[i] for i in order], [targets[i] for i in order], [probs[i] for i in order],
                                  metrics['threshold']), out/'plots'/'predictions.png')
 
-# %% ../nbs/06_train.ipynb #980d7cfa
+# %% ../nbs/06_train.ipynb #ad9fa1ea
 def train(data:str|Path|None=None, # Dataset root; see `find_data_root`
           out:str|Path='runs/latest', # Folder for the model, metrics and plots
           arch:str='resnet50', # One of `ARCHS`
@@ -73,17 +76,22 @@ def train(data:str|Path|None=None, # Dataset root; see `find_data_root`
           cpu:bool=False, # Train on the CPU even if there is a GPU
           num_workers:int|None=None, # Loader processes; default fastai's
           strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
-          cache:bool=True # Keep decoded images in the decode cache (`default_cache_dir()`)
+          cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
+          resume:dict|None=None # A checkpoint of this run to go on from; see `resume_training`
          )->dict:
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out`."
-    settings, start, out = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}, time.time(), Path(out)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
+    start, out = time.time(), Path(out)
+    write_json({'settings': settings, 'status': 'training'}, out/'run.json')   # what `resume_training` reads
     decoded = DecodeCache() if cache else None
     rows = balanced_rows(data, ratio, seed, strict, size, decoded)
     set_seed(seed, reproducible=True)
     dls = covid_dataloaders(rows, bs=bs, size=size, valid_pct=valid_pct, seed=seed, device=get_device(cpu),
                             num_workers=num_workers, cache=decoded)
-    learn = covid_learner(dls, arch, pretrained=pretrained, weights=weights, wd=wd, clip=clip)
-    hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr)
+    # a resumed run takes every weight from its checkpoint, so it needs no pretrained file
+    learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
+                          wd=wd, clip=clip)
+    hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT, resume=resume)
     save_model(learn, out, size)
     probs, targs = learn.get_preds(dl=dls.valid)
     probs, targs = probs[:, 1].tolist(), targs.tolist()
@@ -91,13 +99,24 @@ def train(data:str|Path|None=None, # Dataset root; see `find_data_root`
     save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs)
     _write_csv(hist, out/'history.csv'); _write_csv(split_frame(dls), out/'split.csv')
     save_figure(plot_history(hist), out/'plots'/'history.png')
-    write_json({'settings': settings, 'device': str(dls.device), 'pretrained': learn.pretrained,
+    write_json({'settings': settings, 'status': 'done', 'device': str(dls.device), 'pretrained': pretrained or weights is not None,
                 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds), 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/'run.json')
+    (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
     return metrics
 
-# %% ../nbs/06_train.ipynb #2af0f033
+# %% ../nbs/06_train.ipynb #4245d24f
+def resume_training(out:str|Path # The folder of the interrupted run
+                   )->dict:
+    "Finish the interrupted run in `out` from its last complete epoch, with its own settings."
+    out = Path(out)
+    try: settings = json.loads((out/'run.json').read_text())['settings']
+    except (OSError, ValueError, KeyError): raise DataNotFoundError(
+        f"{out/'run.json'} not found or unreadable: {out} is not the folder of a run that `covid-fastai train --out` started") from None
+    return train(**{**settings, 'out': out}, resume=load_checkpoint(out/CHECKPOINT))
+
+# %% ../nbs/06_train.ipynb #7872adc2
 def _run_valid_rows(model, data):
     split = Path(model)/'split.csv' if Path(model).is_dir() else Path(model).parent/'split.csv'
     if not split.is_file(): raise DataNotFoundError(f"{split} not found: evaluating on --data needs the run folder that train wrote; "
@@ -106,7 +125,7 @@ def _run_valid_rows(model, data):
     folder = images_dir(find_data_root(data))
     return add_paths(valid, folder), {'other_labels': 0}
 
-# %% ../nbs/06_train.ipynb #4245d24f
+# %% ../nbs/06_train.ipynb #4b15db81
 def evaluate(model:str|Path, # A run folder or its model.json
              data:str|Path|None=None, # Dataset root: evaluate on the run's validation images
              csv:str|Path|None=None, # Or: a CSV in CoronaHack's format...

@@ -1,0 +1,45 @@
+"Interrupted training: a real training process is stopped after an epoch, then resumed to the same result."
+import json, signal, subprocess, time
+import pandas as pd, pytest
+from conftest import CLI, run_cli
+
+SMALL = ['--arch', 'resnet18', '--size', 48, '--frozen-epochs', 2, '--unfrozen-epochs', 3, '--no-pretrained', '--num-workers', 0]
+
+
+def _interrupt_after_first_epoch(out, sig):
+    "Start training into `out` and send `sig` as soon as its first epoch checkpoint exists."
+    proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (out/'checkpoint.pth').exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp('whole')/'run'
+    run_cli('train', '--out', out, *SMALL)
+    return out
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGKILL])
+def test_resume_ends_where_an_uninterrupted_run_ends(sig, uninterrupted, data_root, tmp_path):
+    out = tmp_path/'run'
+    rc, err = _interrupt_after_first_epoch(out, sig)
+    assert rc != 0
+    if sig == signal.SIGINT: assert rc == 130 and f'covid-fastai train --resume {out}' in err and 'Traceback' not in err
+    assert not (out/'model.json').exists() and not (out/'metrics.json').exists()    # nothing half-done where finished files go
+    assert not list(out.glob('.*.tmp'))
+    res = run_cli('train', '--resume', out)
+    assert json.loads((out/'metrics.json').read_text()) == json.loads((uninterrupted/'metrics.json').read_text())
+    pd.testing.assert_frame_equal(pd.read_csv(out/'history.csv').drop(columns='lr'),
+                                  pd.read_csv(uninterrupted/'history.csv').drop(columns='lr'))
+    assert (out/'model.safetensors').read_bytes() == (uninterrupted/'model.safetensors').read_bytes()
+    assert not (out/'checkpoint.pth').exists() and json.loads((out/'run.json').read_text())['status'] == 'done'
+
+
+def test_resume_without_a_run_says_so(tmp_path):
+    res = run_cli('train', '--resume', tmp_path, check=False)
+    assert res.returncode == 2 and 'is not the folder of a run' in res.stderr
