@@ -45,7 +45,7 @@ def _train(a):
         a.out = a.resume
         metrics = resume_training(a.resume)
     else: metrics = train(**{k: getattr(a, k) for k in inspect.signature(train).parameters if k != 'resume'})
-    print(f"Validation: ", end=''); _print_metrics(metrics)
+    print("Validation: ", end=''); _print_metrics(metrics)
     out = Path(a.out)
     print(f"Model: {out/'model.json'} (+ model.safetensors)\nMetrics: {out/'metrics.json'}\n"
           f"History: {out/'history.csv'}\nPlots: {out/'plots'}")

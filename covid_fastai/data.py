@@ -8,7 +8,6 @@ import os, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
-from fastcore.basics import ifnone
 from .core import *
 
 # %% auto #0

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json, math
 from pathlib import Path
 import numpy as np, pandas as pd
-import matplotlib
 import matplotlib.pyplot as plt
 from sklearn.metrics import roc_auc_score, roc_curve
 from .core import *
-from .data import CLASSES, POSITIVE
+from .data import CLASSES
 from .datablock import load_xray
 
 # %% auto #0

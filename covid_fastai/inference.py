@@ -4,18 +4,16 @@
 
 # %% ../nbs/05_inference.ipynb #6c06f0e0
 from __future__ import annotations
-import json, hashlib, itertools
+import json, hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd, torch
-from PIL import Image
 from safetensors.torch import save_file, load_file
 from safetensors import SafetensorError
 from fastcore.basics import patch
 from fastai.vision.all import Learner, create_vision_model, imagenet_stats, load_learner
 import covid_fastai
 from .core import *
-from .data import CLASSES
 from .datablock import OpenXRay, DecodeCache
 from .learner import arch_fn, ARCHS
 

@@ -1,5 +1,5 @@
 "Shared fixtures: the real CoronaHack copy, and one small training run reused by the command-line tests."
-import os, subprocess, sys, warnings
+import os, subprocess, sys
 from pathlib import Path
 import pytest
 

@@ -120,7 +120,7 @@ def test_train_strict_stops_on_the_first_bad_file(bad_root, tmp_path):
 
 def test_evaluate_counts_unreadable_images(bad_run, bad_root, tmp_path):
     root, folder = bad_root
-    res = run_cli('evaluate', '--model', bad_run[0], '--csv', root/METADATA_CSV, '--images', folder, '--out', tmp_path)
+    run_cli('evaluate', '--model', bad_run[0], '--csv', root/METADATA_CSV, '--images', folder, '--out', tmp_path)
     m = json.loads((tmp_path/'metrics.json').read_text())
     assert m['left_out']['unreadable'] == 4 and m['n'] == 110 - 4
     errors = pd.read_csv(tmp_path/'predictions.csv').dropna(subset=['error'])

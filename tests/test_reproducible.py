@@ -1,5 +1,4 @@
 "Same seed, same result: the rows, the split and, on the CPU, the validation metrics."
-import json
 import pandas as pd
 from covid_fastai.train import train
 
@@ -13,5 +12,5 @@ def test_same_seed_same_split_and_metrics(data_root, tmp_path):
     assert (tmp_path/'a'/'split.csv').read_text() == (tmp_path/'b'/'split.csv').read_text()
     ha, hb = pd.read_csv(tmp_path/'a'/'history.csv'), pd.read_csv(tmp_path/'b'/'history.csv')
     pd.testing.assert_frame_equal(ha, hb)
-    c = train(data_root, tmp_path/'c', **{**SMALL, 'seed': 7})
+    train(data_root, tmp_path/'c', **{**SMALL, 'seed': 7})
     assert (tmp_path/'c'/'split.csv').read_text() != (tmp_path/'a'/'split.csv').read_text()

@@ -32,7 +32,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(sig, uninterrupted, data_ro
     if sig == signal.SIGINT: assert rc == 130 and f'covid-fastai train --resume {out}' in err and 'Traceback' not in err
     assert not (out/'model.json').exists() and not (out/'metrics.json').exists()    # nothing half-done where finished files go
     assert not list(out.glob('.*.tmp'))
-    res = run_cli('train', '--resume', out)
+    run_cli('train', '--resume', out)
     assert json.loads((out/'metrics.json').read_text()) == json.loads((uninterrupted/'metrics.json').read_text())
     pd.testing.assert_frame_equal(pd.read_csv(out/'history.csv').drop(columns='lr'),
                                   pd.read_csv(uninterrupted/'history.csv').drop(columns='lr'))
