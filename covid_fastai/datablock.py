@@ -29,14 +29,14 @@ def _scale_to_8bit(im:Image.Image)->Image.Image:
 
 # %% ../nbs/02_datablock.ipynb #14d0e836
 def to_rgb(im:Image.Image)->Image.Image:
-    "Convert any Pillow image to RGB: 16-bit and float scaled by their range, transparency onto black."
+    "Convert any Pillow image to grey RGB: 16-bit and float scaled by their range, transparency onto black, colour removed."
     if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'): im = _scale_to_8bit(im)
     if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
     if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
         im = im.convert('RGBA')
         bg = Image.new('RGBA', im.size, (0, 0, 0, 255))
         im = Image.alpha_composite(bg, im)
-    return im if im.mode == 'RGB' else im.convert('RGB')
+    return (im if im.mode == 'L' else im.convert('L')).convert('RGB')
 
 # %% ../nbs/02_datablock.ipynb #dc1607de
 def load_xray(fn:str|Path, # An image file
@@ -66,7 +66,7 @@ def load_xray(fn:str|Path, # An image file
 
 # %% ../nbs/02_datablock.ipynb #ee74c503
 CACHE_ENV = 'COVID_FASTAI_CACHE'
-_LOADER_VERSION = 1   # bump when `load_xray`'s output changes, to retire old cache entries
+_LOADER_VERSION = 2   # bump when `load_xray`'s output changes, to retire old cache entries
 
 def default_cache_dir()->Path:
     "`$COVID_FASTAI_CACHE`, else `decoded/` in the user's cache folder."
