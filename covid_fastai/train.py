@@ -82,7 +82,6 @@ def train(data:str|Path|None=None, # Dataset root; see `find_data_root`
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out`."
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), Path(out)
-    write_json({'settings': settings, 'status': 'training'}, out/'run.json')   # what `resume_training` reads
     decoded = DecodeCache() if cache else None
     rows = balanced_rows(data, ratio, seed, strict, size, decoded)
     set_seed(seed, reproducible=True)
@@ -91,6 +90,7 @@ def train(data:str|Path|None=None, # Dataset root; see `find_data_root`
     # a resumed run takes every weight from its checkpoint, so it needs no pretrained file
     learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
                           wd=wd, clip=clip)
+    write_json({'settings': settings, 'status': 'training'}, out/'run.json')   # what `resume_training` reads
     hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT, resume=resume)
     save_model(learn, out, size)
     probs, targs = learn.get_preds(dl=dls.valid)
