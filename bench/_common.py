@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: the image rows, machine facts, statistics and Markdown tables."""
 from __future__ import annotations
-import os, platform, statistics, sys, warnings
+import os, platform, statistics, sys, time, warnings
 from pathlib import Path
 
 import torch
@@ -65,3 +65,65 @@ def covid_fastai_cli()->str:
     "The installed `covid-fastai` console script beside this Python, or the name to find on PATH."
     p = Path(sys.executable).parent/'covid-fastai'
     return str(p) if p.exists() else 'covid-fastai'
+
+
+# ---------------------------------------------------------------- other processes' load (this machine is shared)
+def _system_busy()->float:
+    "CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq, steal), from /proc/stat."
+    f = Path('/proc/stat').read_text().split('\n', 1)[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, f[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf('SC_CLK_TCK')
+
+
+def _own_cpu()->float:
+    "CPU seconds of this process, its finished children and its live descendants."
+    import resource
+    tick, me = os.sysconf('SC_CLK_TCK'), os.getpid()
+    total = sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                for k in ('ru_utime', 'ru_stime'))
+    parent, cpu = {}, {}
+    for d in os.listdir('/proc'):
+        if not d.isdigit() or int(d) == me: continue
+        try: s = Path(f'/proc/{d}/stat').read_text()
+        except OSError: continue
+        f = s[s.rfind(')')+2:].split()
+        parent[int(d)], cpu[int(d)] = int(f[1]), (int(f[11]) + int(f[12])) / tick
+    def mine(pid):
+        while pid in parent:
+            pid = parent[pid]
+            if pid == me: return True
+        return False
+    return total + sum(c for pid, c in cpu.items() if mine(pid))
+
+
+class LoadMeter:
+    "Wall seconds of a stretch of work, the cores other processes kept busy meanwhile (0 on a quiet machine), and its own CPU seconds."
+    available = Path('/proc/stat').exists()
+    def start(self):
+        if self.available: self.busy0, self.own0 = _system_busy(), _own_cpu()
+        self.t0 = time.perf_counter()
+        return self
+    def stop(self)->tuple[float, float, float]:
+        "(wall seconds, cores used by other processes on average, CPU seconds of this process tree); nan where /proc is missing."
+        wall = time.perf_counter() - self.t0
+        if not self.available: return wall, float('nan'), float('nan')
+        own = _own_cpu() - self.own0
+        others = (_system_busy() - self.busy0) - own
+        return wall, max(0., others) / max(wall, 1e-9), own
+
+
+def other_load(seconds:float=1.0)->float:
+    "Cores that other processes keep busy, measured over `seconds`."
+    m = LoadMeter().start()
+    time.sleep(seconds)
+    return m.stop()[1]
+
+
+def wait_for_quiet(max_wait:float, threshold:float=0.2)->float:
+    "Wait (up to `max_wait` s) until other processes use under `threshold` cores; the load last seen."
+    deadline, load = time.monotonic() + max_wait, other_load()
+    while load >= threshold and time.monotonic() < deadline:
+        print(f"  (other processes keep {load:.1f} cores busy; waiting for a quiet machine)", flush=True)
+        time.sleep(5)
+        load = other_load()
+    return load

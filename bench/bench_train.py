@@ -9,6 +9,7 @@ left out; the figure is the median of the other epochs. See bench/README.md for 
 """
 from __future__ import annotations
 import argparse, sys, tempfile, time
+from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +22,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from covid_fastai.data import CLASSES
-from _common import quiet, balanced, machine_info, print_block, stats, md_table, fmt
+from _common import quiet, balanced, machine_info, print_block, stats, md_table, fmt, LoadMeter, wait_for_quiet
+
+
+class Epoch(NamedTuple):
+    "What one timed epoch measured."
+    seconds: float   # wall time
+    images: int      # images trained on
+    load: float      # cores other processes kept busy meanwhile
+    cpu: float       # CPU seconds of this benchmark's processes (main + loader workers)
+
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 METHODS = {'a': 'plain PyTorch (seed loop)', 'b': 'covid_fastai', 'c': 'floor: model step on tensors in memory'}
@@ -54,8 +64,8 @@ def train_step(model, opt, x, y, clip:float=0.1):
     opt.step()
 
 
-def run_seed(rows, cfg)->list[tuple[float, int]]:
-    "Train the seed model for `cfg.epochs` epochs, training only; (seconds, images) of each epoch."
+def run_seed(rows, cfg)->list[Epoch]:
+    "Train the seed model for `cfg.epochs` epochs, training only; (seconds, images, others' load) of each epoch."
     labels = [CLASSES.index(t) for t in rows.target]
     dl = DataLoader(SeedDataset(rows.path, labels, cfg.size), batch_size=cfg.bs, shuffle=True,
                     num_workers=cfg.workers, drop_last=True)   # drop_last: the same batches as fastai's training loader
@@ -65,12 +75,13 @@ def run_seed(rows, cfg)->list[tuple[float, int]]:
     out = []
     for _ in range(cfg.epochs):
         model.train()
-        t0, n = time.perf_counter(), 0
+        meter, n = LoadMeter().start(), 0
         for x, y in dl:
             train_step(model, opt, x, y)
             sched.step()
             n += len(y)
-        out.append((time.perf_counter() - t0, n))
+        secs, load, cpu = meter.stop()
+        out.append(Epoch(secs, n, load, cpu))
     return out
 
 
@@ -81,25 +92,27 @@ def make_timer():
     from fastai.torch_core import find_bs
 
     class TrainPhaseTimer(Callback):
-        "Seconds and images of each training phase (validation left out), and seconds of each whole epoch."
+        "Seconds, images and others' load of each training phase (validation left out), and seconds of each whole epoch."
         def before_fit(self): self.train, self.whole = [], []
         def before_epoch(self): self.t_epoch = time.perf_counter()
-        def before_train(self): self.t0, self.n = time.perf_counter(), 0
+        def before_train(self): self.meter, self.n = LoadMeter().start(), 0
         def after_batch(self):
             if self.training: self.n += find_bs(self.yb)
-        def after_train(self): self.train.append((time.perf_counter() - self.t0, self.n))
+        def after_train(self):
+            secs, load, cpu = self.meter.stop()
+            self.train.append(Epoch(secs, self.n, load, cpu))
         def after_epoch(self): self.whole.append(time.perf_counter() - self.t_epoch)
     return TrainPhaseTimer()
 
 
-def run_fastai(dls, cfg, valid_seconds:list)->list[tuple[float, int]]:
-    "Train covid_learner (resnet50, random weights, body unfrozen) with fit_one_cycle; (seconds, images) of each training phase."
+def run_fastai(dls, cfg, valid_seconds:list)->list[Epoch]:
+    "Train covid_learner (resnet50, random weights, body unfrozen) with fit_one_cycle; (seconds, images, others' load) of each training phase."
     from covid_fastai.learner import covid_learner
     timer = make_timer()
     learn = covid_learner(dls, arch='resnet50', pretrained=False, cbs=[timer])
     learn.unfreeze()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(cfg.epochs, cfg.lr)
-    valid_seconds += [w - t for w, (t, _) in zip(timer.whole, timer.train)]
+    valid_seconds += [w - e.seconds for w, e in zip(timer.whole, timer.train)]
     return timer.train
 
 
@@ -109,16 +122,17 @@ def premade_batches(dls)->list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x.as_subclass(torch.Tensor).clone(), y.as_subclass(torch.Tensor).clone()) for x, y in dls.train]
 
 
-def run_floor(dls, batches, cfg)->list[tuple[float, int]]:
-    "Forward, backward and Adam step of covid_fastai's model on `batches`, nothing else; (seconds, images) of each pass."
+def run_floor(dls, batches, cfg)->list[Epoch]:
+    "Forward, backward and Adam step of covid_fastai's model on `batches`, nothing else; (seconds, images, others' load) of each pass."
     from covid_fastai.learner import covid_learner
     model = covid_learner(dls, arch='resnet50', pretrained=False).model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     out = []
     for _ in range(cfg.epochs):
-        t0 = time.perf_counter()
+        meter = LoadMeter().start()
         for x, y in batches: train_step(model, opt, x, y)
-        out.append((time.perf_counter() - t0, sum(len(y) for _, y in batches)))
+        secs, load, cpu = meter.stop()
+        out.append(Epoch(secs, sum(len(y) for _, y in batches), load, cpu))
     return out
 
 
@@ -155,58 +169,76 @@ def setup(cfg, tmp:Path):
 
 
 def run_all(cfg, dls, batches)->tuple[dict, list]:
-    "Every method `cfg.repeats` times, taking turns; the (seconds, images) of each epoch, grouped by method and run."
+    "Every method `cfg.repeats` times, taking turns; the (seconds, images, others' load) of each epoch, by method and run."
     from fastai.torch_core import set_seed
     train_rows = dls.train_ds.items   # (a) trains on exactly the rows of fastai's training split
     results, valid_seconds = {m: [] for m in cfg.methods}, []
     for r in range(cfg.repeats):
         for m in cfg.methods:
+            if cfg.wait_idle: wait_for_quiet(cfg.wait_idle)
             set_seed(cfg.seed + r)
             t0 = time.perf_counter()
             if m == 'a': epochs = run_seed(train_rows, cfg)
             elif m == 'b': epochs = run_fastai(dls, cfg, valid_seconds)
             else: epochs = run_floor(dls, batches, cfg)
             results[m].append(epochs)
-            print(f"run {r+1}/{cfg.repeats} {METHODS[m]}: " + ', '.join(f"{s:.1f}s" for s, _ in epochs)
-                  + f" (total {time.perf_counter()-t0:.0f} s)", flush=True)
+            print(f"run {r+1}/{cfg.repeats} {m}) {METHODS[m]}: epochs " + ', '.join(f"{e.seconds:.1f}s" for e in epochs)
+                  + ", CPU " + ', '.join(f"{e.cpu:.1f}s" for e in epochs)
+                  + "; other processes' load " + ', '.join(f"{e.load:.2f}" for e in epochs)
+                  + f" cores (run total {time.perf_counter()-t0:.0f} s)", flush=True)
     return results, valid_seconds
 
 
 def summarise(results:dict)->dict:
-    "Per method: warm-up seconds, statistics of the timed epochs (warm-up left out), images per epoch and images/s."
+    "Per method: statistics of the timed epochs (warm-up left out), warm-up seconds, images per epoch, images/s, others' load."
     out = {}
     for m, runs in results.items():
-        timed = [s for run in runs for s, _ in run[1:]]
-        images = runs[0][0][1]
-        st = stats(timed)
-        out[m] = {**st, 'warmup': stats([run[0][0] for run in runs])['median'], 'images': images,
-                  'ips': images / st['median']}
+        timed = [e for run in runs for e in run[1:]]
+        st = stats([e.seconds for e in timed])
+        images = timed[0].images
+        out[m] = {**st, 'warmup': stats([run[0].seconds for run in runs])['median'], 'images': images,
+                  'ips': images / st['median'], 'load': max(e.load for e in timed),
+                  'cpu': stats([e.cpu for e in timed])['median']}
     return out
 
 
+def settings(cfg, n_rows:int)->dict:
+    "The settings to print beside the figures."
+    return {'images (balanced selection)': n_rows,
+            'image source': f"copies enlarged to a {cfg.big_side} px long side (--big)" if cfg.big else 'shared copy (long side <= 1024 px)',
+            'size': cfg.size, 'batch size': cfg.bs, 'num_workers': cfg.workers, 'torch threads': torch.get_num_threads(),
+            'epochs per run': cfg.epochs, 'runs per method': cfg.repeats, 'timed epochs per method': (cfg.epochs - 1) * cfg.repeats,
+            'peak lr': cfg.lr, 'waited for a quiet machine': f"up to {cfg.wait_idle} s before each run" if cfg.wait_idle else 'no'}
+
+
 def report(cfg, summary:dict, valid_seconds:list, n_rows:int, info:dict):
-    "Print settings, machine, a plain summary and the Markdown table with the ratios."
-    print_block('Settings', {'images (balanced selection)': n_rows, 'image source': f"enlarged to {cfg.big_side} px (--big)" if cfg.big
-                             else 'shared copy (long side <= 1024 px)', 'size': cfg.size, 'batch size': cfg.bs,
-                             'num_workers': cfg.workers, 'epochs per run': cfg.epochs, 'runs per method': cfg.repeats,
-                             'peak lr': cfg.lr, 'timed epochs per method': (cfg.epochs - 1) * cfg.repeats})
+    "Print settings, machine, and the Markdown table with the ratios."
+    print_block('Settings', settings(cfg, n_rows))
     print_block('Machine', info)
     if valid_seconds:
         print(f"\ncovid_fastai validation per epoch (left out of its figure): median {stats(valid_seconds)['median']:.1f} s")
     floor = summary.get('c')
-    rows = []
-    for m, s in summary.items():
-        rows.append([METHODS[m], fmt(s['median']), f"{fmt(s['min'])}–{fmt(s['max'])}", s['n'], fmt(s['warmup']),
-                     s['images'], fmt(s['ips']), fmt(s['median'] / floor['median']) if floor else 'n/a'])
-    print(f"\n### Training speed, ResNet50, {cfg.size} px, batch {cfg.bs}, {cfg.workers} workers"
-          f"{', ' + str(cfg.big_side) + ' px source images' if cfg.big else ''} ({info['cpu']}, {info['usable cores']} cores, "
-          f"torch {info['torch']}, {info['torch threads']} threads)\n")
+    rows = [[f"{m}) {METHODS[m]}", fmt(s['median']), f"{fmt(s['min'])}–{fmt(s['max'])}", s['n'], fmt(s['warmup']),
+             s['images'], fmt(s['ips']), fmt(s['median'] / floor['median']) if floor else 'n/a', fmt(s['cpu'], 1),
+             fmt(s['load'])]
+            for m, s in summary.items()]
+    print(f"\n### Training speed: ResNet50, {cfg.size} px, batch {cfg.bs}, {cfg.workers} loader workers"
+          f"{', ' + str(cfg.big_side) + ' px source images' if cfg.big else ''}\n\n"
+          f"{info['cpu']}, {info['usable cores']} cores, torch {info['torch']} with {torch.get_num_threads()} threads; "
+          f"median of {(cfg.epochs - 1) * cfg.repeats} training epochs per method after a warm-up epoch per run\n")
     print(md_table(['method', 's/epoch (median)', 'min–max', 'timed epochs', 'warm-up epoch s', 'images/epoch',
-                    'images/s', '× floor'], rows))
+                    'images/s', '× floor', 'CPU s/epoch (median)', "others' load (cores, max)"], rows))
     if 'a' in summary and 'b' in summary:
         print(f"\nb/a (covid_fastai ÷ plain PyTorch, s/epoch): {summary['b']['median'] / summary['a']['median']:.2f}")
     if 'b' in summary and floor:
         print(f"b/c (covid_fastai ÷ floor, s/epoch): {summary['b']['median'] / floor['median']:.2f}")
+    if 'a' in summary and 'b' in summary:
+        print(f"b/a in CPU seconds: {summary['b']['cpu'] / summary['a']['cpu']:.2f}"
+              + (f"; b/c in CPU seconds: {summary['b']['cpu'] / floor['cpu']:.2f}" if floor else ''))
+    busy = max(s['load'] for s in summary.values())
+    if busy > 0.2: print(f"\nWARNING: other processes kept up to {busy:.1f} cores busy during timed epochs, so the wall times "
+                         "are slowed by them and not comparable; rerun on a quiet machine. With --threads 1 the CPU seconds "
+                         "still compare the work each method does.")
 
 
 def parse(argv=None):
@@ -219,11 +251,14 @@ def parse(argv=None):
     p.add_argument('--epochs', type=int, default=2, help='epochs per run, the first one is warm-up (default 2)')
     p.add_argument('--repeats', type=int, default=2, help='runs per method (default 2)')
     p.add_argument('--workers', type=int, default=defaults.cpus, help=f"DataLoader processes (default fastai's: {defaults.cpus} here)")
+    p.add_argument('--threads', type=int, default=None, help="torch intra-op threads (default torch's: one per core)")
     p.add_argument('--lr', type=float, default=1e-2, help='peak learning rate (default 1e-2)')
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--big', action='store_true', help='train on copies enlarged to radiograph size (see --big-side)')
     p.add_argument('--big-side', type=int, default=2500, help='long side of the --big copies in pixels (default 2500)')
     p.add_argument('--methods', default='abc', help='which of a (plain PyTorch), b (covid_fastai), c (floor) to run (default abc)')
+    p.add_argument('--wait-idle', type=float, default=30, help='before each run, wait up to this many seconds for other '
+                   'processes to use under 0.2 cores (default 30; 0: do not wait)')
     cfg = p.parse_args(argv)
     if cfg.epochs < 2: p.error('--epochs must be at least 2: the first epoch of each run is warm-up and is not timed')
     cfg.methods = [m for m in 'abc' if m in cfg.methods]
@@ -234,6 +269,7 @@ def main(argv=None):
     "Run the benchmark and print its tables."
     quiet()
     cfg = parse(argv)
+    if cfg.threads: torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='covid_bench_') as tmp:
         dls, batches = setup(cfg, Path(tmp))
