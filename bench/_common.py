@@ -14,8 +14,9 @@ def quiet():
 
 def balanced(data:str|None=None):
     "The balanced selection (every COVID-19 row and as many Normal rows) with images that exist and decode."
+    import contextlib, io
     from covid_fastai.train import balanced_rows
-    return balanced_rows(data)
+    with contextlib.redirect_stdout(io.StringIO()): return balanced_rows(data)   # without check_images' progress bar
 
 
 def cpu_model()->str:

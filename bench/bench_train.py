@@ -65,7 +65,7 @@ def train_step(model, opt, x, y, clip:float=0.1):
 
 
 def run_seed(rows, cfg)->list[Epoch]:
-    "Train the seed model for `cfg.epochs` epochs, training only; (seconds, images, others' load) of each epoch."
+    "Train the seed model for `cfg.epochs` epochs, training only; an `Epoch` for each."
     labels = [CLASSES.index(t) for t in rows.target]
     dl = DataLoader(SeedDataset(rows.path, labels, cfg.size), batch_size=cfg.bs, shuffle=True,
                     num_workers=cfg.workers, drop_last=True)   # drop_last: the same batches as fastai's training loader
@@ -92,7 +92,7 @@ def make_timer():
     from fastai.torch_core import find_bs
 
     class TrainPhaseTimer(Callback):
-        "Seconds, images and others' load of each training phase (validation left out), and seconds of each whole epoch."
+        "An `Epoch` for each training phase (validation left out), and the seconds of each whole epoch."
         def before_fit(self): self.train, self.whole = [], []
         def before_epoch(self): self.t_epoch = time.perf_counter()
         def before_train(self): self.meter, self.n = LoadMeter().start(), 0
@@ -106,7 +106,7 @@ def make_timer():
 
 
 def run_fastai(dls, cfg, valid_seconds:list)->list[Epoch]:
-    "Train covid_learner (resnet50, random weights, body unfrozen) with fit_one_cycle; (seconds, images, others' load) of each training phase."
+    "Train covid_learner (resnet50, random weights, body unfrozen) with fit_one_cycle; an `Epoch` for each training phase."
     from covid_fastai.learner import covid_learner
     timer = make_timer()
     learn = covid_learner(dls, arch='resnet50', pretrained=False, cbs=[timer])
@@ -123,7 +123,7 @@ def premade_batches(dls)->list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def run_floor(dls, batches, cfg)->list[Epoch]:
-    "Forward, backward and Adam step of covid_fastai's model on `batches`, nothing else; (seconds, images, others' load) of each pass."
+    "Forward, backward and Adam step of covid_fastai's model on `batches`, nothing else; an `Epoch` for each pass."
     from covid_fastai.learner import covid_learner
     model = covid_learner(dls, arch='resnet50', pretrained=False).model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -169,7 +169,7 @@ def setup(cfg, tmp:Path):
 
 
 def run_all(cfg, dls, batches)->tuple[dict, list]:
-    "Every method `cfg.repeats` times, taking turns; the (seconds, images, others' load) of each epoch, by method and run."
+    "Every method `cfg.repeats` times, taking turns; the `Epoch`s of each run, by method, and covid_fastai's validation seconds."
     from fastai.torch_core import set_seed
     train_rows = dls.train_ds.items   # (a) trains on exactly the rows of fastai's training split
     results, valid_seconds = {m: [] for m in cfg.methods}, []
