@@ -58,9 +58,9 @@ def predict_throughput(clf, files, bs:int, repeats:int)->dict:
     clf.predict(files[:bs], bs=bs)   # warm-up
     pred, pred_load = timed(lambda: clf.predict(files, bs=bs), repeats)
     t0 = time.perf_counter()
-    xs = [clf.prepare(f) for f in files]   # decode, resize, normalise: one thread
+    xs = [clf.prepare(f) for f in files]   # decode and resize: one thread
     prep = time.perf_counter() - t0
-    batches = [torch.stack(xs[i:i+bs]) for i in range(0, len(xs), bs)]
+    batches = [clf.normalise(torch.stack(xs[i:i+bs])) for i in range(0, len(xs), bs)]
     def forward():
         with torch.inference_mode():
             for b in batches: clf.model(b)
@@ -80,7 +80,7 @@ def warm_latency(clf, file, repeats:int)->dict:
     "Seconds of `clf.predict([file])` with the model loaded, and of the bare forward pass on one image."
     clf.predict([file])   # warm-up
     one, load = timed(lambda: clf.predict([file]), repeats)
-    x = clf.prepare(file)[None]
+    x = clf.normalise(clf.prepare(file)[None])
     def forward():
         with torch.inference_mode(): clf.model(x)
     forward()
@@ -197,7 +197,7 @@ def report(cfg, thr:dict, warm:dict, cold:dict, mem:list, meta:list, info:dict):
     print(md_table(['what', 's (median)', 'min–max', 'images/s'], [
         ['CovidClassifier.predict (decode in 4 threads + forward)', fmt(p), f"{fmt(thr['predict']['min'])}–{fmt(thr['predict']['max'])}", fmt(thr['n']/p, 1)],
         ['floor: forward only on tensors made beforehand (inference_mode)', fmt(f), f"{fmt(thr['floor']['min'])}–{fmt(thr['floor']['max'])}", fmt(thr['n']/f, 1)],
-        ['decode + resize + normalise alone (prepare, one thread)', fmt(thr['prepare_one_thread']), '', fmt(thr['n']/thr['prepare_one_thread'], 1)]]))
+        ['decode + resize alone (prepare, one thread)', fmt(thr['prepare_one_thread']), '', fmt(thr['n']/thr['prepare_one_thread'], 1)]]))
     print(f"\npredict ÷ floor: {p/f:.2f}")
     print("\n### Latency of one image\n")
     print(md_table(['what', 's (median)', 'min–max', 'runs'], [

@@ -221,7 +221,7 @@ def channels_last_verdict(results:list[dict])->list[str]:
 # ---------------------------------------------------------------- 3. prediction
 def _probs_fp32(self, xs):
     "CovidClassifier._probs without autocast: the same steps in fp32."
-    x = torch.stack(xs).to(self.device, non_blocking=True)
+    x = self.normalise(torch.stack(xs))
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(): logits = self.model(x)
     return torch.softmax(logits.float(), dim=1)[:, self.classes.index('COVID-19')].cpu().numpy()
@@ -273,7 +273,7 @@ def inference(model_dir:Path, files:list, a, device, cache)->list[dict]:
                 results.append({'bs': bs, 'path': path, 'precision': name, **r})
                 step(f"infer bs {bs:>3} {name:<22} {path:<22} {r['images_per_s']:9.1f} images/s")
             clf = classifier(model_dir, device, 'fp32')
-            x = torch.stack([clf.prepare(f) for f in (files * bs)[:bs]]).to(device)
+            x = clf.normalise(torch.stack([clf.prepare(f) for f in (files * bs)[:bs]]))
             if device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
             r = time_floor(clf.model, x, device, precision, a.floor_iters)
             results.append({'bs': bs, 'path': 'floor: model on tensors', 'precision': name, **r})

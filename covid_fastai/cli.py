@@ -100,7 +100,7 @@ def _add_train_args(p):
     p.add_argument('--no-pretrained', dest='pretrained', action='store_false', help='start from random weights, not ImageNet')
     p.add_argument('--weights', metavar='PATH', help='start from this checkpoint instead of the cached ImageNet weights')
     p.add_argument('--cpu', action='store_true', help='train on the CPU even if there is a GPU')
-    p.add_argument('--num-workers', type=int, default=None, help='data loader processes (default: one per core)')
+    p.add_argument('--num-workers', type=int, default=None, help='data loader processes (default: none on the CPU, one per core up to 16 on a GPU)')
     p.add_argument('--strict', action='store_true', help='stop on missing or unreadable images instead of leaving them out')
     _add_cache_arg(p)
 

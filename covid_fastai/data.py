@@ -172,6 +172,23 @@ def target_of(df:pd.DataFrame)->pd.Series:
     covid = (df.Label=='Pnemonia') & (df.Label_2_Virus_category=='COVID-19')
     return pd.Series(np.select([covid, df.Label=='Normal'], [POSITIVE, NEGATIVE], None), index=df.index, dtype=object)
 
+# %% ../nbs/01_data.ipynb #ca0ba2e5
+def _plain_name(name:str)->bool:
+    "Is `name` a single path component other than '.' and '..'?"
+    return name not in ('', '.', '..') and os.path.basename(name) == name and '\x00' not in name
+
+def _paths_in(folder:Path, names)->tuple[list[str], np.ndarray]:
+    "`str(image_path(folder, name))` for each name, and whether that is a file; one directory read, not a `resolve` per name."
+    with os.scandir(folder) as it: entries = {e.name: (e.is_file(), e.is_symlink()) for e in it}
+    prefix = str(folder/'_')[:-1]                     # folder and separator, as pathlib writes them
+    paths, found = [], []
+    for n in names:
+        is_file, is_link = entries.get(n, (False, False))
+        if _plain_name(n) and not is_link: paths.append(prefix + n); found.append(is_file)
+        else:                                          # a link, or a name with folders in it: resolve it
+            p = image_path(folder, n); paths.append(str(p)); found.append(p.is_file())
+    return paths, np.array(found, dtype=bool)
+
 # %% ../nbs/01_data.ipynb #d5df4bf2
 def add_paths(df:pd.DataFrame, # Rows with `X_ray_image_name`
               folder:str|Path, # Their image folder
@@ -181,9 +198,8 @@ def add_paths(df:pd.DataFrame, # Rows with `X_ray_image_name`
     "`df` with a `path` column, without the rows whose image file is missing."
     folder = Path(folder)
     if not folder.is_dir(): raise DataNotFoundError(f"Image folder {folder} not found; {KAGGLE_HINT}")
-    df = df.assign(path=[str(image_path(folder, n)) for n in df.X_ray_image_name])
-    present = set(os.listdir(folder))
-    found = np.array([Path(p).name in present and Path(p).is_file() for p in df.path], dtype=bool) if len(df) else np.zeros(0, bool)
+    paths, found = _paths_in(folder, df.X_ray_image_name)
+    df = df.assign(path=paths)
     if found.all(): return df
     missing = df[~found]
     if strict: raise MissingImagesError(

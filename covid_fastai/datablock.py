@@ -15,7 +15,7 @@ from .data import CLASSES
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'CACHE_ENV', 'to_rgb', 'load_xray', 'default_cache_dir', 'DecodeCache', 'OpenXRay', 'check_images',
-           'StratifiedSplitter', 'covid_augment', 'covid_datablock', 'covid_dataloaders']
+           'StratifiedSplitter', 'covid_augment', 'covid_datablock', 'default_workers', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -165,14 +165,20 @@ def covid_datablock(size:int=256, # Side of the square images the model sees
                      splitter=StratifiedSplitter(valid_pct, seed),
                      batch_tfms=covid_augment(**kwargs))
 
+# %% ../nbs/02_datablock.ipynb #5394ef8d
+def default_workers(device:torch.device|None=None # Where the batches go; default `get_device()`
+                   )->int:
+    "Loader processes for training on `device`: none on the CPU, fastai's default (one per core, at most 16) elsewhere."
+    return 0 if ifnone(device, get_device()).type == 'cpu' else defaults.cpus
+
 # %% ../nbs/02_datablock.ipynb #0ee0eb5d
 @delegates(covid_datablock)
 def covid_dataloaders(df:pd.DataFrame, # Rows with `path` and `target`, from `select_balanced`
                       bs:int=8, # Batch size
                       device:torch.device|None=None, # Where batches go; default `get_device()`
-                      num_workers:int|None=None, # Loader processes; default fastai's (one per core, at most 16)
+                      num_workers:int|None=None, # Loader processes; default `default_workers(device)`
                       **kwargs)->DataLoaders:
     "Training and validation `DataLoaders` for `df`."
+    device = ifnone(device, get_device())
     dblock = covid_datablock(**kwargs)
-    return dblock.dataloaders(df, bs=bs, device=ifnone(device, get_device()),
-                              num_workers=ifnone(num_workers, defaults.cpus))
+    return dblock.dataloaders(df, bs=bs, device=device, num_workers=ifnone(num_workers, default_workers(device)))

@@ -58,17 +58,20 @@ class CovidClassifier:
         self.size, self.threshold, self.classes = meta['size'], meta['threshold'], meta['classes']
         self.model = model.to(self.device).eval()
         if self.device.type == 'cuda': self.model = self.model.to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(meta['mean']).view(3, 1, 1)
-        self.std = torch.tensor(meta['std']).view(3, 1, 1)
+        self.mean = torch.tensor(meta['mean'], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(meta['std'], device=self.device).view(1, 3, 1, 1)
     def __repr__(self): return f"CovidClassifier({self.meta['arch']}, size {self.size}, threshold {self.threshold}, on {self.device})"
 
 # %% ../nbs/05_inference.ipynb #aca802e9
 @patch
 def prepare(self:CovidClassifier, fn)->torch.Tensor:
-    "The normalised input tensor of image file `fn`."
-    im = self.open(fn)
-    x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.)
-    return (x - self.mean) / self.std
+    "Image file `fn` decoded and squished to the model's size: a `uint8` tensor of shape (3, size, size)."
+    return torch.from_numpy(np.asarray(self.open(fn), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+@patch
+def normalise(self:CovidClassifier, xb:torch.Tensor)->torch.Tensor:
+    "A `uint8` batch of `prepare`d images as the network's input: on its device, scaled to [0, 1], normalised."
+    return (xb.to(self.device, non_blocking=True).float().div_(255.) - self.mean) / self.std
 
 # %% ../nbs/05_inference.ipynb #3cda3aeb
 @patch
@@ -83,7 +86,7 @@ def _load_batch(self:CovidClassifier, files, pool):
 @patch
 @torch.inference_mode()
 def _probs(self:CovidClassifier, xs:list[torch.Tensor])->np.ndarray:
-    x = torch.stack(xs).to(self.device, non_blocking=True)
+    x = self.normalise(torch.stack(xs))
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, enabled=self.device.type == 'cuda'):
         logits = self.model(x)
