@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= runs/main
 ARGS   ?=
 
-.PHONY: setup run test export-check readme
+.PHONY: setup run test export-check readme bench
 
 # The virtual environment, with the library editable and the dev tools; redone when the package description changes.
 $(BIN)/covid-fastai: settings.ini setup.py
@@ -37,3 +37,9 @@ test: export-check
 	$(BIN)/python tools/readme.py --check
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/pytest -q
+
+# Speed, on the data that `find_data_root` finds: training (about 8 min on 2 cores), then prediction, latency,
+# memory and metadata (about 5 min). bench/README.md explains every figure.
+bench: setup
+	$(BIN)/python bench/bench_train.py $(ARGS)
+	$(BIN)/python bench/bench_infer.py

@@ -34,7 +34,8 @@ class Epoch(NamedTuple):
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-METHODS = {'a': 'plain PyTorch (seed loop)', 'b': 'covid_fastai', 'c': 'floor: model step on tensors in memory'}
+METHODS = {'a': 'plain PyTorch (seed loop)', 'b': 'covid_fastai (DecodeCache, empty at the start of each run)',
+           'c': 'floor: model step on tensors in memory', 'd': 'covid_fastai --no-cache (decodes every epoch)'}
 
 
 # ---------------------------------------------------------------- (a) the seed article's loop, in plain PyTorch
@@ -105,6 +106,13 @@ def make_timer():
     return TrainPhaseTimer()
 
 
+def make_dls(rows, cfg, cache=None):
+    "covid_fastai's DataLoaders on `rows` on the CPU, through `cache` (a DecodeCache) if given."
+    from covid_fastai.datablock import covid_dataloaders
+    return covid_dataloaders(rows, bs=cfg.bs, size=cfg.size, num_workers=cfg.workers, device=torch.device('cpu'),
+                             seed=cfg.seed, cache=cache)
+
+
 def run_fastai(dls, cfg, valid_seconds:list)->list[Epoch]:
     "Train covid_learner (resnet50, random weights, body unfrozen) with fit_one_cycle; an `Epoch` for each training phase."
     from covid_fastai.learner import covid_learner
@@ -157,20 +165,20 @@ def enlarge_rows(rows, dest_dir:Path, side:int, workers:int=2):
 
 # ---------------------------------------------------------------- the benchmark
 def setup(cfg, tmp:Path):
-    "The balanced rows (enlarged with --big), covid_fastai's DataLoaders on them, and the pre-made batches for the floor."
-    from covid_fastai.datablock import covid_dataloaders
+    "The balanced rows (enlarged with --big), covid_fastai's DataLoaders on them (no cache), and the floor's pre-made batches."
     rows = balanced(cfg.data)
     if cfg.big:
         t0 = time.perf_counter()
         rows = enlarge_rows(rows, tmp, cfg.big_side)
         print(f"--big: wrote {len(rows)} copies with a {cfg.big_side} px long side to {tmp} in {time.perf_counter()-t0:.0f} s")
-    dls = covid_dataloaders(rows, bs=cfg.bs, size=cfg.size, num_workers=cfg.workers, device=torch.device('cpu'), seed=cfg.seed)
-    return dls, premade_batches(dls)
+    dls = make_dls(rows, cfg)
+    return rows, dls, premade_batches(dls)
 
 
-def run_all(cfg, dls, batches)->tuple[dict, list]:
+def run_all(cfg, rows, dls, batches, tmp:Path)->tuple[dict, list]:
     "Every method `cfg.repeats` times, taking turns; the `Epoch`s of each run, by method, and covid_fastai's validation seconds."
     from fastai.torch_core import set_seed
+    from covid_fastai.datablock import DecodeCache
     train_rows = dls.train_ds.items   # (a) trains on exactly the rows of fastai's training split
     results, valid_seconds = {m: [] for m in cfg.methods}, []
     for r in range(cfg.repeats):
@@ -179,7 +187,8 @@ def run_all(cfg, dls, batches)->tuple[dict, list]:
             set_seed(cfg.seed + r)
             t0 = time.perf_counter()
             if m == 'a': epochs = run_seed(train_rows, cfg)
-            elif m == 'b': epochs = run_fastai(dls, cfg, valid_seconds)
+            elif m == 'b': epochs = run_fastai(make_dls(rows, cfg, DecodeCache(tmp/f'cache_{r}')), cfg, valid_seconds)
+            elif m == 'd': epochs = run_fastai(dls, cfg, [])
             else: epochs = run_floor(dls, batches, cfg)
             results[m].append(epochs)
             print(f"run {r+1}/{cfg.repeats} {m}) {METHODS[m]}: epochs " + ', '.join(f"{e.seconds:.1f}s" for e in epochs)
@@ -202,6 +211,18 @@ def summarise(results:dict)->dict:
     return out
 
 
+def pair_ratios(results:dict, x:str, y:str)->list[float]:
+    "For each round r: the median timed epoch of method x's run r over method y's run r (the two ran side by side)."
+    med = lambda run: stats([e.seconds for e in run[1:]])['median']
+    return [med(rx) / med(ry) for rx, ry in zip(results[x], results[y])]
+
+
+def ratio_line(results:dict, x:str, y:str, what:str)->str:
+    "'x/y (what): median of the pair ratios, each pair's ratio'."
+    rs = pair_ratios(results, x, y)
+    return f"{x}/{y} ({what}, s/epoch): {stats(rs)['median']:.2f}  (pair by pair: {', '.join(f'{r:.2f}' for r in rs)})"
+
+
 def settings(cfg, n_rows:int)->dict:
     "The settings to print beside the figures."
     return {'images (balanced selection)': n_rows,
@@ -211,8 +232,9 @@ def settings(cfg, n_rows:int)->dict:
             'peak lr': cfg.lr, 'waited for a quiet machine': f"up to {cfg.wait_idle} s before each run" if cfg.wait_idle else 'no'}
 
 
-def report(cfg, summary:dict, valid_seconds:list, n_rows:int, info:dict):
+def report(cfg, results:dict, valid_seconds:list, n_rows:int, info:dict):
     "Print settings, machine, and the Markdown table with the ratios."
+    summary = summarise(results)
     print_block('Settings', settings(cfg, n_rows))
     print_block('Machine', info)
     if valid_seconds:
@@ -228,10 +250,14 @@ def report(cfg, summary:dict, valid_seconds:list, n_rows:int, info:dict):
           f"median of {(cfg.epochs - 1) * cfg.repeats} training epochs per method after a warm-up epoch per run\n")
     print(md_table(['method', 's/epoch (median)', 'min–max', 'timed epochs', 'warm-up epoch s', 'images/epoch',
                     'images/s', '× floor', 'CPU s/epoch (median)', "others' load (cores, max)"], rows))
-    if 'a' in summary and 'b' in summary:
-        print(f"\nb/a (covid_fastai ÷ plain PyTorch, s/epoch): {summary['b']['median'] / summary['a']['median']:.2f}")
-    if 'b' in summary and floor:
-        print(f"b/c (covid_fastai ÷ floor, s/epoch): {summary['b']['median'] / floor['median']:.2f}")
+    print()
+    if 'a' in summary and 'b' in summary: print(ratio_line(results, 'b', 'a', 'covid_fastai ÷ plain PyTorch'))
+    if 'b' in summary and floor: print(ratio_line(results, 'b', 'c', 'covid_fastai ÷ floor'))
+    if 'd' in summary and floor: print(ratio_line(results, 'd', 'c', 'covid_fastai --no-cache ÷ floor'))
+    if 'b' in summary and 'd' in summary:
+        b, d = summary['b'], summary['d']
+        print(f"decode cache: first epoch {b['warmup']:.1f} s with it (filling it) vs {d['warmup']:.1f} s without; "
+              f"later epochs {b['median']:.1f} s vs {d['median']:.1f} s (without ÷ with: {d['median'] / b['median']:.2f})")
     if 'a' in summary and 'b' in summary:
         print(f"b/a in CPU seconds: {summary['b']['cpu'] / summary['a']['cpu']:.2f}"
               + (f"; b/c in CPU seconds: {summary['b']['cpu'] / floor['cpu']:.2f}" if floor else ''))
@@ -243,25 +269,27 @@ def report(cfg, summary:dict, valid_seconds:list, n_rows:int, info:dict):
 
 def parse(argv=None):
     "The command-line settings."
-    from fastai.vision.all import defaults
+    from covid_fastai.datablock import default_workers
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--data', help='dataset root (default: $COVID_FASTAI_DATA, then the usual places)')
     p.add_argument('--size', type=int, default=256, help='image side (default 256)')
     p.add_argument('--bs', type=int, default=8, help='batch size (default 8)')
     p.add_argument('--epochs', type=int, default=2, help='epochs per run, the first one is warm-up (default 2)')
     p.add_argument('--repeats', type=int, default=2, help='runs per method (default 2)')
-    p.add_argument('--workers', type=int, default=defaults.cpus, help=f"DataLoader processes (default fastai's: {defaults.cpus} here)")
+    p.add_argument('--workers', type=int, default=default_workers(torch.device('cpu')),
+                   help="DataLoader processes of a), b) and d) (default: covid_fastai's default on the CPU, 0)")
     p.add_argument('--threads', type=int, default=None, help="torch intra-op threads (default torch's: one per core)")
     p.add_argument('--lr', type=float, default=1e-2, help='peak learning rate (default 1e-2)')
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--big', action='store_true', help='train on copies enlarged to radiograph size (see --big-side)')
     p.add_argument('--big-side', type=int, default=2500, help='long side of the --big copies in pixels (default 2500)')
-    p.add_argument('--methods', default='abc', help='which of a (plain PyTorch), b (covid_fastai), c (floor) to run (default abc)')
+    p.add_argument('--methods', default='abcd', help='which of a (plain PyTorch), b (covid_fastai), c (floor), d (covid_fastai '
+                   'without the decode cache) to run (default abcd)')
     p.add_argument('--wait-idle', type=float, default=30, help='before each run, wait up to this many seconds for other '
                    'processes to use under 0.2 cores (default 30; 0: do not wait)')
     cfg = p.parse_args(argv)
     if cfg.epochs < 2: p.error('--epochs must be at least 2: the first epoch of each run is warm-up and is not timed')
-    cfg.methods = [m for m in 'abc' if m in cfg.methods]
+    cfg.methods = [m for m in 'abcd' if m in cfg.methods]
     return cfg
 
 
@@ -272,12 +300,12 @@ def main(argv=None):
     if cfg.threads: torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='covid_bench_') as tmp:
-        dls, batches = setup(cfg, Path(tmp))
+        rows, dls, batches = setup(cfg, Path(tmp))
         n_rows = len(dls.train_ds) + len(dls.valid_ds)
         print(f"{len(dls.train_ds)} training rows, {len(batches)} batches of {cfg.bs} per epoch; "
               f"{len(dls.valid_ds)} validation rows (used by covid_fastai only, not timed)", flush=True)
-        results, valid_seconds = run_all(cfg, dls, batches)
-    report(cfg, summarise(results), valid_seconds, n_rows, machine_info())
+        results, valid_seconds = run_all(cfg, rows, dls, batches, Path(tmp))
+    report(cfg, results, valid_seconds, n_rows, machine_info())
     print(f"\nTotal wall time: {time.perf_counter()-start:.0f} s")
 
 

@@ -14,6 +14,8 @@
    The balanced selection has only 98 training images, 1 batch of 64 (the last incomplete batch is dropped): the
    training rows are therefore repeated `--oversample` times (8: 784 images, 98 batches of 8 or 12 of 64). The
    validation rows (12) are covid_dataloaders' own stratified split, not repeated.
+   Then, per batch size in fp32 and amp, where a training step's time goes (waiting for the batch, forward, backward,
+   optimizer step), from a second epoch with the GPU synchronised at every boundary.
 3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA: the library's
    `predict` (autocast fp16 on CUDA) against the same with autocast off (fp32), at batch 8 and 64, decoding every
    image (what a user gets) and reading them from a warm DecodeCache (what is left when decoding is free), and the
@@ -204,6 +206,69 @@ def training(rows, a, cache, device, model_dir:Path)->list[dict]:
     return results
 
 
+PHASES = ('wait for batch', 'forward + loss', 'backward + clip', 'optimizer step', 'rest')
+
+
+def phase_timer(device):
+    "A fastai callback that splits each training step into PHASES, synchronising the GPU at every boundary."
+    from fastai.callback.core import Callback
+    class PhaseTimer(Callback):
+        order = 99   # last at each event: 'backward + clip' includes ClipGradValue and MixedPrecision's unscaling
+        def before_fit(self): self.epochs = []
+        def before_train(self): self.rows, self.last = [], None
+        def now(self): sync(device); return time.perf_counter()
+        def before_batch(self):
+            if self.training: self.t = [self.now()]
+        def after_loss(self):
+            if self.training: self.t.append(self.now())
+        def before_step(self):
+            if self.training: self.t.append(self.now())
+        def after_step(self):
+            if self.training: self.t.append(self.now())
+        def after_batch(self):
+            if not self.training: return
+            t = self.t + [self.now()]
+            if self.last is not None:   # 'wait': from the end of the last step to this batch's arrival, augmented
+                self.rows.append(dict(zip(PHASES, [t[0] - self.last, *(b - a for a, b in zip(t, t[1:]))])))
+            self.last = t[-1]
+        def after_train(self): self.epochs.append(self.rows)
+    return PhaseTimer()
+
+
+def torch_adamw(device):
+    "An experiment, not the library's recipe: fastai's Adam (decoupled weight decay) as torch's AdamW, fused on CUDA."
+    from functools import partial
+    from fastai.optimizer import OptimWrapper
+    kind = {'fused': True} if device.type == 'cuda' else {'foreach': True}
+    return partial(OptimWrapper, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, **kind))
+
+
+def breakdown(rows, a, cache, device)->list[dict]:
+    """Milliseconds per training step in each of PHASES (median over the second epoch), per batch size: fp32, amp, and fp32
+    with torch's AdamW in place of fastai's Adam (an experiment: fastai's steps each parameter in Python)."""
+    from covid_fastai.learner import covid_learner
+    out = []
+    for bs in a.bs:
+        for mode in (('fp32', 'amp', 'fp32, torch AdamW') if device.type == 'cuda' else ('fp32', 'fp32, torch AdamW')):
+            timer = phase_timer(device)
+            learn = covid_learner(make_dls(rows, a, bs, cache, device), arch=a.arch, pretrained=False, cbs=timer)
+            if mode.startswith('fp32'): learn.to_fp32()
+            if mode.endswith('torch AdamW'): learn.opt_func = torch_adamw(device)
+            learn.unfreeze()
+            with learn.no_logging(), learn.no_bar(): learn.fit_one_cycle(2, 1e-3)
+            steps = timer.epochs[-1]
+            if not steps:   # one batch per epoch: no step has a 'wait' to measure
+                step(f"step breakdown bs {bs:>3} {mode:<5} skipped: one batch per epoch"); continue
+            r = {'bs': bs, 'mode': mode, 'steps': len(steps),
+                 **{p: 1000 * statistics.median(st[p] for st in steps) for p in PHASES}}
+            r['total'] = sum(r[p] for p in PHASES)
+            out.append(r)
+            step(f"step breakdown bs {bs:>3} {mode:<5} " + ', '.join(f"{p} {r[p]:.1f}" for p in PHASES) + f" ms (total {r['total']:.1f})")
+            del learn
+            if device.type == 'cuda': torch.cuda.empty_cache()
+    return out
+
+
 def channels_last_verdict(results:list[dict])->list[str]:
     "For each batch size: does channels_last speed up mixed-precision training?"
     out = []
@@ -327,7 +392,7 @@ def md_table(headers:list[str], rows:list[list])->str:
     return '\n'.join([line(headers), line(['---'] * len(headers)), *map(line, rows)])
 
 
-def report(info:dict, a, train:list[dict], infer:list[dict], agree:list[dict])->str:
+def report(info:dict, a, train:list[dict], phases:list[dict], infer:list[dict], agree:list[dict])->str:
     "The Markdown summary of every figure."
     gpu = info.get('gpu', 'CPU (smoke run, figures meaningless)')
     head = (f"**{gpu}**, torch {info['torch']} (CUDA {info['torch cuda']}, cuDNN {info.get('cudnn', '-')}), "
@@ -337,6 +402,8 @@ def report(info:dict, a, train:list[dict], infer:list[dict], agree:list[dict])->
                  [[r['bs'], r['mode'], r['images_per_epoch'], f"{r['train_s']:.2f}", f"{r['train_s_min']:.2f}-{r['train_s_max']:.2f}",
                    f"{r['images_per_s']:.1f}", f"{r['epoch_s']:.2f}", f"{r['warmup_s']:.2f}",
                    '-' if r['peak_gpu_GiB'] is None else f"{r['peak_gpu_GiB']:.2f}"] for r in train])
+    ph = md_table(['batch', 'mode', *[f"{p} ms" for p in PHASES], 'total ms', 'steps'],
+                  [[r['bs'], r['mode'], *[f"{r[p]:.1f}" for p in PHASES], f"{r['total']:.1f}", r['steps']] for r in phases])
     i = md_table(['batch', 'precision', 'what', 'images/s', 'seconds (predict: one call on all files; floor: one batch)'],
                  [[r['bs'], r['precision'], r['path'], f"{r['images_per_s']:.1f}", f"{r['seconds']:.4f}"] for r in infer])
     g = md_table(['comparison', 'images', 'max abs diff prob_covid', 'mean abs diff', 'labels differ', 'verdict'],
@@ -346,7 +413,11 @@ def report(info:dict, a, train:list[dict], infer:list[dict], agree:list[dict])->
     return '\n'.join([
         '## GPU check', '', head, '', '### Training', '',
         f"{over}{a.epochs} epochs per run, first left out; figures are the training phase only (validation excluded).", '',
-        t, '', *[f"* {v}" for v in channels_last_verdict(train)], '', '### Prediction', '',
+        t, '', *[f"* {v}" for v in channels_last_verdict(train)], '', '### Where a training step goes', '',
+        "Median milliseconds per step over a second epoch, the GPU synchronised at every boundary (which itself costs a "
+        "little). 'wait for batch': from the end of one step to the next batch's arrival, loaded, moved to the GPU and "
+        "augmented there; 'backward + clip' includes gradient clipping and, in amp, unscaling; 'rest': zeroing the "
+        "gradients and fastai's bookkeeping.", '', ph, '', '### Prediction', '',
         f"{a.infer_files} files per predict call (the balanced images cycled), median of {a.repeats} calls after a warm-up; "
         f"floor: mean time of {a.floor_iters} forward passes (after 3 untimed) on one batch already on the device.", '',
         i, '', '### CUDA vs CPU agreement', '', f"Pass: max abs diff <= {THRESH:g} and no label differs.", '', g])
@@ -368,14 +439,15 @@ def main(argv=None)->int:
         rows, root = balanced_rows(a.data, a.size, cache)
         step(f"{len(rows)} balanced images from {root}, decoded at {a.size} px into a temporary DecodeCache")
         train = training(rows, a, cache, device, model_dir)
+        phases = breakdown(rows, a, cache, device)
         files = (list(rows.path) * (a.infer_files // len(rows) + 1))[:a.infer_files]
         infer = inference(model_dir, files, a, device, cache)
         agree = agreement(model_dir, rows, a, device)
-    md = report(info, a, train, infer, agree)
+    md = report(info, a, train, phases, infer, agree)
     print('\n' + md)
     ok = all(r['ok'] for r in agree)
     if a.out:
-        Path(a.out).write_text(json.dumps({'device': info, 'settings': vars(a), 'training': train, 'inference': infer,
+        Path(a.out).write_text(json.dumps({'device': info, 'settings': vars(a), 'training': train, 'phases': phases, 'inference': infer,
                                            'agreement': agree, 'ok': ok, 'seconds': time.perf_counter() - T0,
                                            'markdown': md}, indent=2, default=str) + '\n')
         print(f"\nWrote {a.out}")

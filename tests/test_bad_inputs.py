@@ -8,7 +8,7 @@ from PIL import Image
 from hypothesis import given, settings, strategies as st, HealthCheck
 from conftest import run_cli
 from covid_fastai.core import *
-from covid_fastai.data import read_metadata, image_path, select_balanced, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
+from covid_fastai.data import read_metadata, image_path, select_balanced, _paths_in, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
 from covid_fastai.datablock import load_xray
 
 
@@ -191,6 +191,28 @@ def test_image_path_never_leaves_the_folder(parts, absolute):
     try: p = image_path(folder, name)
     except UnsafeImageNameError: return
     assert not absolute and p.resolve().is_relative_to(folder.resolve()) and p.resolve() != folder.resolve()
+
+
+@pytest.fixture(scope='module')
+def odd_folder(tmp_path_factory):
+    "An image folder with a file, a subfolder with a file, a link inside it and a link that leaves it."
+    root = tmp_path_factory.mktemp('odd'); folder = root/'images'
+    (folder/'x..y').mkdir(parents=True)
+    for f in [folder/'a', folder/'x..y'/'b.jpeg', root/'secret.jpeg']: f.write_bytes(b'image')
+    (folder/'b.jpeg').symlink_to(folder/'a'); (folder/'...').symlink_to(root/'secret.jpeg')
+    return folder
+
+
+@given(names=st.lists(st.lists(segment, min_size=1, max_size=3).map('/'.join), min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fast_paths_equal_image_path(names, odd_folder):
+    "add_paths' one-listing shortcut gives what image_path on every name gives, refusals included."
+    try: expected = [str(image_path(odd_folder, n)) for n in names]
+    except UnsafeImageNameError:
+        with pytest.raises(UnsafeImageNameError): _paths_in(odd_folder, names)
+        return
+    paths, found = _paths_in(odd_folder, names)
+    assert paths == expected and found.tolist() == [Path(p).is_file() for p in expected]
 
 
 text = st.text(st.characters(codec='utf-8', exclude_categories=('Cs', 'Cc')), min_size=1, max_size=12).filter(lambda s: s.strip() == s and s)
