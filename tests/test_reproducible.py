@@ -1,4 +1,4 @@
-"Same seed, same result: the rows, the split and, on the CPU, the validation metrics."
+"Same seed, same result: the rows, the split and, on the CPU, the validation metrics, whatever the loader processes."
 import pandas as pd
 from covid_fastai.train import train
 
@@ -14,3 +14,11 @@ def test_same_seed_same_split_and_metrics(data_root, tmp_path):
     pd.testing.assert_frame_equal(ha, hb)
     train(data_root, tmp_path/'c', **{**SMALL, 'seed': 7})
     assert (tmp_path/'c'/'split.csv').read_text() != (tmp_path/'a'/'split.csv').read_text()
+
+
+def test_loader_workers_do_not_change_the_result(data_root, tmp_path):
+    "The default of no loader processes on the CPU trains the same model as fastai's processes: randomness stays in the main process."
+    a = train(data_root, tmp_path/'w0', **SMALL)
+    b = train(data_root, tmp_path/'w2', **{**SMALL, 'num_workers': 2})
+    assert a == b
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path/'w0'/'history.csv'), pd.read_csv(tmp_path/'w2'/'history.csv'))
