@@ -53,7 +53,7 @@ def parse_args(argv=None)->argparse.Namespace:
     p.add_argument('--bs', type=int, nargs='+', default=[8, 64], help='batch sizes (default 8 64)')
     p.add_argument('--epochs', type=int, help='epochs per training run, the first is warm-up (default 4; 2 on the CPU)')
     p.add_argument('--oversample', type=int, help='times the training rows are repeated (default 8; 1 on the CPU)')
-    p.add_argument('--workers', type=int, help="DataLoader workers (default: covid_dataloaders' own, one per core up to 16; "
+    p.add_argument('--workers', type=int, help="DataLoader workers (default: covid_dataloaders' own, default_workers: one per core up to 16 on CUDA; "
                                                "0 on the CPU)")
     p.add_argument('--infer-files', type=int, help='files per predict call, the images cycled (default 512; 24 on the CPU)')
     p.add_argument('--repeats', type=int, help='timed predict calls per figure (default 3; 1 on the CPU)')
@@ -134,8 +134,8 @@ def export_subset(data:str|None, dest:Path):
 def make_dls(rows, a, bs:int, cache, device):
     "covid_dataloaders on the balanced rows; with --oversample N the training rows (not the validation ones) repeated N times."
     import pandas as pd
-    from fastai.vision.all import IndexSplitter, defaults
-    from covid_fastai.datablock import covid_dataloaders, covid_datablock
+    from fastai.vision.all import IndexSplitter, ifnone
+    from covid_fastai.datablock import covid_dataloaders, covid_datablock, default_workers
     kw = dict(size=a.size, seed=SEED, cache=cache)
     if a.oversample == 1: return covid_dataloaders(rows, bs=bs, device=device, num_workers=a.workers, **kw)
     dblock = covid_datablock(**kw)                       # what covid_dataloaders builds...
@@ -143,7 +143,7 @@ def make_dls(rows, a, bs:int, cache, device):
     train, valid = rows.iloc[list(train_idx)], rows.iloc[list(valid_idx)]
     items = pd.concat([train] * a.oversample + [valid], ignore_index=True)
     dblock.splitter = IndexSplitter(list(range(len(train) * a.oversample, len(items))))
-    return dblock.dataloaders(items, bs=bs, device=device, num_workers=a.workers if a.workers is not None else defaults.cpus)
+    return dblock.dataloaders(items, bs=bs, device=device, num_workers=ifnone(a.workers, default_workers(device)))
 
 
 # ---------------------------------------------------------------- 2. training
