@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #f5c0a959
 from __future__ import annotations
-import os, tempfile, contextlib
+import os, json, tempfile, contextlib
 from pathlib import Path
-import torch
+import pandas as pd, torch
 
 # %% auto #0
-__all__ = ['CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError', 'MissingImagesError',
-           'EmptySelectionError', 'UnreadableImageError', 'WeightsNotFoundError', 'ModelFileError', 'atomic_write',
-           'get_device']
+__all__ = ['MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV', 'PREDICTIONS_CSV',
+           'PLOTS_DIR', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
+           'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'WeightsNotFoundError',
+           'ModelFileError', 'atomic_write', 'write_json', 'write_csv', 'save_figure', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -42,6 +43,33 @@ def atomic_write(dest:str|Path): # The file to write
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+
+# %% ../nbs/00_core.ipynb #6dfc83f5
+def write_json(obj, # Anything `json.dumps` takes; NaN is refused, write None for an undefined value
+               path:str|Path # The file to write
+              )->Path:
+    "Write `obj` as indented JSON to `path`, atomically."
+    with atomic_write(path) as tmp: tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + '\n')
+    return Path(path)
+
+def write_csv(df:pd.DataFrame, path:str|Path)->Path:
+    "Write `df` without its index to `path`, atomically."
+    with atomic_write(path) as tmp: df.to_csv(tmp, index=False)
+    return Path(path)
+
+def save_figure(fig, # A matplotlib figure; it is closed once saved
+                path:str|Path, dpi:int=110)->Path:
+    "Save `fig` as PNG at `path`, atomically, and close it."
+    import matplotlib.pyplot as plt
+    with atomic_write(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
+    plt.close(fig)
+    return Path(path)
+
+# %% ../nbs/00_core.ipynb #3c613d12
+MODEL_JSON, WEIGHTS_FILE = 'model.json', 'model.safetensors'
+METRICS_JSON, RUN_JSON, CHECKPOINT = 'metrics.json', 'run.json', 'checkpoint.pth'
+HISTORY_CSV, SPLIT_CSV, PREDICTIONS_CSV = 'history.csv', 'split.csv', 'predictions.csv'
+PLOTS_DIR = 'plots'
 
 # %% ../nbs/00_core.ipynb #ee5f3438
 def get_device(cpu:bool=False # Use the CPU even when a GPU is present

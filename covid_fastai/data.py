@@ -4,30 +4,39 @@
 
 # %% ../nbs/01_data.ipynb #b05cf3c5
 from __future__ import annotations
-import os, warnings
+import os, sys, warnings, importlib.resources
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from .core import *
 
 # %% auto #0
-__all__ = ['METADATA_CSV', 'IMAGES_SUBDIR', 'DATA_ENV', 'DATA_CANDIDATES', 'KAGGLE_HINT', 'COLUMNS', 'LABELS', 'SPLITS',
-           'LABEL_COLUMNS', 'POSITIVE', 'NEGATIVE', 'CLASSES', 'find_data_root', 'images_dir', 'read_metadata',
-           'fill_unknown', 'metadata_summary', 'format_summary', 'plot_nulls', 'plot_label_counts', 'image_path',
-           'target_of', 'add_paths', 'select_balanced', 'select_labelled']
+__all__ = ['METADATA_CSV', 'IMAGES_SUBDIR', 'DATA_ENV', 'DATA_CANDIDATES', 'PACKAGE_DIR', 'SAMPLE_ROOT', 'PUBLISHED_METADATA',
+           'KAGGLE_HINT', 'COLUMNS', 'LABELS', 'SPLITS', 'LABEL_COLUMNS', 'POSITIVE', 'NEGATIVE', 'CLASSES',
+           'find_data_root', 'images_dir', 'analysis_metadata', 'read_metadata', 'fill_unknown', 'metadata_summary',
+           'format_summary', 'plot_nulls', 'plot_label_counts', 'analyse', 'image_path', 'target_of', 'add_paths',
+           'select_balanced', 'select_labelled']
 
 # %% ../nbs/01_data.ipynb #cd132858
 METADATA_CSV = 'Chest_xray_Corona_Metadata.csv'
 IMAGES_SUBDIR = Path('Coronahack-Chest-XRay-Dataset')/'Coronahack-Chest-XRay-Dataset'
 DATA_ENV = 'COVID_FASTAI_DATA'
 DATA_CANDIDATES = ('../input/coronahack-chest-xraydataset', '../shared/data/coronahack-chest-xraydataset')
+PACKAGE_DIR = Path(str(importlib.resources.files('covid_fastai')))
+SAMPLE_ROOT = PACKAGE_DIR/'sample'                        # 80 radiographs in CoronaHack's layout
+PUBLISHED_METADATA = PACKAGE_DIR/'metadata'/METADATA_CSV  # all 5910 rows of the published metadata
 KAGGLE_HINT = ("get it with `kaggle datasets download -d praveengovi/coronahack-chest-xraydataset` and unzip it, "
                f"then pass --data ROOT or set ${DATA_ENV}=ROOT")
 
 # %% ../nbs/01_data.ipynb #aaedf03b
+_said = set()
+def _say_once(msg:str):
+    "Print `msg` on stderr, once per process."
+    if msg not in _said: _said.add(msg); print(f"covid-fastai: {msg}", file=sys.stderr)
+
 def find_data_root(data:str|Path|None=None # A dataset root; None looks in $COVID_FASTAI_DATA, then the usual places
                   )->Path:
-    "The dataset root holding `Chest_xray_Corona_Metadata.csv`."
+    "The dataset root holding `Chest_xray_Corona_Metadata.csv`; the packaged sample when there is none."
     if data is None: data = os.environ.get(DATA_ENV) or None
     if data is not None:
         root = Path(data).expanduser()
@@ -37,7 +46,9 @@ def find_data_root(data:str|Path|None=None # A dataset root; None looks in $COVI
     for base in (Path('.'), Path('..')):
         for c in DATA_CANDIDATES:
             if (base/c/METADATA_CSV).is_file(): return (base/c).resolve()
-    raise DataNotFoundError(f"No CoronaHack dataset found (looked in ${DATA_ENV} and {', '.join(DATA_CANDIDATES)}); {KAGGLE_HINT}")
+    _say_once(f"no CoronaHack dataset found (looked in ${DATA_ENV}, {', '.join(DATA_CANDIDATES)}); using the "
+              f"{len(os.listdir(images_dir(SAMPLE_ROOT)))}-image sample in {SAMPLE_ROOT}. For real results, {KAGGLE_HINT}")
+    return SAMPLE_ROOT
 
 # %% ../nbs/01_data.ipynb #1ed3547d
 def images_dir(root:str|Path, # The dataset root
@@ -45,6 +56,12 @@ def images_dir(root:str|Path, # The dataset root
               )->Path:
     "The folder that holds `root`'s images for `split`."
     return Path(root)/IMAGES_SUBDIR/split.lower()
+
+# %% ../nbs/01_data.ipynb #0466735a
+def analysis_metadata(root:str|Path # A dataset root, from `find_data_root`
+                     )->Path:
+    "The CSV the seed article's analysis reads: `root`'s own, or for the sample the published one that ships beside it."
+    return PUBLISHED_METADATA if Path(root).resolve() == SAMPLE_ROOT.resolve() else Path(root)/METADATA_CSV
 
 # %% ../nbs/01_data.ipynb #4787c930
 COLUMNS = ['X_ray_image_name', 'Label', 'Dataset_type', 'Label_2_Virus_category', 'Label_1_Virus_category']
@@ -150,6 +167,19 @@ def plot_label_counts(df:pd.DataFrame, # Checked metadata
     fig.suptitle('TRAIN rows' + (" (missing = 'unknown')" if unknown else ' (missing left out)'))
     fig.tight_layout()
     return fig
+
+# %% ../nbs/01_data.ipynb #a849c4a4
+def analyse(data:str|Path|None=None, # Dataset root; see `find_data_root`
+            plots:str|Path|None=None # Also save the three analysis plots as PNG in this folder
+           )->str:
+    "The seed article's analysis of a dataset's metadata, as text; with `plots`, its plots saved there too."
+    df = read_metadata(analysis_metadata(find_data_root(data)))
+    lines = [format_summary(metadata_summary(df))]
+    if plots is not None:
+        for name, fig in [('nulls', plot_nulls(df)), ('labels_unknown', plot_label_counts(df, unknown=True)),
+                          ('labels_known', plot_label_counts(df, unknown=False))]:
+            lines.append(f"Plot: {save_figure(fig, Path(plots)/f'{name}.png')}")
+    return '\n'.join(lines)
 
 # %% ../nbs/01_data.ipynb #9ec108b5
 def image_path(folder:str|Path, # The image folder

@@ -14,15 +14,16 @@ from fastcore.basics import patch
 from fastai.vision.all import Learner, create_vision_model, imagenet_stats, load_learner
 import covid_fastai
 from .core import *
+from .data import POSITIVE
 from .datablock import OpenXRay, DecodeCache
 from .learner import arch_fn, ARCHS
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'MODEL_JSON', 'WEIGHTS_FILE', 'save_model', 'CovidClassifier', 'load_model']
+__all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'model_description', 'run_folder', 'load_model',
+           'image_files', 'predict_files']
 
 # %% ../nbs/05_inference.ipynb #a085f4e6
 MODEL_FORMAT = 'covid_fastai.model/1'
-MODEL_JSON, WEIGHTS_FILE = 'model.json', 'model.safetensors'
 
 def _sha256(path:Path)->str:
     h = hashlib.sha256()
@@ -51,11 +52,13 @@ def save_model(learn:Learner, # A learner from `covid_learner`
 
 # %% ../nbs/05_inference.ipynb #15c84cce
 class CovidClassifier:
-    "A trained COVID-19 vs Normal network with its preprocessing: predicts on image files in batches."
+    "A trained COVID-19 classifier with its preprocessing: predicts on image files in batches."
     def __init__(self, model:torch.nn.Module, meta:dict, device:torch.device|None=None, cache:DecodeCache|None=None):
         self.meta, self.device = meta, device or get_device()
         self.open = OpenXRay(meta['size'], cache)
         self.size, self.threshold, self.classes = meta['size'], meta['threshold'], meta['classes']
+        self.positive = self.classes.index(POSITIVE)
+        self.negative = next(c for c in self.classes if c != POSITIVE)   # two classes: the one that is not COVID-19
         self.model = model.to(self.device).eval()
         if self.device.type == 'cuda': self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(meta['mean'], device=self.device).view(1, 3, 1, 1)
@@ -90,7 +93,7 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor])->np.ndarray:
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, enabled=self.device.type == 'cuda'):
         logits = self.model(x)
-    return torch.softmax(logits.float(), dim=1)[:, self.classes.index('COVID-19')].cpu().numpy()
+    return torch.softmax(logits.float(), dim=1)[:, self.positive].cpu().numpy()
 
 # %% ../nbs/05_inference.ipynb #4ac490c4
 @patch
@@ -111,7 +114,7 @@ def predict(self:CovidClassifier,
             probs = iter(self._probs([x for _, x in ok]) if ok else [])
             for f, x, e in loaded:
                 p = None if e else float(next(probs))
-                rows.append({'file': f, 'label': None if e else ('COVID-19' if p >= self.threshold else 'Normal'),
+                rows.append({'file': f, 'label': None if e else (POSITIVE if p >= self.threshold else self.negative),
                              'prob_covid': p, 'error': e})
     return pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'error'])
 
@@ -149,15 +152,27 @@ def _load_pickle(path:Path, device, cache)->CovidClassifier:
             'classes': list(learn.dls.vocab), 'mean': list(imagenet_stats[0]), 'std': list(imagenet_stats[1]), 'threshold': 0.5}
     return CovidClassifier(learn.model, meta, device, cache)
 
+# %% ../nbs/05_inference.ipynb #4a76f866
+def model_description(path:str|Path # A run folder, its `model.json`, its `model.safetensors`, or a fastai `.pkl` export
+                     )->Path:
+    "The file that describes the model at `path`: the `model.json` of a run folder or beside its weights, else `path`."
+    path = Path(path)
+    if path.is_dir(): return path/MODEL_JSON
+    return path.with_name(MODEL_JSON) if path.suffix == '.safetensors' else path
+
+def run_folder(path:str|Path # As for `model_description`
+              )->Path:
+    "The run folder of the model at `path`."
+    return model_description(path).parent
+
 # %% ../nbs/05_inference.ipynb #79370530
-def load_model(path:str|Path, # A run folder, its `model.json`, or a fastai `.pkl` export
+def load_model(path:str|Path, # A run folder, its `model.json` or `model.safetensors`, or a fastai `.pkl` export
                trust_pickle:bool=False, # Allow loading a pickle, which can run any code it holds
                device:torch.device|None=None, # Default: `get_device()`
                cache:DecodeCache|None=None # Keep decoded images here; None decodes every time
               )->CovidClassifier:
     "Load a model saved by `save_model` (or, if trusted, a fastai export) for prediction."
-    path = Path(path)
-    if path.is_dir(): path = path/MODEL_JSON
+    path = model_description(path)
     if not path.is_file(): raise ModelFileError(f"Model file {path} not found; give the folder that `covid-fastai train --out` wrote")
     if path.suffix in ('.pkl', '.pth', '.pt'):
         if not trust_pickle: raise ModelFileError(
@@ -165,3 +180,26 @@ def load_model(path:str|Path, # A run folder, its `model.json`, or a fastai `.pk
             "only if you trust where it comes from, or use the model.json + model.safetensors that train writes")
         return _load_pickle(path, device, cache)
     return _load_safe(path, device, cache)
+
+# %% ../nbs/05_inference.ipynb #364f6740
+IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.bmp', '.tif', '.tiff')
+
+def image_files(paths:list # Image files, or folders of them
+               )->list[Path]:
+    "`paths` with each folder replaced by the image files directly inside it, sorted."
+    files = []
+    for p in map(Path, paths):
+        files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+    return files
+
+# %% ../nbs/05_inference.ipynb #44284a26
+def predict_files(model:str|Path, # A run folder, its model.json or model.safetensors (or a trusted .pkl)
+                  images:list, # Image files, or folders of them
+                  trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
+                  cpu:bool=False, # Predict on the CPU even if there is a GPU
+                  bs:int=32, # Images per forward pass
+                  cache:bool=True # Keep decoded images in the decode cache (`default_cache_dir()`)
+                 )->pd.DataFrame:
+    "Label and COVID-19 probability of image files: one row per file, with the error for files that cannot be read."
+    clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
+    return clf.predict(image_files(images), bs=bs)

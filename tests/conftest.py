@@ -1,4 +1,4 @@
-"Shared fixtures: the real CoronaHack copy, and one small training run reused by the command-line tests."
+"Shared fixtures: the data this machine has (the packaged sample when there is no dataset), and one small training run reused by the command-line tests."
 import os, subprocess, sys
 from pathlib import Path
 import pytest
@@ -9,7 +9,7 @@ CLI = [str(Path(sys.executable).parent/'covid-fastai')]   # the installed consol
 
 @pytest.fixture(scope='session')
 def data_root():
-    "The dataset root: $COVID_FASTAI_DATA or the development copy beside the checkout; the tests need real images."
+    "The dataset root: $COVID_FASTAI_DATA, the development copy beside the checkout, else the packaged sample."
     from covid_fastai.data import find_data_root
     cwd = os.getcwd()
     try:
@@ -30,6 +30,11 @@ def images(data_root):
 def metadata(data_root):
     from covid_fastai.data import read_metadata
     return read_metadata(data_root)
+
+
+def with_files(rows, folder):
+    "Which of `rows` have their image file in `folder`."
+    return rows.X_ray_image_name.isin({p.name for p in Path(folder).iterdir()})
 
 
 def run_cli(*args, check=True, **kw):

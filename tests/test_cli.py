@@ -1,7 +1,11 @@
-"The `covid-fastai` command end to end, in subprocesses, on the shared data."
-import json
+"""The `covid-fastai` command end to end, in subprocesses, on whatever data the machine has.
+
+Counts come from the CSV and the image folder, never from one copy of the data: the tests pass on the packaged sample,
+on the shared development copy and on a complete download."""
+import json, shutil
 import pandas as pd, pytest, torch
-from conftest import run_cli
+from conftest import run_cli, with_files
+from covid_fastai.data import images_dir
 
 
 def test_summary_prints_the_seed_figures(data_root, tmp_path):
@@ -15,19 +19,26 @@ def test_summary_prints_the_seed_figures(data_root, tmp_path):
     assert all((tmp_path/p).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pngs)
 
 
-def test_train_writes_model_metrics_history_and_plots(small_run):
+def test_train_writes_model_metrics_history_and_plots(small_run, metadata, images):
     out, res = small_run
     m = json.loads((out/'metrics.json').read_text())
     assert set(m) == {'n', 'accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc', 'threshold', 'confusion_matrix'}
     (tn, fp), (fn, tp) = m['confusion_matrix']
-    assert m['n'] == tn + fp + fn + tp == 12 and tp + fn == 6          # stratified: both classes in validation
-    assert m['accuracy'] == pytest.approx((tp + tn) / 12)
+    split = pd.read_csv(out/'split.csv')
+    valid = split[split.split == 'valid'].target.value_counts()
+    assert m['n'] == tn + fp + fn + tp == valid.sum() and tp + fn == valid['COVID-19'] and tn + fp == valid['Normal']
+    per_class = split.target.value_counts()                 # stratified: each class gives about 10 % to validation
+    assert all(valid[c] == min(n - 1, max(1, round(n * 0.1))) for c, n in per_class.items())
+    assert m['accuracy'] == pytest.approx((tp + tn) / m['n'])
     hist = pd.read_csv(out/'history.csv')
     assert hist.phase.tolist() == ['frozen', 'unfrozen'] and hist.train_loss.notna().all()
     assert {p.name for p in (out/'plots').iterdir()} == {'history.png', 'confusion.png', 'roc.png', 'predictions.png'}
     run = json.loads((out/'run.json').read_text())
     assert run['settings']['size'] == 64 and run['pretrained'] is False and run['device'] == 'cpu'
-    assert str(out/'model.json') in res.stdout and 'have no image file' in res.stderr   # says where things are, warns about missing files
+    assert str(out/'model.json') in res.stdout
+    labelled = metadata[(metadata.Dataset_type == 'TRAIN') & ((metadata.Label == 'Normal') | (metadata.Label_2_Virus_category == 'COVID-19'))]
+    missing = (~with_files(labelled, images)).sum()
+    assert ('have no image file' in res.stderr) == (missing > 0)   # warns about missing files, once, only when there are some
 
 
 def test_evaluate_on_the_run_validation_split_matches_train(small_run, tmp_path):
@@ -41,13 +52,17 @@ def test_evaluate_on_the_run_validation_split_matches_train(small_run, tmp_path)
 
 def test_evaluate_on_unseen_csv_counts_what_it_leaves_out(small_run, unseen, images, tmp_path):
     csv, rows = unseen
+    if not with_files(rows[(rows.Label == 'Normal') | (rows.Label_2_Virus_category == 'COVID-19')], images).any():
+        pytest.skip('every labelled image of this copy was used by the run')
     res = run_cli('evaluate', '--model', small_run[0], '--csv', csv, '--images', images, '--out', tmp_path)
     m = json.loads((tmp_path/'metrics.json').read_text())
-    assert m['n'] == 300 - 55                        # the Normal images present and not sampled
-    assert m['sensitivity'] is None and m['roc_auc'] is None
     labelled = (rows.Label == 'Normal') | (rows.Label_2_Virus_category == 'COVID-19')
-    assert m['left_out'] == {'other_labels': (~labelled).sum(), 'missing_images': labelled.sum() - 245, 'unreadable': 0}
-    assert 'n=245' in res.stdout
+    present = with_files(rows[labelled], images)
+    assert m['n'] == present.sum()                   # the labelled images present and not used by the run
+    if m['n'] and not (rows[labelled][present].Label_2_Virus_category == 'COVID-19').any():
+        assert m['sensitivity'] is None and m['roc_auc'] is None   # no COVID-19 left over: undefined, not 0
+    assert m['left_out'] == {'other_labels': (~labelled).sum(), 'missing_images': (~present).sum(), 'unreadable': 0}
+    assert f"n={m['n']}" in res.stdout
 
 
 def test_predict_agrees_with_the_library(small_run, unseen, images):
@@ -66,7 +81,7 @@ def test_predict_agrees_with_the_library(small_run, unseen, images):
 
 def test_predict_reports_a_bad_file_and_predicts_the_rest(small_run, images, tmp_path):
     bad = tmp_path/'empty.jpeg'; bad.write_bytes(b'')
-    good = sorted(images.glob('IM-*.jpeg'))[0]
+    good = sorted(images.glob('IM-*.jpeg'))[0]   # a Normal film of Kermany et al., in every copy
     res = run_cli('predict', '--model', small_run[0], good, bad, '--json', check=False)
     assert res.returncode == 1
     out = json.loads(res.stdout)
@@ -93,3 +108,52 @@ def test_missing_pretrained_weights_stop_with_exit_code_3(data_root, tmp_path):
     assert res.returncode == 3 and 'Traceback' not in res.stderr
     assert 'resnet50-11ad3fa6.pth' in res.stderr and '--no-pretrained' in res.stderr
     assert not (tmp_path/'run'/'model.json').exists()
+
+
+def test_model_is_the_run_folder_or_either_of_its_files(small_run, images):
+    out = small_run[0]
+    files = sorted(images.glob('IM-*.jpeg'))[:2]
+    answers = [json.loads(run_cli('predict', '--model', m, *files, '--json').stdout) for m in (out, out/'model.json', out/'model.safetensors')]
+    assert answers[0] == answers[1] == answers[2] and all(r['label'] for r in answers[0])
+
+
+@pytest.fixture(scope='module')
+def complete_root(data_root, metadata, images, tmp_path_factory):
+    "A complete download's layout: every COVID-19 row of the CSV with its file (copies for the ones this copy lacks), and a test/ folder."
+    root = tmp_path_factory.mktemp('complete')/'coronahack-chest-xraydataset'
+    train_dir, test_dir = images_dir(root), images_dir(root, 'test')
+    train_dir.mkdir(parents=True); test_dir.mkdir(parents=True)
+    train = metadata[metadata.Dataset_type == 'TRAIN']
+    covid, normal = train[train.Label_2_Virus_category == 'COVID-19'], train[train.Label == 'Normal']
+    have = lambda d: d[with_files(d, images)].X_ray_image_name.tolist()
+    for name in have(covid) + have(normal)[:len(covid)]: shutil.copy(images/name, train_dir/name)
+    donors = have(covid)
+    for i, name in enumerate(n for n in covid.X_ray_image_name if not (train_dir/n).exists()):
+        shutil.copy(images/donors[i % len(donors)], train_dir/name)   # a stand-in for a file this copy lacks
+    test = metadata[metadata.Dataset_type == 'TEST'].head(4)
+    if test.empty:                                                    # the sample has no TEST rows: make four
+        test = normal.head(4).assign(Dataset_type='TEST', X_ray_image_name=[f'test-{i}.jpeg' for i in range(4)])
+    for name, src in zip(test.X_ray_image_name, have(normal)): shutil.copy(images/src, test_dir/name)
+    rows = pd.concat([covid, normal[normal.X_ray_image_name.isin(have(normal)[:len(covid)])], test])
+    rows.to_csv(root/'Chest_xray_Corona_Metadata.csv')
+    return root, len(covid), test
+
+
+def test_a_complete_download_selects_every_positive_and_trains(complete_root, tmp_path):
+    import warnings
+    from covid_fastai.data import read_metadata, select_balanced
+    root, n_covid, test = complete_root
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                # complete: not one row is left out
+        rows = select_balanced(read_metadata(root), images_dir(root))
+    assert rows.target.value_counts().to_dict() == {'COVID-19': n_covid, 'Normal': n_covid}
+    out = tmp_path/'run'
+    res = run_cli('train', '--data', root, '--out', out, '--arch', 'resnet18', '--size', 32, '--frozen-epochs', 1,
+                  '--unfrozen-epochs', 0, '--no-pretrained', '--num-workers', 0)
+    assert 'have no image file' not in res.stderr
+    split = pd.read_csv(out/'split.csv')
+    assert len(split) == 2 * n_covid and (split.split == 'valid').sum() == 2 * min(n_covid - 1, max(1, round(n_covid * 0.1)))
+    test.to_csv(tmp_path/'test.csv')
+    run_cli('evaluate', '--model', out, '--csv', tmp_path/'test.csv', '--images', images_dir(root, 'test'), '--out', tmp_path/'eval')
+    m = json.loads((tmp_path/'eval'/'metrics.json').read_text())
+    assert m['n'] == (test.Label == 'Normal').sum() + (test.Label_2_Virus_category == 'COVID-19').sum()
