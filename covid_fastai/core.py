@@ -44,7 +44,7 @@ def atomic_write(dest:str|Path): # The file to write
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
-# %% ../nbs/00_core.ipynb #6dfc83f5
+# %% ../nbs/00_core.ipynb #2f5c20bf
 def write_json(obj, # Anything `json.dumps` takes; NaN is refused, write None for an undefined value
                path:str|Path # The file to write
               )->Path:
@@ -65,7 +65,7 @@ def save_figure(fig, # A matplotlib figure; it is closed once saved
     plt.close(fig)
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #3c613d12
+# %% ../nbs/00_core.ipynb #f853978b
 MODEL_JSON, WEIGHTS_FILE = 'model.json', 'model.safetensors'
 METRICS_JSON, RUN_JSON, CHECKPOINT = 'metrics.json', 'run.json', 'checkpoint.pth'
 HISTORY_CSV, SPLIT_CSV, PREDICTIONS_CSV = 'history.csv', 'split.csv', 'predictions.csv'

@@ -57,7 +57,7 @@ def images_dir(root:str|Path, # The dataset root
     "The folder that holds `root`'s images for `split`."
     return Path(root)/IMAGES_SUBDIR/split.lower()
 
-# %% ../nbs/01_data.ipynb #0466735a
+# %% ../nbs/01_data.ipynb #0fd6dc68
 def analysis_metadata(root:str|Path # A dataset root, from `find_data_root`
                      )->Path:
     "The CSV the seed article's analysis reads: `root`'s own, or for the sample the published one that ships beside it."
@@ -168,7 +168,7 @@ def plot_label_counts(df:pd.DataFrame, # Checked metadata
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_data.ipynb #a849c4a4
+# %% ../nbs/01_data.ipynb #2d25d951
 def analyse(data:str|Path|None=None, # Dataset root; see `find_data_root`
             plots:str|Path|None=None # Also save the three analysis plots as PNG in this folder
            )->str:

@@ -102,7 +102,7 @@ def plot_predictions(paths, targets, probs, # Image files, their true class (1: 
     fig.tight_layout()
     return fig
 
-# %% ../nbs/06_evaluate.ipynb #a3cd3d87
+# %% ../nbs/06_evaluate.ipynb #4ebf5200
 def save_evaluation(out:Path, # Folder to write into
                     metrics:dict, # From `binary_metrics`
                     paths, targets, probs # The images, classes (1: COVID-19) and probabilities behind `metrics`
@@ -115,7 +115,7 @@ def save_evaluation(out:Path, # Folder to write into
     save_figure(plot_predictions([paths[i] for i in order], [targets[i] for i in order], [probs[i] for i in order],
                                  metrics['threshold']), out/PLOTS_DIR/'predictions.png')
 
-# %% ../nbs/06_evaluate.ipynb #ac1ed708
+# %% ../nbs/06_evaluate.ipynb #a5fa0939
 def _run_valid_rows(model, data):
     "The validation rows of the run that wrote `model`, with their image paths under the dataset root `data`."
     split = run_folder(model)/SPLIT_CSV
@@ -124,7 +124,7 @@ def _run_valid_rows(model, data):
     valid = pd.read_csv(split).query("split == 'valid'")
     return add_paths(valid, images_dir(find_data_root(data))), {'other_labels': 0}
 
-# %% ../nbs/06_evaluate.ipynb #ba2849ad
+# %% ../nbs/06_evaluate.ipynb #b99d7a1d
 def evaluate(model:str|Path, # A run folder, its model.json or its model.safetensors
              data:str|Path|None=None, # Dataset root: evaluate on the run's validation images
              csv:str|Path|None=None, # Or: a CSV in CoronaHack's format...

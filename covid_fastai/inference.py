@@ -152,7 +152,7 @@ def _load_pickle(path:Path, device, cache)->CovidClassifier:
             'classes': list(learn.dls.vocab), 'mean': list(imagenet_stats[0]), 'std': list(imagenet_stats[1]), 'threshold': 0.5}
     return CovidClassifier(learn.model, meta, device, cache)
 
-# %% ../nbs/05_inference.ipynb #4a76f866
+# %% ../nbs/05_inference.ipynb #5200a5fa
 def model_description(path:str|Path # A run folder, its `model.json`, its `model.safetensors`, or a fastai `.pkl` export
                      )->Path:
     "The file that describes the model at `path`: the `model.json` of a run folder or beside its weights, else `path`."
@@ -181,7 +181,7 @@ def load_model(path:str|Path, # A run folder, its `model.json` or `model.safeten
         return _load_pickle(path, device, cache)
     return _load_safe(path, device, cache)
 
-# %% ../nbs/05_inference.ipynb #364f6740
+# %% ../nbs/05_inference.ipynb #7a1d7b28
 IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.bmp', '.tif', '.tiff')
 
 def image_files(paths:list # Image files, or folders of them
@@ -192,7 +192,7 @@ def image_files(paths:list # Image files, or folders of them
         files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
     return files
 
-# %% ../nbs/05_inference.ipynb #44284a26
+# %% ../nbs/05_inference.ipynb #2bf82340
 def predict_files(model:str|Path, # A run folder, its model.json or model.safetensors (or a trusted .pkl)
                   images:list, # Image files, or folders of them
                   trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)

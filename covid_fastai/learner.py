@@ -116,7 +116,7 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
     if dls.device.type == 'cuda': learn.to_fp16()
     return learn
 
-# %% ../nbs/04_learner.ipynb #88dc3199
+# %% ../nbs/04_learner.ipynb #225cf066
 PHASES = ('frozen', 'unfrozen')
 
 @patch

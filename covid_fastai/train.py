@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #74c25488
 from __future__ import annotations
-import json, time, platform
+import os, json, time, platform
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import fastai
