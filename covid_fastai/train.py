@@ -13,6 +13,7 @@ import covid_fastai
 from .core import *
 from .data import *
 from .datablock import *
+from .checkpoint import *
 from .learner import *
 from .evaluate import *
 from .inference import *

@@ -3,7 +3,8 @@ import json, signal, subprocess, time
 import pandas as pd, pytest
 from conftest import CLI, run_cli
 
-SMALL = ['--arch', 'resnet18', '--size', 48, '--frozen-epochs', 2, '--unfrozen-epochs', 3, '--no-pretrained', '--num-workers', 0]
+SMALL = ['--arch', 'resnet18', '--size', 96,   # epochs long enough (seconds, on any copy) to interrupt the run between them
+          '--frozen-epochs', 2, '--unfrozen-epochs', 3, '--no-pretrained', '--num-workers', 0]
 
 
 def _interrupt_after_first_epoch(out, sig):
@@ -11,7 +12,7 @@ def _interrupt_after_first_epoch(out, sig):
     proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not (out/'checkpoint.pth').exists():
         assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err

