@@ -11,8 +11,9 @@ import pandas as pd, torch
 # %% auto #0
 __all__ = ['MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV', 'PREDICTIONS_CSV',
            'PLOTS_DIR', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
-           'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'WeightsNotFoundError',
-           'ModelFileError', 'atomic_write', 'write_json', 'write_csv', 'save_figure', 'get_device']
+           'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'NotRadiographError',
+           'WeightsNotFoundError', 'ModelFileError', 'atomic_write', 'write_json', 'write_csv', 'save_figure',
+           'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -25,6 +26,7 @@ class UnsafeImageNameError(MetadataError): "An image name that would resolve out
 class MissingImagesError(CovidFastaiError, FileNotFoundError): "Image files named in the CSV are missing (raised in strict mode)."
 class EmptySelectionError(CovidFastaiError, ValueError): "The selection has no row of a class it needs."
 class UnreadableImageError(CovidFastaiError, ValueError): "An image file that cannot be decoded."
+class NotRadiographError(UnreadableImageError): "An image that decodes but cannot be a radiograph: too small, too elongated, or blank."
 class WeightsNotFoundError(CovidFastaiError, FileNotFoundError):
     "Pretrained weights that are neither cached nor downloadable."
     exit_code = 3

@@ -14,8 +14,9 @@ from .core import *
 from .data import CLASSES
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'CACHE_ENV', 'to_rgb', 'load_xray', 'default_cache_dir', 'DecodeCache', 'OpenXRay', 'check_images',
-           'StratifiedSplitter', 'covid_augment', 'covid_datablock', 'default_workers', 'covid_dataloaders']
+__all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'CACHE_ENV', 'to_rgb', 'load_xray', 'default_cache_dir',
+           'DecodeCache', 'OpenXRay', 'check_images', 'StratifiedSplitter', 'covid_augment', 'covid_datablock',
+           'default_workers', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -38,12 +39,15 @@ def to_rgb(im:Image.Image)->Image.Image:
         im = Image.alpha_composite(bg, im)
     return (im if im.mode == 'L' else im.convert('L')).convert('RGB')
 
+# %% ../nbs/02_datablock.ipynb #ff8d7b76
+MIN_SIDE, MAX_ASPECT, MIN_STD = 64, 4.0, 2.0   # pixels; longer side / shorter side; grey levels (of 255)
+
 # %% ../nbs/02_datablock.ipynb #dc1607de
 def load_xray(fn:str|Path, # An image file
               size:int|None=None, # Squish to `size` x `size` (bilinear); None keeps the image's own size
               max_pixels:int=MAX_PIXELS # Refuse images with more pixels than this, before decoding
              )->Image.Image:
-    "Open `fn` as an RGB Pillow image; raise `UnreadableImageError` naming the file and the reason."
+    "Open `fn` as an RGB Pillow image; raise `UnreadableImageError` naming the file and the reason when it cannot be a radiograph."
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('error', Image.DecompressionBombWarning)
@@ -51,6 +55,10 @@ def load_xray(fn:str|Path, # An image file
                 w, h = im.size
                 if w*h > max_pixels: raise UnreadableImageError(
                     f"{fn}: {w} x {h} pixels is over the limit of {max_pixels:,}; shrink the image or raise max_pixels")
+                if min(w, h) < MIN_SIDE: raise NotRadiographError(
+                    f"{fn}: {w} x {h} pixels, under {MIN_SIDE} px on its shorter side: too small to be a radiograph")
+                if max(w, h) > MAX_ASPECT*min(w, h): raise NotRadiographError(
+                    f"{fn}: {w} x {h} pixels, an aspect ratio of 1:{max(w, h)/min(w, h):.1f}: no radiograph is beyond 1:{MAX_ASPECT:g}")
                 if size: im.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `size`
                 im.load()
                 im = to_rgb(ImageOps.exif_transpose(im))
@@ -62,11 +70,14 @@ def load_xray(fn:str|Path, # An image file
                                    "shrink the image or raise max_pixels") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: not a readable image ({type(e).__name__}: {e})") from None
-    return im if size is None else im.resize((size, size), Image.BILINEAR)
+    im = im if size is None else im.resize((size, size), Image.BILINEAR)
+    if (spread := np.asarray(im)[..., 0].std()) < MIN_STD:
+        raise NotRadiographError(f"{fn}: blank (its grey levels vary by {spread:.1f} of 255): no radiograph to read")
+    return im
 
 # %% ../nbs/02_datablock.ipynb #ee74c503
 CACHE_ENV = 'COVID_FASTAI_CACHE'
-_LOADER_VERSION = 2   # bump when `load_xray`'s output changes, to retire old cache entries
+_LOADER_VERSION = 3   # bump when `load_xray`'s output changes, to retire old cache entries
 
 def default_cache_dir()->Path:
     "`$COVID_FASTAI_CACHE`, else `decoded/` in the user's cache folder."
@@ -83,6 +94,7 @@ class DecodeCache:
         "Where the decoded `fn` at `size` is kept."
         try: st = os.stat(fn)
         except FileNotFoundError: raise UnreadableImageError(f"{fn}: file not found (moved or deleted after it was listed)") from None
+        except OSError as e: raise UnreadableImageError(f"{fn}: cannot be read ({e.strerror or e})") from None
         key = f"{Path(fn).resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{_LOADER_VERSION}"
         return self.folder/f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 

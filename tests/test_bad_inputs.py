@@ -141,6 +141,49 @@ def test_predict_reports_each_bad_file_and_predicts_the_rest(bad_run, bad_root):
     assert f'4 of {n} file(s) could not be read' in res.stderr
 
 
+
+# Files that decode but cannot be radiographs, and paths that are not files
+
+def _a_good_file(folder): return next(p for p in sorted(folder.iterdir()) if not p.name.startswith(tuple({**BAD, **ODD})))
+
+
+def _not_radiographs(folder):
+    "A 1 x 1 PNG, a 100 x 5000 strip of noise and a flat 16-bit image: each was once called COVID-19 with p > 0.97."
+    rng = np.random.default_rng(0)
+    Image.new('L', (1, 1)).save(folder/'dot.png')
+    Image.fromarray(rng.integers(0, 255, (5000, 100), dtype=np.uint8)).save(folder/'strip.png')
+    Image.fromarray(np.full((600, 500), 7, dtype=np.uint16)).save(folder/'flat16.png')
+    (folder/'loop.jpeg').symlink_to(folder/'loop.jpeg')                  # a link to itself: ELOOP
+    (folder/'folder.jpeg').mkdir()                                       # a folder named like an image
+    return {'dot.png': 'too small', 'strip.png': 'aspect ratio', 'flat16.png': 'blank', 'loop.jpeg': '', 'folder.jpeg': ''}
+
+
+@pytest.mark.parametrize('cache', [True, False])
+def test_predict_answers_each_non_radiograph_and_bad_path_with_its_reason(cache, bad_run, bad_root, tmp_path):
+    expected = _not_radiographs(tmp_path)
+    good = _a_good_file(bad_root[1])
+    res = run_cli('predict', '--model', bad_run[0], good, tmp_path, '--json',                  # the folder stands for its images
+                  *([] if cache else ['--no-cache']), check=False)
+    assert res.returncode == 1 and 'Traceback' not in res.stderr
+    out = {Path(r['file']).name: r for r in json.loads(res.stdout)}
+    assert out[good.name]['label'] in ('Normal', 'COVID-19') and 'error' not in out[good.name]
+    for name, why in expected.items():
+        assert out[name]['label'] is None and out[name]['prob_covid'] is None and why in out[name]['error'], out[name]
+    assert f'{len(expected)} of {len(expected) + 1} file(s) could not be read' in res.stderr
+
+
+def test_train_leaves_out_non_radiographs(bad_root, tmp_path):
+    from covid_fastai.data import select_balanced, read_metadata
+    from covid_fastai.datablock import check_images
+    root, folder = bad_root
+    rows = select_balanced(read_metadata(root), folder).head(4).copy()
+    good = str(_a_good_file(folder))
+    rows['path'] = [str(tmp_path/n) for n in list(_not_radiographs(tmp_path))[:3]] + [good]
+    with pytest.warns(UserWarning, match='3 unreadable image'): kept = check_images(rows)
+    assert kept.path.tolist() == [good]
+    with pytest.raises(UnreadableImageError, match='too small to be a radiograph'): check_images(rows, strict=True)
+
+
 # Bad tables
 
 def _root_with(tmp_path, meta, images=None):
