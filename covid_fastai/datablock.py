@@ -39,7 +39,7 @@ def to_rgb(im:Image.Image)->Image.Image:
         im = Image.alpha_composite(bg, im)
     return (im if im.mode == 'L' else im.convert('L')).convert('RGB')
 
-# %% ../nbs/02_datablock.ipynb #ff8d7b76
+# %% ../nbs/02_datablock.ipynb #1f62b7e7
 MIN_SIDE, MAX_ASPECT, MIN_STD = 64, 4.0, 2.0   # pixels; longer side / shorter side; grey levels (of 255)
 
 # %% ../nbs/02_datablock.ipynb #dc1607de
