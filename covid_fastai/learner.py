@@ -95,7 +95,7 @@ def covid_metrics(n_classes:int=2 # Classes of the task; COVID-19 is the last
     "Accuracy; F1 and ROC AUC with COVID-19 as the positive class (against every other class when there are more than two)."
     if n_classes == 2: return [accuracy, F1Score(pos_label=1), RocAucBinary()]
     return [accuracy, _covid_vs_rest('f1_covid', lambda t, p: skm.f1_score(t, p == n_classes-1), n_classes, dim_argmax=-1),
-            _covid_vs_rest('roc_auc_covid', skm.roc_auc_score, n_classes, activation=ActivationType.BinarySoftmax)]
+            _covid_vs_rest('roc_auc_covid', skm.roc_auc_score, n_classes, dim_argmax=-1, activation=ActivationType.BinarySoftmax)]
 
 # %% ../nbs/04_learner.ipynb #39e639c0
 def load_body(model:nn.Module, # A model from `vision_learner`/`create_vision_model` on `arch`
