@@ -297,7 +297,7 @@ def select_balanced(df:pd.DataFrame, # Checked metadata, from `read_metadata`; r
     train = df[df.Dataset_type=='TRAIN'].assign(target=lambda d: target_of(d, task)).dropna(subset=['target'])
     extra = train.index[train.path.notna()] if 'path' in train else []
     train = _with_paths(train, folder, strict)
-    by_class = {c: train[train.target==c] for c in classes}
+    by_class = {c: train[train.target==c] for c in [POSITIVE] + classes[:-1]}   # COVID-19 first: the one to name if missing
     for c, rows in by_class.items():
         if not len(rows): raise EmptySelectionError(
             f"No {c} TRAIN rows with an image file in {folder}; the balanced dataset of {task} needs every class ({', '.join(classes)})")
