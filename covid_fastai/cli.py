@@ -117,6 +117,8 @@ def _evaluate(a):
     from covid_fastai.core import METRICS_JSON, PLOTS_DIR
     m = command_function('evaluate')(**_args_of(command_function('evaluate'), a))
     _print_metrics(m)
+    for v, mv in m.get('by', {}).items():
+        print(f"{m['by_column']} = {v}: n={mv['n']}  " + '  '.join(f"{k}={_fmt(mv[k])}" for k in ('sensitivity', 'specificity', 'roc_auc')))
     left = m['left_out']
     print(f"left out: {left.get('other_labels', 0)} rows of other classes, {left.get('missing_images', 0)} without image file, "
           f"{left['unreadable']} unreadable")

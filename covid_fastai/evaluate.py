@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #4cece6eb
 from __future__ import annotations
-import math
+import math, re
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
@@ -16,7 +16,7 @@ from .inference import load_model, run_folder, predicted
 
 # %% auto #0
 __all__ = ['binary_metrics', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc', 'plot_predictions', 'save_evaluation',
-           'evaluate']
+           'metrics_by', 'plot_by', 'evaluate']
 
 # %% ../nbs/06_evaluate.ipynb #163ca616
 def _ratio(a, b): return None if b == 0 else a / b
@@ -153,6 +153,31 @@ def save_evaluation(out:Path, # Folder to write into
     save_figure(plot_predictions([paths[i] for i in order], y[order], p[order], metrics['threshold'], classes=classes),
                 out/PLOTS_DIR/'predictions.png')
 
+# %% ../nbs/06_evaluate.ipynb #d6dd4e42
+def metrics_by(values, # The value of the column for each image
+               targets, probs, classes:list, threshold:float=0.5 # As for `class_metrics`
+              )->dict:
+    "`class_metrics` of the images of each value (missing: 'unknown'), by value, in sorted order."
+    values = pd.Series(list(values), dtype=object).fillna('unknown').astype(str).to_numpy()
+    y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
+    return {v: class_metrics(y[values == v], p[values == v], classes, threshold) for v in sorted(set(values))}
+
+def plot_by(by:dict, # From `metrics_by`
+            column:str # The column's name, for the title
+           )->plt.Figure:
+    "Sensitivity and specificity (COVID-19 against the rest) for each value, with its number of images; undefined ones marked n/a."
+    names = [f"{v} (n={m['n']})" for v, m in by.items()]
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.6*len(by)))
+    for i, (key, colour) in enumerate([('sensitivity', 'tab:red'), ('specificity', 'tab:blue')]):
+        vals = [m[key] for m in by.values()]
+        ys = np.arange(len(by)) + (i - 0.5) * 0.38
+        ax.barh(ys, [v or 0 for v in vals], height=0.38, color=colour, label=key)
+        for y, v in zip(ys, vals): ax.text(0.01 if v is None else v + 0.01, y, 'n/a' if v is None else f"{v:.2f}", va='center', fontsize=8)
+    ax.set(yticks=range(len(by)), yticklabels=names, xlim=(0, 1.12), xlabel='COVID-19 against the rest', title=f"By {column}")
+    ax.invert_yaxis(); ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8)
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/06_evaluate.ipynb #a5fa0939
 def _run_valid_rows(model, data):
     "The validation rows of the run that wrote `model`: CoronaHack's with their image paths under the dataset root `data`, extra data's where they were."
@@ -186,7 +211,8 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
              trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
              cpu:bool=False, # Predict on the CPU even if there is a GPU
              bs:int=32, # Images per forward pass
-             cache:bool=True # Keep decoded images in the decode cache (`default_cache_dir()`)
+             cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
+             by:str|None=None # Also report the metrics for each value of this column of the CSV (e.g. source, view)
             )->dict:
     "Metrics of `model` on its validation images or on `csv`, with counts of the rows left out."
     if csv is not None and data is not None: raise CovidFastaiError("give --data (the run's validation images) or --csv, not both")
@@ -194,14 +220,18 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
     if csv is not None: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
     else: rows, left_out = _run_valid_rows(model, data)
+    if by is not None and by not in rows: raise OptionError(
+        f"--by {by}: no such column in {csv or run_folder(model)/SPLIT_CSV} (columns: {', '.join(c for c in rows if c not in ('path', 'target'))})")
     preds = clf.predict(rows.path, bs=bs).assign(target=rows.target.values)
     ok = preds[preds.error.isna()]
     if not len(ok): raise EmptySelectionError(f"None of the {len(preds)} images could be read; first error: {preds.error.iloc[0]}")
     targets, probs = [clf.classes.index(t) for t in ok.target], _prob_matrix(ok, clf.classes)
     metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold),
                'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}}
+    if by is not None: metrics.update(by=metrics_by(rows[by][preds.error.isna().values], targets, probs, clf.classes, clf.threshold), by_column=by)
     if out is not None:
         out = Path(out)
         save_evaluation(out, metrics, ok.file.tolist(), targets, probs, clf.classes)
         write_csv(_predictions_table(preds), out/PREDICTIONS_CSV)
+        if by is not None: save_figure(plot_by(metrics['by'], by), out/PLOTS_DIR/f"by_{re.sub(r'[^A-Za-z0-9_-]', '_', by)}.png")
     return metrics
