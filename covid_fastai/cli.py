@@ -25,9 +25,13 @@ def command_function(name:str):
     return getattr(importlib.import_module(module), func)
 
 # %% ../nbs/08_cli.ipynb #dbccb970
+def _names(anno)->list[str]:
+    "The type names in an annotation such as `int`, `'float'` or `'str|Path|None'`."
+    return str(getattr(anno, '__name__', anno)).replace(' ', '').split('|')
+
 def _type(anno):
     "int, float or str, from an annotation such as `int`, `'float'` or `'str|Path|None'`."
-    names = str(getattr(anno, '__name__', anno)).replace(' ', '').split('|')
+    names = _names(anno)
     return int if 'int' in names else float if 'float' in names else str
 
 def add_options(p:argparse.ArgumentParser, # The (sub)parser to add to
@@ -37,7 +41,7 @@ def add_options(p:argparse.ArgumentParser, # The (sub)parser to add to
                ):
     "Add one option per parameter of `func`: `--name` (a flag for booleans, `--no-name` when the default is True)."
     for name, d in docments(func, full=True, returns=False).items():
-        if name in skip or d.anno in ('list', list): continue
+        if name in skip or 'list' in _names(d.anno): continue   # lists get their own `action='append'` option
         flag, doc, extra = '--' + name.replace('_', '-'), d.docment or '', kwargs.get(name, {})
         if d.default is True:
             p.add_argument('--no-' + name.replace('_', '-'), dest=name, action='store_false', help=f"turn off: {doc}", **extra)
@@ -49,14 +53,23 @@ def add_options(p:argparse.ArgumentParser, # The (sub)parser to add to
                            help=doc + ('' if default is None else f" (default: {default})"), **extra)
 
 # %% ../nbs/08_cli.ipynb #20c5c3ef
+class _Parser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose errors are one line, `covid-fastai: error: ...`, as every other error of the command."
+    def error(self, message):
+        print(f"covid-fastai: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
 def _subcommand_options(name, p):
     func = command_function(name)
     if name == 'train':
         from covid_fastai.learner import ARCHS
+        from covid_fastai.data import TASKS
         dest = p.add_mutually_exclusive_group(required=True)
         dest.add_argument('--out', metavar='DIR', help='folder for the model, metrics.json, history and plots')
         dest.add_argument('--resume', metavar='DIR', help="go on with the interrupted run in DIR, with its own settings")
-        add_options(p, func, skip=('out', 'resume'), arch=dict(choices=ARCHS))
+        p.add_argument('--extra-data', dest='extra_data', action='append', metavar='CSV:IMAGES',
+                       help=docments(func)['extra_data'] + '; give it once per dataset')
+        add_options(p, func, skip=('out', 'resume'), arch=dict(choices=ARCHS), task=dict(choices=list(TASKS)))
     elif name == 'predict':
         p.add_argument('images', nargs='+', metavar='IMAGE', help='image files, or folders of them')
         p.add_argument('--json', action='store_true', help='print JSON records instead of tab-separated lines')
@@ -64,7 +77,7 @@ def _subcommand_options(name, p):
     else: add_options(p, func)
 
 def _parse(argv:list[str])->argparse.Namespace:
-    p = argparse.ArgumentParser(prog='covid-fastai', description='Train, check and use COVID-19 chest X-ray classifiers on CoronaHack.')
+    p = _Parser(prog='covid-fastai', description='Train, check and use COVID-19 chest X-ray classifiers on CoronaHack.')
     sub = p.add_subparsers(dest='command', required=True, metavar='{' + ','.join(COMMANDS) + '}')
     for name, (*_, help) in COMMANDS.items():
         s = sub.add_parser(name, help=help, description=help)
@@ -72,11 +85,16 @@ def _parse(argv:list[str])->argparse.Namespace:
     return p.parse_args(argv)
 
 # %% ../nbs/08_cli.ipynb #ae3996de
+def _fmt(v): return 'n/a' if v is None else f"{v:.3f}"
+
 def _print_metrics(m:dict):
-    fmt = lambda v: 'n/a' if v is None else f"{v:.3f}"
-    print(f"n={m['n']}  " + '  '.join(f"{k}={fmt(m[k])}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')))
+    print(f"n={m['n']}  " + '  '.join(f"{k}={_fmt(m[k])}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')))
     (tn, fp), (fn, tp) = m['confusion_matrix']
-    print(f"confusion matrix [[tn, fp], [fn, tp]] = [[{tn}, {fp}], [{fn}, {tp}]] at threshold {m['threshold']}")
+    print(f"confusion matrix [[tn, fp], [fn, tp]] = [[{tn}, {fp}], [{fn}, {tp}]] at threshold {m['threshold']} (COVID-19 against the rest)")
+    for c, pc in m.get('per_class', {}).items():
+        print(f"  {c}: n={pc['n']}  " + '  '.join(f"{k}={_fmt(pc[k])}" for k in ('sensitivity', 'precision', 'f1', 'roc_auc')))
+    if 'confusion_matrix_all' in m:
+        print(f"confusion matrix of {', '.join(m['classes'])} (rows true, columns predicted) = {m['confusion_matrix_all']}")
 
 def _args_of(func, a)->dict:
     "The parsed options that are parameters of `func`."
@@ -99,6 +117,8 @@ def _evaluate(a):
     from covid_fastai.core import METRICS_JSON, PLOTS_DIR
     m = command_function('evaluate')(**_args_of(command_function('evaluate'), a))
     _print_metrics(m)
+    for v, mv in m.get('by', {}).items():
+        print(f"{m['by_column']} = {v}: n={mv['n']}  " + '  '.join(f"{k}={_fmt(mv[k])}" for k in ('sensitivity', 'specificity', 'roc_auc')))
     left = m['left_out']
     print(f"left out: {left.get('other_labels', 0)} rows of other classes, {left.get('missing_images', 0)} without image file, "
           f"{left['unreadable']} unreadable")

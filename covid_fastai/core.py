@@ -10,10 +10,10 @@ import pandas as pd, torch
 
 # %% auto #0
 __all__ = ['MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV', 'PREDICTIONS_CSV',
-           'PLOTS_DIR', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
+           'PLOTS_DIR', 'CV_JSON', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
            'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'NotRadiographError',
-           'WeightsNotFoundError', 'ModelFileError', 'atomic_write', 'write_json', 'write_csv', 'save_figure',
-           'get_device']
+           'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'atomic_write', 'write_json', 'write_csv',
+           'save_figure', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -31,6 +31,7 @@ class WeightsNotFoundError(CovidFastaiError, FileNotFoundError):
     "Pretrained weights that are neither cached nor downloadable."
     exit_code = 3
 class ModelFileError(CovidFastaiError, ValueError): "A model file that is missing, damaged, or not trusted."
+class OptionError(CovidFastaiError, ValueError): "An option that names something that is not there: a task, a column, a malformed value."
 
 # %% ../nbs/00_core.ipynb #f30689ee
 @contextlib.contextmanager
@@ -71,7 +72,7 @@ def save_figure(fig, # A matplotlib figure; it is closed once saved
 MODEL_JSON, WEIGHTS_FILE = 'model.json', 'model.safetensors'
 METRICS_JSON, RUN_JSON, CHECKPOINT = 'metrics.json', 'run.json', 'checkpoint.pth'
 HISTORY_CSV, SPLIT_CSV, PREDICTIONS_CSV = 'history.csv', 'split.csv', 'predictions.csv'
-PLOTS_DIR = 'plots'
+PLOTS_DIR, CV_JSON = 'plots', 'cv.json'
 
 # %% ../nbs/00_core.ipynb #ee5f3438
 def get_device(cpu:bool=False # Use the CPU even when a GPU is present

@@ -11,7 +11,7 @@ import numpy as np, pandas as pd
 from PIL import Image, ImageOps
 from fastai.vision.all import *
 from .core import *
-from .data import CLASSES
+from .data import task_classes
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'CACHE_ENV', 'to_rgb', 'load_xray', 'default_cache_dir',
@@ -169,10 +169,11 @@ def covid_datablock(size:int=256, # Side of the square images the model sees
                     valid_pct:float=0.1, # Fraction of each class for validation
                     seed:int=42, # Seed of the split
                     cache:DecodeCache|None=None, # Where decoded images are kept; None decodes every time
+                    task:str='covid-normal', # One of `TASKS`: its classes are the vocabulary, COVID-19 last
                     **kwargs)->DataBlock:
     "A DataBlock for a DataFrame with `path` and `target` columns, as `select_balanced` makes."
     return DataBlock(blocks=(TransformBlock(type_tfms=OpenXRay(size, cache), batch_tfms=IntToFloatTensor),
-                             CategoryBlock(vocab=CLASSES, sort=False)),
+                             CategoryBlock(vocab=task_classes(task), sort=False)),
                      get_x=ColReader('path'), get_y=ColReader('target'),
                      splitter=StratifiedSplitter(valid_pct, seed),
                      batch_tfms=covid_augment(**kwargs))

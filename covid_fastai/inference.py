@@ -14,13 +14,13 @@ from fastcore.basics import patch
 from fastai.vision.all import Learner, Normalize, create_vision_model, imagenet_stats, load_learner
 import covid_fastai
 from .core import *
-from .data import POSITIVE
+from .data import POSITIVE, task_of
 from .datablock import OpenXRay, DecodeCache
 from .learner import arch_fn, arch_stats, ARCHS
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'model_description', 'run_folder', 'load_model',
-           'image_files', 'predict_files']
+__all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'model_description', 'run_folder',
+           'load_model', 'image_files', 'predict_files']
 
 # %% ../nbs/05_inference.ipynb #a085f4e6
 MODEL_FORMAT = 'covid_fastai.model/1'
@@ -44,7 +44,7 @@ def save_model(learn:Learner, # A learner from `covid_learner`
     with atomic_write(dest/WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
         digest = _sha256(tmp)
-    meta = {'format': MODEL_FORMAT, 'arch': learn.arch_name, 'size': size, 'classes': list(learn.dls.vocab),
+    meta = {'format': MODEL_FORMAT, 'arch': learn.arch_name, 'size': size, 'task': task_of(learn.dls.vocab), 'classes': list(learn.dls.vocab),
             'mean': list(arch_stats(learn.arch_name)[0]), 'std': list(arch_stats(learn.arch_name)[1]), 'threshold': threshold,
             'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE, 'sha256': digest}
     with atomic_write(dest/MODEL_JSON) as tmp: tmp.write_text(json.dumps(meta, indent=2) + '\n')
@@ -57,13 +57,14 @@ class CovidClassifier:
         self.meta, self.device = meta, device or get_device()
         self.open = OpenXRay(meta['size'], cache)
         self.size, self.threshold, self.classes = meta['size'], meta['threshold'], meta['classes']
+        self.task = meta.get('task', 'covid-normal')   # model files written before tasks: COVID-19 vs Normal
         self.positive = self.classes.index(POSITIVE)
-        self.negative = next(c for c in self.classes if c != POSITIVE)   # two classes: the one that is not COVID-19
         self.model = model.to(self.device).eval()
         if self.device.type == 'cuda': self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(meta['mean'], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(meta['std'], device=self.device).view(1, 3, 1, 1)
-    def __repr__(self): return f"CovidClassifier({self.meta['arch']}, size {self.size}, threshold {self.threshold}, on {self.device})"
+    def __repr__(self): return (f"CovidClassifier({self.meta['arch']}, size {self.size}, {self.task}: {', '.join(self.classes)}, "
+                                f"threshold {self.threshold}, on {self.device})")
 
 # %% ../nbs/05_inference.ipynb #aca802e9
 @patch
@@ -77,6 +78,13 @@ def normalise(self:CovidClassifier, xb:torch.Tensor)->torch.Tensor:
     return (xb.to(self.device, non_blocking=True).float().div_(255.) - self.mean) / self.std
 
 # %% ../nbs/05_inference.ipynb #3cda3aeb
+def predicted(probs, # Class probabilities, one row per image, COVID-19 last
+              threshold:float=0.5 # With two classes: COVID-19 when its probability is at least this
+             )->np.ndarray:
+    "Index of the predicted class of each row: with two classes, COVID-19 at `threshold`; with more, the most probable."
+    probs = np.asarray(probs, dtype=float)
+    return (probs[:, -1] >= threshold).astype(int) if probs.shape[1] == 2 else probs.argmax(1)
+
 @patch
 def _load_batch(self:CovidClassifier, files, pool):
     futs = [pool.submit(self.prepare, f) for f in files]
@@ -93,7 +101,7 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor])->np.ndarray:
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, enabled=self.device.type == 'cuda'):
         logits = self.model(x)
-    return torch.softmax(logits.float(), dim=1)[:, self.positive].cpu().numpy()
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 # %% ../nbs/05_inference.ipynb #4ac490c4
 @patch
@@ -102,21 +110,23 @@ def predict(self:CovidClassifier,
              bs:int=32, # Images per forward pass
              workers:int=4 # Threads that decode images
             )->pd.DataFrame:
-    "One row per file: `file`, `label`, `prob_covid`, and `error` (None, or why the file could not be read)."
-    files, rows = [str(f) for f in files], []
+    "One row per file: `file`, `label`, `prob_covid`, `error` (None, or why the file could not be read); `probs` with more than two classes."
+    files, rows, many = [str(f) for f in files], [], len(self.classes) > 2
     batches = [files[i:i+bs] for i in range(0, len(files), bs)]
     with ThreadPoolExecutor(workers) as pool:
         nxt = pool.submit(self._load_batch, batches[0], pool) if batches else None
         for i in range(len(batches)):
             loaded = nxt.result()
             if i+1 < len(batches): nxt = pool.submit(self._load_batch, batches[i+1], pool)
-            ok = [(f, x) for f, x, e in loaded if e is None]
-            probs = iter(self._probs([x for _, x in ok]) if ok else [])
+            ok = [x for _, x, e in loaded if e is None]
+            probs = self._probs(ok) if ok else np.zeros((0, len(self.classes)))
+            labels = iter(predicted(probs, self.threshold)); probs = iter(probs)
             for f, x, e in loaded:
-                p = None if e else float(next(probs))
-                rows.append({'file': f, 'label': None if e else (POSITIVE if p >= self.threshold else self.negative),
-                             'prob_covid': p, 'error': e})
-    return pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'error'])
+                p = None if e else next(probs)
+                row = {'file': f, 'label': None if e else self.classes[next(labels)], 'prob_covid': None if e else float(p[self.positive]), 'error': e}
+                if many: row['probs'] = None if e else dict(zip(self.classes, map(float, p)))
+                rows.append(row)
+    return pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'error'] + (['probs'] if many else []))
 
 # %% ../nbs/05_inference.ipynb #529eb6c2
 def _read_meta(path:Path)->dict:
@@ -150,8 +160,8 @@ def _load_pickle(path:Path, device, cache)->CovidClassifier:
     opener = next((t for t in learn.dls.train_ds.tls[0].tfms.fs if isinstance(t, OpenXRay)), None)
     if opener is None: raise ModelFileError(f"{path} is not a covid_fastai export: its DataLoaders do not open images with OpenXRay")
     norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
-    meta = {'format': 'fastai-pickle', 'arch': getattr(learn, 'arch_name', '?'), 'size': opener.size, 'classes': list(learn.dls.vocab),
-            'mean': norm.mean.flatten().tolist(), 'std': norm.std.flatten().tolist(), 'threshold': 0.5}
+    meta = {'format': 'fastai-pickle', 'arch': getattr(learn, 'arch_name', '?'), 'size': opener.size, 'task': task_of(learn.dls.vocab),
+            'classes': list(learn.dls.vocab), 'mean': norm.mean.flatten().tolist(), 'std': norm.std.flatten().tolist(), 'threshold': 0.5}
     return CovidClassifier(learn.model, meta, device, cache)
 
 # %% ../nbs/05_inference.ipynb #5200a5fa

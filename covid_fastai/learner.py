@@ -9,7 +9,9 @@ import numpy as np
 from pathlib import Path
 from urllib.parse import urlparse
 import torch, torchvision
+import sklearn.metrics as skm
 from fastai.vision.all import *
+from fastai.metrics import ActivationType
 from .core import *
 from .checkpoint import *
 
@@ -137,9 +139,18 @@ class ClipGradValue(Callback):
     def before_step(self): nn.utils.clip_grad_value_(self.learn.model.parameters(), self.clip)
 
 # %% ../nbs/04_learner.ipynb #5e5406b4
-def covid_metrics()->list:
-    "Accuracy, F1 and ROC AUC, with class 1 (COVID-19) as the positive class."
-    return [accuracy, F1Score(pos_label=1), RocAucBinary()]
+def _covid_vs_rest(name:str, score, n_classes:int, **kwargs)->AccumMetric:
+    "A fastai metric: sklearn's `score` of COVID-19, the last of `n_classes`, against every other class."
+    def f(targ, pred): return score(np.asarray(targ) == n_classes-1, pred)
+    f.__name__ = name
+    return AccumMetric(f, to_np=True, invert_arg=True, **kwargs)
+
+def covid_metrics(n_classes:int=2 # Classes of the task; COVID-19 is the last
+                 )->list:
+    "Accuracy; F1 and ROC AUC with COVID-19 as the positive class (against every other class when there are more than two)."
+    if n_classes == 2: return [accuracy, F1Score(pos_label=1), RocAucBinary()]
+    return [accuracy, _covid_vs_rest('f1_covid', lambda t, p: skm.f1_score(t, p == n_classes-1), n_classes, dim_argmax=-1),
+            _covid_vs_rest('roc_auc_covid', skm.roc_auc_score, n_classes, dim_argmax=-1, activation=ActivationType.BinarySoftmax)]
 
 # %% ../nbs/04_learner.ipynb #39e639c0
 def _densenet_keys(state:dict)->dict:
@@ -175,12 +186,12 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
                   wd:float=1e-4, # Weight decay
                   clip:float|None=0.1, # Clip gradients to this value; None: no clipping
                   **kwargs)->Learner:
-    "A `vision_learner` for COVID-19 vs Normal, with pretrained weights from `pretrained_state` and `arch`'s input statistics."
+    "A `vision_learner` for the classes of `dls` (COVID-19 last), with pretrained weights from `pretrained_state` and `arch`'s input statistics."
     state = pretrained_state(arch, weights) if pretrained or weights is not None else None
     cbs = L(kwargs.pop('cbs', None)) + L(ClipGradValue(clip) if clip else None)
     _set_normalize(dls, arch_stats(arch))
     learn = vision_learner(dls, arch_fn(arch), pretrained=False, normalize=False, opt_func=Adam, wd=wd,
-                           metrics=kwargs.pop('metrics', covid_metrics()), cbs=cbs, **kwargs)
+                           metrics=kwargs.pop('metrics', covid_metrics(len(dls.vocab))), cbs=cbs, **kwargs)
     if state is not None: load_body(learn.model, arch, state)
     learn.arch_name, learn.pretrained = arch, state is not None
     if dls.device.type == 'cuda': learn.to_fp16()

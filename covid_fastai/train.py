@@ -19,30 +19,37 @@ from .evaluate import *
 from .inference import *
 
 # %% auto #0
-__all__ = ['balanced_rows', 'split_frame', 'train', 'resume_training']
+__all__ = ['SPLIT_COLUMNS', 'balanced_rows', 'split_frame', 'train', 'resume_training']
 
 # %% ../nbs/07_train.ipynb #3b714932
 def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
-                  ratio:float=1.0, # Normal rows per COVID-19 row
+                  ratio:float=1.0, # Rows of each other class per COVID-19 row
                   seed:int=42, # Seed of the sample
                   strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
                   size:int|None=None, # Decode at this size, as training will...
-                  cache:DecodeCache|None=None # ...and keep the decoded images here
+                  cache:DecodeCache|None=None, # ...and keep the decoded images here
+                  task:str='covid-normal', # One of `TASKS`
+                  extra_data:list|None=None # 'CSV:IMAGES' of each extra dataset whose rows join the selection
                  )->pd.DataFrame:
-    "The balanced selection of a dataset root, with only images that exist and decode."
+    "The balanced selection of `task` from a dataset root and any extra data, with only images that exist and decode."
+    task_classes(task)                                  # an unknown task stops here, before anything is read
     root = find_data_root(data)
-    rows = select_balanced(read_metadata(root), images_dir(root), ratio=ratio, seed=seed, strict=strict)
+    rows = select_balanced(read_sources(root, extra_data, strict), images_dir(root), ratio=ratio, seed=seed, strict=strict, task=task)
     return check_images(rows, strict=strict, size=size, cache=cache)
 
 # %% ../nbs/07_train.ipynb #dae2b856
+SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'path']
+
 def split_frame(dls)->pd.DataFrame:
-    "The rows behind `dls`, with a `split` column saying train or valid."
-    return pd.concat([dls.train_ds.items.assign(split='train'), dls.valid_ds.items.assign(split='valid')]
-                    )[['X_ray_image_name', 'target', 'split']]
+    "The rows behind `dls`, with a `split` column saying train or valid; CoronaHack's columns and any others last."
+    df = pd.concat([dls.train_ds.items.assign(split='train'), dls.valid_ds.items.assign(split='valid')])
+    return df[[c for c in SPLIT_COLUMNS if c in df] + [c for c in df if c not in SPLIT_COLUMNS]]
 
 # %% ../nbs/07_train.ipynb #ad9fa1ea
 def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, ../input/coronahack-chest-xraydataset, else the packaged sample)
           out:str|Path='runs/latest', # Folder for the model, metrics and plots
+          task:str='covid-normal', # The classes to learn: covid-normal, covid-rest (COVID-19 against every other row) or three-class (Normal, Pneumonia, COVID-19)
+          extra_data:list|None=None, # More labelled data: 'CSV:IMAGES' of each dataset in CoronaHack's format
           arch:str='resnet50', # The architecture
           size:int=256, # Image side
           bs:int=8, # Batch size
@@ -53,7 +60,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           wd:float=1e-4, # Weight decay
           clip:float=0.1, # Gradient clipping by value
           valid_pct:float=0.1, # Fraction of each class for validation
-          ratio:float=1.0, # Normal rows per COVID-19 row
+          ratio:float=1.0, # Rows of each other class per COVID-19 row
           seed:int=42, # Seed of the sample, the split and training
           pretrained:bool=True, # Start from ImageNet weights
           weights:str|Path|None=None, # Start from this checkpoint instead of the ImageNet weights
@@ -67,10 +74,10 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), Path(out)
     decoded = DecodeCache() if cache else None
-    rows = balanced_rows(data, ratio, seed, strict, size, decoded)
+    rows = balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data)
     set_seed(seed, reproducible=True)
     dls = covid_dataloaders(rows, bs=bs, size=size, valid_pct=valid_pct, seed=seed, device=get_device(cpu),
-                            num_workers=num_workers, cache=decoded)
+                            num_workers=num_workers, cache=decoded, task=task)
     # a resumed run takes every weight from its checkpoint, so it needs no pretrained file
     learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
                           wd=wd, clip=clip)
@@ -78,13 +85,14 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT, resume=resume)
     save_model(learn, out, size)
     probs, targs = learn.get_preds(dl=dls.valid)
-    probs, targs = probs[:, 1].tolist(), targs.tolist()
-    metrics = binary_metrics(targs, probs)
-    save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs)
+    classes = list(dls.vocab)
+    metrics = class_metrics(targs, probs, classes)
+    save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs, classes)
     write_csv(hist, out/HISTORY_CSV); write_csv(split_frame(dls), out/SPLIT_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
-    write_json({'settings': settings, 'status': 'done', 'device': str(dls.device), 'pretrained': pretrained or weights is not None,
-                'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds), 'seconds': round(time.time()-start, 1),
+    write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device),
+                'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
+                'sources': {k: int(v) for k, v in rows.source.value_counts().items()}, 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/RUN_JSON)
     (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
