@@ -13,10 +13,11 @@ from .core import *
 from .data import *
 from .datablock import load_xray, DecodeCache
 from .inference import load_model, run_folder, predicted
+from .operating import *
 
 # %% auto #0
-__all__ = ['binary_metrics', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc', 'plot_predictions', 'save_evaluation',
-           'metrics_by', 'plot_by', 'evaluate']
+__all__ = ['binary_metrics', 'decision_rule', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc', 'plot_predictions',
+           'add_operating_points', 'save_evaluation', 'metrics_by', 'plot_by', 'evaluate']
 
 # %% ../nbs/06_evaluate.ipynb #163ca616
 def _ratio(a, b): return None if b == 0 else a / b
@@ -36,6 +37,15 @@ def binary_metrics(targets, # 1 for COVID-19, 0 for Normal
             'roc_auc': float(roc_auc_score(y, p)) if len(set(y)) == 2 else None,
             'threshold': threshold, 'confusion_matrix': [[tn, fp], [fn, tp]]}
 
+# %% ../nbs/06_evaluate.ipynb #e2ed8e3a
+def decision_rule(classes:list, # The model's classes, COVID-19 among them
+                  threshold:float # Its threshold on the COVID-19 probability
+                 )->str:
+    "The rule behind every label and figure, in words, as `metrics.json` states it."
+    covid = f"COVID-19 when its probability is at least {threshold:g}"
+    if len(classes) == 2: return f"{covid}, else {next(c for c in classes if c != POSITIVE)}"
+    return f"label: the most probable class; COVID-19-against-the-rest figures: {covid}"
+
 # %% ../nbs/06_evaluate.ipynb #81615ca5
 def _per_class(y:np.ndarray, p:np.ndarray, cm:np.ndarray, classes:list)->dict:
     "n, sensitivity, precision, F1 and one-against-the-rest ROC AUC of each class."
@@ -53,7 +63,8 @@ def class_metrics(targets, # Index of each image's true class in `classes`
                  )->dict:
     "`binary_metrics` of COVID-19 against every other class; with more than two classes also `classes`, `per_class` and `confusion_matrix_all`."
     y, p, k = np.asarray(targets).astype(int), np.asarray(probs, dtype=float).reshape(len(targets), len(classes)), classes.index(POSITIVE)
-    metrics = binary_metrics((y == k).astype(int), p[:, k], threshold)
+    metrics = {**binary_metrics((y == k).astype(int), p[:, k], threshold), 'decision': decision_rule(classes, threshold),
+               'ece': expected_calibration_error((y == k).astype(int), p[:, k])}
     if len(classes) == 2: return metrics
     cm = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(cm, (y, predicted(p, threshold)), 1)
@@ -135,6 +146,17 @@ def plot_predictions(paths, # Image files
     fig.tight_layout()
     return fig
 
+# %% ../nbs/06_evaluate.ipynb #bb18dd59
+def add_operating_points(metrics:dict, # From `class_metrics`
+                         targets, probs, classes:list, # As for `class_metrics`
+                         prevalence:float|None=None # Also PPV and NPV at this prevalence of COVID-19
+                        )->dict:
+    "`metrics` with the operating-point table of the COVID-19 probability, at fixed thresholds and the model's own."
+    y, p, k = np.asarray(targets).astype(int), np.asarray(probs, dtype=float), classes.index(POSITIVE)
+    ts = sorted({0.1, 0.25, 0.5, 0.75, 0.9, metrics['threshold']})
+    table = operating_table((y == k).astype(int), p[:, k], ts, prevalence)
+    return {**metrics, 'prevalence': prevalence, 'operating_points': table.astype(object).where(table.notna(), None).to_dict('records')}
+
 # %% ../nbs/06_evaluate.ipynb #4ebf5200
 def save_evaluation(out:Path, # Folder to write into
                     metrics:dict, # From `class_metrics`
@@ -149,6 +171,8 @@ def save_evaluation(out:Path, # Folder to write into
     write_json(metrics, out/METRICS_JSON)
     save_figure(plot_confusion(metrics, classes), out/PLOTS_DIR/'confusion.png')
     save_figure(plot_roc((y == k).astype(int), p[:, k], metrics['threshold']), out/PLOTS_DIR/'roc.png')
+    save_figure(plot_reliability((y == k).astype(int), p[:, k]), out/PLOTS_DIR/'reliability.png')
+    save_figure(plot_operating_points((y == k).astype(int), p[:, k], chosen=metrics['threshold']), out/PLOTS_DIR/'operating_points.png')
     order = np.random.default_rng(0).permutation(len(paths))[:12]   # a fixed mix, not the first rows of one class
     save_figure(plot_predictions([paths[i] for i in order], y[order], p[order], metrics['threshold'], classes=classes),
                 out/PLOTS_DIR/'predictions.png')
@@ -212,7 +236,9 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
              cpu:bool=False, # Predict on the CPU even if there is a GPU
              bs:int=32, # Images per forward pass
              cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
-             by:str|None=None # Also report the metrics for each value of this column of the CSV (e.g. source, view)
+             by:str|None=None, # Also report the metrics for each value of this column of the CSV (e.g. source, view)
+             threshold:str|None=None, # Decision threshold instead of the model's: a number, or a rule on these images ('sens=0.95', 'youden')
+             prevalence:float|None=None # Also give PPV and NPV at this prevalence of COVID-19 (the test sets are balanced; clinics are not)
             )->dict:
     "Metrics of `model` on its validation images or on `csv`, with counts of the rows left out."
     if csv is not None and data is not None: raise CovidFastaiError("give --data (the run's validation images) or --csv, not both")
@@ -226,8 +252,12 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     ok = preds[preds.error.isna()]
     if not len(ok): raise EmptySelectionError(f"None of the {len(preds)} images could be read; first error: {preds.error.iloc[0]}")
     targets, probs = [clf.classes.index(t) for t in ok.target], _prob_matrix(ok, clf.classes)
+    if threshold is not None:
+        k = clf.classes.index(POSITIVE)
+        clf.threshold = choose_threshold((np.array(targets) == k).astype(int), probs[:, k], threshold)['threshold']
     metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold),
                'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}}
+    metrics = add_operating_points(metrics, targets, probs, clf.classes, prevalence)
     if by is not None: metrics.update(by=metrics_by(rows[by][preds.error.isna().values], targets, probs, clf.classes, clf.threshold), by_column=by)
     if out is not None:
         out = Path(out)

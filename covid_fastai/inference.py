@@ -35,7 +35,8 @@ def _sha256(path:Path)->str:
 def save_model(learn:Learner, # A learner from `covid_learner`
                dest:str|Path, # Folder to write `model.safetensors` and `model.json` into
                size:int, # Image side the model was trained on
-               threshold:float=0.5 # Decision threshold on the COVID-19 probability
+               threshold:float=0.5, # Decision threshold on the COVID-19 probability
+               temperature:float=1.0 # Divide the logits by this before softmax (see `fit_temperature`)
               )->Path:
     "Save `learn`'s model as safetensors weights and a JSON description; return the JSON's path."
     dest = Path(dest)
@@ -45,7 +46,7 @@ def save_model(learn:Learner, # A learner from `covid_learner`
         save_file(state, str(tmp))
         digest = _sha256(tmp)
     meta = {'format': MODEL_FORMAT, 'arch': learn.arch_name, 'size': size, 'task': task_of(learn.dls.vocab), 'classes': list(learn.dls.vocab),
-            'mean': list(arch_stats(learn.arch_name)[0]), 'std': list(arch_stats(learn.arch_name)[1]), 'threshold': threshold,
+            'mean': list(arch_stats(learn.arch_name)[0]), 'std': list(arch_stats(learn.arch_name)[1]), 'threshold': threshold, 'temperature': temperature,
             'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE, 'sha256': digest}
     with atomic_write(dest/MODEL_JSON) as tmp: tmp.write_text(json.dumps(meta, indent=2) + '\n')
     return dest/MODEL_JSON
@@ -57,6 +58,7 @@ class CovidClassifier:
         self.meta, self.device = meta, device or get_device()
         self.open = OpenXRay(meta['size'], cache)
         self.size, self.threshold, self.classes = meta['size'], meta['threshold'], meta['classes']
+        self.temperature = meta.get('temperature', 1.0)   # model files from before calibration have none
         self.task = meta.get('task', 'covid-normal')   # model files written before tasks: COVID-19 vs Normal
         self.positive = self.classes.index(POSITIVE)
         self.model = model.to(self.device).eval()
@@ -101,7 +103,7 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor])->np.ndarray:
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, enabled=self.device.type == 'cuda'):
         logits = self.model(x)
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
 
 # %% ../nbs/05_inference.ipynb #4ac490c4
 @patch

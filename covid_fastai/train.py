@@ -8,7 +8,7 @@ import os, json, time, platform
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import fastai
-from fastai.vision.all import set_seed
+from fastai.vision.all import set_seed, noop
 import covid_fastai
 from .core import *
 from .data import *
@@ -16,6 +16,7 @@ from .datablock import *
 from .checkpoint import *
 from .learner import *
 from .evaluate import *
+from .operating import *
 from .inference import *
 
 # %% auto #0
@@ -68,12 +69,16 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           num_workers:int|None=None, # Loader processes; default `default_workers` (none on the CPU)
           strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
           cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
+          threshold:str='0.5', # Decision threshold on the COVID-19 probability: a number, or a rule chosen on validation ('sens=0.95', 'spec=0.9', 'youden')
+          calibrate:bool=False, # Fit temperature scaling on the validation images, so that probabilities read as frequencies
+          prevalence:float|None=None, # Also give PPV and NPV at this prevalence of COVID-19 in metrics.json
           resume:dict|None=None # A checkpoint of this run to go on from; see `resume_training`
          )->dict:
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out`."
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), Path(out)
     decoded = DecodeCache() if cache else None
+    check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
     rows = balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data)
     set_seed(seed, reproducible=True)
     dls = covid_dataloaders(rows, bs=bs, size=size, valid_pct=valid_pct, seed=seed, device=get_device(cpu),
@@ -83,10 +88,14 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
                           wd=wd, clip=clip)
     write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
     hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT, resume=resume)
-    save_model(learn, out, size)
-    probs, targs = learn.get_preds(dl=dls.valid)
-    classes = list(dls.vocab)
-    metrics = class_metrics(targs, probs, classes)
+    logits, targs = learn.get_preds(dl=dls.valid, act=noop)
+    classes, k = list(dls.vocab), list(dls.vocab).index(POSITIVE)
+    temperature = fit_temperature(logits, targs) if calibrate else 1.0
+    probs = torch.softmax(logits.float() / temperature, dim=1)
+    chosen = choose_threshold((targs == k).int().numpy(), probs[:, k].numpy(), threshold)
+    save_model(learn, out, size, threshold=chosen['threshold'], temperature=temperature)
+    metrics = add_operating_points({**class_metrics(targs, probs, classes, chosen['threshold']), 'threshold_choice': chosen,
+                                    'temperature': temperature}, targs, probs, classes, prevalence)
     save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs, classes)
     write_csv(hist, out/HISTORY_CSV); write_csv(split_frame(dls), out/SPLIT_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')

@@ -22,7 +22,8 @@ def test_summary_prints_the_seed_figures(data_root, tmp_path):
 def test_train_writes_model_metrics_history_and_plots(small_run, metadata, images):
     out, res = small_run
     m = json.loads((out/'metrics.json').read_text())
-    assert set(m) == {'n', 'accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc', 'threshold', 'confusion_matrix'}
+    contract = {'n', 'accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc', 'threshold', 'confusion_matrix'}
+    assert set(m) == contract | {'decision', 'ece', 'threshold_choice', 'temperature', 'prevalence', 'operating_points'}
     (tn, fp), (fn, tp) = m['confusion_matrix']
     split = pd.read_csv(out/'split.csv')
     valid = split[split.split == 'valid'].target.value_counts()
@@ -32,7 +33,7 @@ def test_train_writes_model_metrics_history_and_plots(small_run, metadata, image
     assert m['accuracy'] == pytest.approx((tp + tn) / m['n'])
     hist = pd.read_csv(out/'history.csv')
     assert hist.phase.tolist() == ['frozen', 'unfrozen'] and hist.train_loss.notna().all()
-    assert {p.name for p in (out/'plots').iterdir()} == {'history.png', 'confusion.png', 'roc.png', 'predictions.png'}
+    assert {p.name for p in (out/'plots').iterdir()} == {'history.png', 'confusion.png', 'roc.png', 'predictions.png', 'reliability.png', 'operating_points.png'}
     run = json.loads((out/'run.json').read_text())
     assert run['settings']['size'] == 64 and run['pretrained'] is False and run['device'] == 'cpu'
     assert str(out/'model.json') in res.stdout

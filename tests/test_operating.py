@@ -1,0 +1,43 @@
+"The operating point from the command: a threshold chosen on validation, saved and used; calibration; the table at a prevalence."
+import json
+import numpy as np, pandas as pd, pytest
+from conftest import run_cli
+
+
+@pytest.fixture(scope='module')
+def chosen_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp('op')/'run'
+    run_cli('train', '--data', data_root, '--out', out, '--arch', 'efficientnet_lite0', '--size', 64, '--frozen-epochs', 1,
+            '--unfrozen-epochs', 1, '--num-workers', 0, '--threshold', 'sens=1', '--calibrate', '--prevalence', 0.05)
+    return out
+
+
+def test_train_saves_the_threshold_it_chose_and_on_how_many_positives(chosen_run):
+    m, model = json.loads((chosen_run/'metrics.json').read_text()), json.loads((chosen_run/'model.json').read_text())
+    choice = m['threshold_choice']
+    (tn, fp), (fn, tp) = m['confusion_matrix']
+    assert choice['rule'] == 'sens=1' and choice['n_positives'] == tp + fn and choice['n_negatives'] == tn + fp
+    assert model['threshold'] == m['threshold'] == choice['threshold'] and fn == 0          # sensitivity 1 on validation, as asked
+    assert model['temperature'] == m['temperature'] > 0
+    assert 'at least' in m['decision'] and m['ece'] is not None
+    assert m['prevalence'] == 0.05 and any(r['threshold'] == m['threshold'] for r in m['operating_points'])
+    assert {'ppv_at_prevalence', 'npv_at_prevalence'} <= set(m['operating_points'][0])
+
+
+def test_evaluate_and_predict_follow_the_saved_rule(chosen_run, tmp_path):
+    run_cli('evaluate', '--model', chosen_run, '--out', tmp_path, '--prevalence', 0.1)
+    m = json.loads((tmp_path/'metrics.json').read_text())
+    assert m['confusion_matrix'] == json.loads((chosen_run/'metrics.json').read_text())['confusion_matrix']
+    assert (tmp_path/'plots'/'reliability.png').is_file() and (tmp_path/'plots'/'operating_points.png').is_file()
+    valid = pd.read_csv(tmp_path/'predictions.csv')
+    threshold = json.loads((chosen_run/'model.json').read_text())['threshold']
+    assert ((valid.prob_covid >= threshold) == (valid.label == 'COVID-19')).all()             # labels follow the threshold
+    res = run_cli('evaluate', '--model', chosen_run, '--threshold', '1.0', '--out', tmp_path/'strict')
+    strict = json.loads((tmp_path/'strict'/'metrics.json').read_text())
+    assert strict['threshold'] == 1.0 and 'at threshold 1.0' in res.stdout
+
+
+def test_a_bad_threshold_rule_is_one_line_and_writes_nothing(data_root, tmp_path):
+    res = run_cli('train', '--data', data_root, '--out', tmp_path/'run', '--threshold', 'sens=95', check=False)
+    assert res.returncode == 2 and "'sens=0.95'" in res.stderr and 'Traceback' not in res.stderr
+    assert not (tmp_path/'run').exists()
