@@ -15,12 +15,12 @@ from fastai.vision.all import Learner, Normalize, create_vision_model, imagenet_
 import covid_fastai
 from .core import *
 from .data import POSITIVE, task_of
-from .datablock import OpenXRay, DecodeCache
+from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom
 from .learner import arch_fn, arch_stats, ARCHS
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'model_description', 'run_folder',
-           'load_model', 'image_files', 'predict_files']
+           'load_model', 'image_files', 'predict_files', 'prediction_records']
 
 # %% ../nbs/05_inference.ipynb #a085f4e6
 MODEL_FORMAT = 'covid_fastai.model/1'
@@ -108,7 +108,7 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor])->np.ndarray:
 # %% ../nbs/05_inference.ipynb #4ac490c4
 @patch
 def predict(self:CovidClassifier,
-             files, # Image files (JPEG, PNG; grey, RGB, 16-bit...)
+             files, # Image files (JPEG, PNG, DICOM; grey, RGB, 16-bit...)
              bs:int=32, # Images per forward pass
              workers:int=4 # Threads that decode images
             )->pd.DataFrame:
@@ -196,14 +196,18 @@ def load_model(path:str|Path, # A run folder, its `model.json` or `model.safeten
     return _load_safe(path, device, cache)
 
 # %% ../nbs/05_inference.ipynb #7a1d7b28
-IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.bmp', '.tif', '.tiff')
+IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png', '.bmp', '.tif', '.tiff', *DICOM_SUFFIXES)
+
+def _marked_dicom(f:Path)->bool:
+    try: return f.is_file() and is_dicom(f)
+    except OSError: return False
 
 def image_files(paths:list # Image files, or folders of them
                )->list[Path]:
-    "`paths` with each folder replaced by the image files directly inside it, sorted."
+    "`paths` with each folder replaced by the image files directly inside it (DICOM ones by their marker too), sorted."
     files = []
     for p in map(Path, paths):
-        files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(f)) if p.is_dir() else [p]
     return files
 
 # %% ../nbs/05_inference.ipynb #2bf82340
@@ -217,3 +221,10 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
     "Label and COVID-19 probability of image files: one row per file, with the error for files that cannot be read."
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
     return clf.predict(image_files(images), bs=bs)
+
+# %% ../nbs/05_inference.ipynb #d2c302e8
+def prediction_records(preds:pd.DataFrame # As `CovidClassifier.predict` returns it
+                      )->list[dict]:
+    "One JSON-ready record per row of `preds`: missing values as None, and no `error` key where there was none."
+    return [{k: v for k, v in r.items() if not (k == 'error' and v is None)}
+            for r in preds.astype(object).where(preds.notna(), None).to_dict('records')]
