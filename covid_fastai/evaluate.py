@@ -14,6 +14,7 @@ from .data import *
 from .datablock import load_xray, DecodeCache
 from .inference import load_model, run_folder, predicted
 from .operating import *
+from .explain import explain_predictions, plot_top_losses, shortcut_baseline
 
 # %% auto #0
 __all__ = ['binary_metrics', 'decision_rule', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc', 'plot_predictions',
@@ -261,7 +262,11 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     if by is not None: metrics.update(by=metrics_by(rows[by][preds.error.isna().values], targets, probs, clf.classes, clf.threshold), by_column=by)
     if out is not None:
         out = Path(out)
+        preds = explain_predictions(clf, preds)          # the Grad-CAM shortcut score of every image
+        score = preds.shortcut.dropna()
+        metrics.update(shortcut_score=float(score.mean()) if len(score) else None, shortcut_baseline=shortcut_baseline(clf.size))
         save_evaluation(out, metrics, ok.file.tolist(), targets, probs, clf.classes)
+        save_figure(plot_top_losses(clf, ok.file.tolist(), ok.target.tolist(), probs), out/PLOTS_DIR/'top_losses.png')
         write_csv(_predictions_table(preds), out/PREDICTIONS_CSV)
         if by is not None: save_figure(plot_by(metrics['by'], by), out/PLOTS_DIR/f"by_{re.sub(r'[^A-Za-z0-9_-]', '_', by)}.png")
     return metrics

@@ -16,11 +16,12 @@ from fastcore.basics import ifnone
 from fastai.learner import Learner
 from .core import *
 from .datablock import load_xray
-from .inference import CovidClassifier
+from .inference import CovidClassifier, predicted
 
 # %% auto #0
 __all__ = ['Cams', 'cam_layer', 'grad_cam', 'frame_mask', 'shortcut_score', 'shortcut_baseline', 'plot_cam', 'learner_cams',
-           'clf_cams', 'show_cams', 'overlay_names', 'save_overlays', 'top_losses', 'plot_top_losses_cams']
+           'clf_cams', 'show_cams', 'overlay_names', 'save_overlays', 'top_losses', 'plot_top_losses_cams',
+           'explain_predictions', 'plot_top_losses', 'overlay_png']
 
 # %% ../nbs/09_explain.ipynb #a3602c2f
 def cam_layer(model:nn.Module # `Sequential(body, head)`, as `covid_learner`, `create_vision_model` and `load_model` build it
@@ -175,8 +176,8 @@ def clf_cams(clf:CovidClassifier, # From `load_model`
              bs:int=16 # Images per batch
             )->Cams:
     "Grad-CAM of image files with a loaded model, preprocessed as `predict` does: maps (N, size, size), probabilities, classes."
-    files, neg = [str(f) for f in files], clf.classes.index(clf.negative)
-    if cls is None: cls = lambda p: torch.where(p[:, clf.positive] >= clf.threshold, clf.positive, neg)
+    files = [str(f) for f in files]
+    if cls is None: cls = lambda p: torch.as_tensor(predicted(p.numpy(), clf.threshold))   # the rule `predict` labels by
     batches = (clf.normalise(torch.stack([clf.prepare(f) for f in files[i:i+bs]])) for i in range(0, len(files), bs))
     cams = _cams_of(clf.model, batches, _class_arg(cls, clf.classes))
     return cams if files else Cams(torch.zeros(0, clf.size, clf.size), torch.zeros(0, len(clf.classes)), cams.cls)
@@ -274,3 +275,36 @@ def plot_top_losses_cams(files:list, # Image files
     if not len(order): axs[0].text(0.5, 0.5, 'no images', ha='center')
     fig.suptitle('Top losses: where the model looked when it was most wrong', fontsize=10)
     return fig
+
+# %% ../nbs/09_explain.ipynb #ddd80e72
+def explain_predictions(clf:CovidClassifier, # From `load_model`
+                        preds:pd.DataFrame, # From `clf.predict`: `file`, `label`, `error`...
+                        out_dir:str|Path|None=None, # Write one overlay PNG per readable image here
+                        bs:int=16, # Images per batch
+                        chunk:int=64 # Images whose maps are held at once
+                       )->pd.DataFrame:
+    "`preds` with `shortcut`, the shortcut score of each readable image's Grad-CAM map for its label; overlays in `out_dir`."
+    preds = preds.assign(shortcut=np.nan)
+    ok = preds.index[preds.error.isna()]
+    for start in range(0, len(ok), chunk):
+        idx = ok[start:start+chunk]
+        files = preds.loc[idx, 'file'].tolist()
+        cams = clf_cams(clf, files, cls=[clf.classes.index(l) for l in preds.loc[idx, 'label']], bs=bs)
+        preds.loc[idx, 'shortcut'] = np.atleast_1d(shortcut_score(cams.maps))
+        if out_dir is not None: save_overlays(files, cams, clf.classes, out_dir)
+    return preds
+
+def plot_top_losses(clf:CovidClassifier, # From `load_model`
+                    files:list, targets:list, # Readable image files and their true classes (names)
+                    probs, # Their class probabilities (N, C), as `predict` gave them
+                    k:int=9 # How many images
+                   )->plt.Figure:
+    "The `k` worst-predicted images with the heat maps of the class they were given."
+    _, order = top_losses(torch.as_tensor(np.asarray(probs, dtype=np.float32)), list(targets), k, clf.classes)
+    sel = [files[i] for i in order]
+    return plot_top_losses_cams(sel, clf_cams(clf, sel), [targets[i] for i in order], clf.classes, k=k)
+
+def overlay_png(clf:CovidClassifier, path:str|Path)->bytes:
+    "The overlay of `save_overlays` for one image, as PNG bytes (what `covid-fastai serve` shows)."
+    import tempfile
+    with tempfile.TemporaryDirectory() as d: return save_overlays([path], clf_cams(clf, [path]), clf.classes, d)[0].read_bytes()

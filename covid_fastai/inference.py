@@ -216,11 +216,15 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
                   trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
                   cpu:bool=False, # Predict on the CPU even if there is a GPU
                   bs:int=32, # Images per forward pass
-                  cache:bool=True # Keep decoded images in the decode cache (`default_cache_dir()`)
+                  cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
+                  heatmaps:str|Path|None=None # Write one Grad-CAM overlay PNG per image here, and give each its shortcut score
                  )->pd.DataFrame:
     "Label and COVID-19 probability of image files: one row per file, with the error for files that cannot be read."
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
-    return clf.predict(image_files(images), bs=bs)
+    preds = clf.predict(image_files(images), bs=bs)
+    if heatmaps is None: return preds
+    from covid_fastai.explain import explain_predictions   # explain builds on this module
+    return explain_predictions(clf, preds, heatmaps)
 
 # %% ../nbs/05_inference.ipynb #d2c302e8
 def prediction_records(preds:pd.DataFrame # As `CovidClassifier.predict` returns it

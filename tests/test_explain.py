@@ -203,3 +203,24 @@ def test_top_losses(real_model):
         assert Path(valid.path.iloc[i]).name[:28] in ax.get_title()
         wrong = int(cams.cls[i]) != clf.classes.index(targets[i])
         assert (ax.title.get_color() == 'tab:red') == wrong
+
+
+def test_predict_heatmaps_and_evaluate_top_losses_from_the_command(small_run, images, tmp_path):
+    "predict --heatmaps writes one overlay per readable image and gives each its shortcut score; evaluate writes top_losses.png."
+    import json
+    from conftest import run_cli
+    out = small_run[0]
+    files = sorted(images.glob('IM-*.jpeg'))[:2]
+    (tmp_path/'broken.jpeg').write_bytes(b'')
+    res = run_cli('predict', '--model', out, *files, tmp_path/'broken.jpeg', '--heatmaps', tmp_path/'maps', '--json', check=False)
+    records = json.loads(res.stdout)
+    assert res.returncode == 1 and all('shortcut' in r for r in records) and records[2]['shortcut'] is None
+    assert all(r['shortcut'] is None or 0 <= r['shortcut'] <= 1 for r in records[:2])   # None: a map with no evidence (2 x 2 at 64 px)
+    pngs = sorted((tmp_path/'maps').iterdir())
+    assert len(pngs) == 2 and all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pngs)
+    run_cli('evaluate', '--model', out, '--out', tmp_path/'eval')
+    m = json.loads((tmp_path/'eval'/'metrics.json').read_text())
+    assert (m['shortcut_score'] is None or 0 <= m['shortcut_score'] <= 1) and 0 < m['shortcut_baseline'] < 1
+    assert (tmp_path/'eval'/'plots'/'top_losses.png').read_bytes()[:4] == b'\x89PNG'
+    import pandas as pd
+    assert 'shortcut' in pd.read_csv(tmp_path/'eval'/'predictions.csv')
