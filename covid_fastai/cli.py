@@ -109,10 +109,18 @@ def _train(a):
     from covid_fastai.train import train, resume_training
     if a.resume: a.out, metrics = a.resume, resume_training(a.resume)
     else: metrics = train(**_args_of(train, a))
-    print("Validation: ", end=''); _print_metrics(metrics)
     out = Path(a.out)
+    if 'runs' in metrics: return _print_cv(metrics, out)
+    print("Validation: ", end=''); _print_metrics(metrics)
     print(f"Model: {out/MODEL_JSON} (+ model.safetensors)\nMetrics: {out/METRICS_JSON}\n"
           f"History: {out/HISTORY_CSV}\nPlots: {out/PLOTS_DIR}")
+
+def _print_cv(cv:dict, out:Path):
+    from covid_fastai.core import CV_JSON, PLOTS_DIR
+    print(f"Cross-validation, {cv['folds']} folds of {', '.join(map(str, cv['n']))} images (mean ± sd; COVID-19 against the rest):")
+    for k, s in cv['metrics'].items():
+        print(f"  {k}: {_fmt(s['mean'])} ± {_fmt(s['sd'])}  (" + ', '.join(map(_fmt, s['folds'])) + ')')
+    print(f"Folds: {', '.join(str(out/r) for r in cv['runs'])}\nSummary: {out/CV_JSON}\nPlot: {out/PLOTS_DIR/'cv.png'}")
 
 def _evaluate(a):
     from covid_fastai.core import METRICS_JSON, PLOTS_DIR

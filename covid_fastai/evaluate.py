@@ -17,8 +17,9 @@ from .operating import *
 from .explain import explain_predictions, plot_top_losses, shortcut_baseline
 
 # %% auto #0
-__all__ = ['binary_metrics', 'decision_rule', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc', 'plot_predictions',
-           'add_operating_points', 'save_evaluation', 'metrics_by', 'plot_by', 'evaluate']
+__all__ = ['CV_METRICS', 'binary_metrics', 'decision_rule', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc',
+           'plot_predictions', 'add_operating_points', 'save_evaluation', 'metrics_by', 'plot_by', 'evaluate',
+           'cv_summary', 'plot_cv']
 
 # %% ../nbs/06_evaluate.ipynb #163ca616
 def _ratio(a, b): return None if b == 0 else a / b
@@ -270,3 +271,40 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
         write_csv(_predictions_table(preds), out/PREDICTIONS_CSV)
         if by is not None: save_figure(plot_by(metrics['by'], by), out/PLOTS_DIR/f"by_{re.sub(r'[^A-Za-z0-9_-]', '_', by)}.png")
     return metrics
+
+# %% ../nbs/06_evaluate.ipynb #9ee2c991
+CV_METRICS = ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')
+
+def _spread(vals:list)->dict:
+    "Mean and standard deviation of the defined values, and all of them."
+    ok = [v for v in vals if v is not None]
+    return {'mean': float(np.mean(ok)) if ok else None, 'sd': float(np.std(ok, ddof=1)) if len(ok) > 1 else None,
+            'defined': len(ok), 'folds': vals}
+
+def cv_summary(results:list[dict] # One `class_metrics` per fold, in fold order
+              )->dict:
+    "Each metric's mean, standard deviation and per-fold values; the confusion matrices summed over the folds."
+    cv = {'folds': len(results), 'n': [r['n'] for r in results],
+          'metrics': {k: _spread([r[k] for r in results]) for k in CV_METRICS},
+          'confusion_matrix': np.sum([r['confusion_matrix'] for r in results], 0).tolist()}
+    if 'per_class' in results[0]:
+        cv['classes'] = results[0]['classes']
+        cv['per_class'] = {c: {k: _spread([r['per_class'][c][k] for r in results]) for k in ('sensitivity', 'precision', 'f1', 'roc_auc')}
+                           for c in cv['classes']}
+        cv['confusion_matrix_all'] = np.sum([r['confusion_matrix_all'] for r in results], 0).tolist()
+    return cv
+
+def plot_cv(cv:dict # From `cv_summary`
+           )->plt.Figure:
+    "Each fold's value of each metric (dots) and their mean ± standard deviation (bar and line)."
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for x, (k, s) in enumerate(cv['metrics'].items()):
+        if s['mean'] is None: ax.text(x, 0.02, 'n/a', ha='center'); continue
+        ax.bar(x, s['mean'], color='tab:blue', alpha=0.35)
+        if s['sd'] is not None: ax.errorbar(x, s['mean'], yerr=s['sd'], color='black', capsize=4)
+        ys = [v for v in s['folds'] if v is not None]
+        ax.plot(x + np.linspace(-0.15, 0.15, len(ys)), ys, 'o', color='tab:blue', ms=4)
+    ax.set(xticks=range(len(cv['metrics'])), xticklabels=list(cv['metrics']), ylim=(0, 1.05),
+           title=f"{cv['folds']}-fold cross-validation (n = {sum(cv['n'])}), COVID-19 against the rest")
+    fig.tight_layout()
+    return fig

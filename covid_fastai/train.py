@@ -20,7 +20,7 @@ from .operating import *
 from .inference import *
 
 # %% auto #0
-__all__ = ['SPLIT_COLUMNS', 'balanced_rows', 'split_frame', 'train', 'resume_training']
+__all__ = ['SPLIT_COLUMNS', 'balanced_rows', 'split_frame', 'group_counts', 'train', 'resume_training']
 
 # %% ../nbs/07_train.ipynb #3b714932
 def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
@@ -39,12 +39,25 @@ def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     return check_images(rows, strict=strict, size=size, cache=cache)
 
 # %% ../nbs/07_train.ipynb #dae2b856
-SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'path']
+SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'group', 'path']
 
 def split_frame(dls)->pd.DataFrame:
     "The rows behind `dls`, with a `split` column saying train or valid; CoronaHack's columns and any others last."
     df = pd.concat([dls.train_ds.items.assign(split='train'), dls.valid_ds.items.assign(split='valid')])
     return df[[c for c in SPLIT_COLUMNS if c in df] + [c for c in df if c not in SPLIT_COLUMNS]]
+
+# %% ../nbs/07_train.ipynb #4ae943bd
+def group_counts(rows:pd.DataFrame, # Rows with a `group` column, from `group_rows`
+                 col:str|None, near_dups:bool # How they were grouped
+                )->dict:
+    "What `run.json` records of the groups: how they were made, how many there are, and how many hold more than one row."
+    sizes = rows.group.value_counts()
+    return {'column': col, 'near_duplicates': near_dups, 'groups': len(sizes), 'shared': int((sizes > 1).sum()),
+            'rows_in_shared': int(sizes[sizes > 1].sum())}
+
+def _check_folds(folds:int, fold:int|None):
+    if folds < 1: raise OptionError(f"--folds {folds}: give 1 (one split, no cross-validation) or more")
+    if fold is not None and folds < 2: raise OptionError(f"--fold {fold} needs --folds K, the number of folds it is one of")
 
 # %% ../nbs/07_train.ipynb #ad9fa1ea
 def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, ../input/coronahack-chest-xraydataset, else the packaged sample)
@@ -61,6 +74,10 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           wd:float=1e-4, # Weight decay
           clip:float=0.1, # Gradient clipping by value
           valid_pct:float=0.1, # Fraction of each class for validation
+          folds:int=1, # Cross-validate: K stratified folds, one run each in out/fold-1 ... out/fold-K, and cv.json in out
+          fold:int|None=None, # With folds: train only this fold (1 to K), in out
+          group_col:str|None=None, # Keep rows that share a value of this column (a patient) on one side of every split
+          near_dups:bool=True, # Keep near-duplicate images (the same picture twice) on one side of every split
           ratio:float=1.0, # Rows of each other class per COVID-19 row
           seed:int=42, # Seed of the sample, the split and training
           pretrained:bool=True, # Start from ImageNet weights
@@ -77,12 +94,15 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out`."
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), Path(out)
+    _check_folds(folds, fold)
     decoded = DecodeCache() if cache else None
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
-    rows = balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data)
+    rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded)
+    if folds > 1 and fold is None: return _cross_validate(rows, settings)
     set_seed(seed, reproducible=True)
-    dls = covid_dataloaders(rows, bs=bs, size=size, valid_pct=valid_pct, seed=seed, device=get_device(cpu),
-                            num_workers=num_workers, cache=decoded, task=task)
+    splitter = FoldSplitter(folds, fold, seed) if fold else StratifiedSplitter(valid_pct, seed)
+    dls = covid_dataloaders(rows, bs=bs, size=size, device=get_device(cpu), num_workers=num_workers, cache=decoded,
+                            task=task, splitter=splitter)
     # a resumed run takes every weight from its checkpoint, so it needs no pretrained file
     learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
                           wd=wd, clip=clip)
@@ -101,11 +121,24 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device),
                 'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
-                'sources': {k: int(v) for k, v in rows.source.value_counts().items()}, 'seconds': round(time.time()-start, 1),
+                'sources': {k: int(v) for k, v in rows.source.value_counts().items()}, 'groups': group_counts(rows, group_col, near_dups), 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/RUN_JSON)
     (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
     return metrics
+
+# %% ../nbs/07_train.ipynb #8f7b0f06
+def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the folds before anything is written
+                    settings:dict # `train`'s arguments
+                   )->dict:
+    "Train each fold in `out/fold-<i>`, then write `cv.json` and `plots/cv.png` to `out`; return the summary."
+    out, folds = Path(settings['out']), settings['folds']
+    stratified_folds(rows, folds, settings['seed'])   # a class with too few rows for the folds stops here
+    results = [train(**{**settings, 'out': out/f'fold-{i}', 'fold': i}) for i in range(1, folds+1)]
+    cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)]}
+    write_json(cv, out/CV_JSON)
+    save_figure(plot_cv(cv), out/PLOTS_DIR/'cv.png')
+    return cv
 
 # %% ../nbs/07_train.ipynb #4245d24f
 def resume_training(out:str|Path # The folder of the interrupted run
@@ -115,4 +148,5 @@ def resume_training(out:str|Path # The folder of the interrupted run
     try: settings = json.loads((out/RUN_JSON).read_text())['settings']
     except (OSError, ValueError, KeyError): raise DataNotFoundError(
         f"{out/RUN_JSON} not found or unreadable: {out} is not the folder of a run that `covid-fastai train --out` started") from None
+    settings = {'near_dups': False, **settings}   # runs from before near-duplicates were grouped
     return train(**{**settings, 'out': out}, resume=load_checkpoint(out/CHECKPOINT))
