@@ -305,6 +305,10 @@ def plot_top_losses(clf:CovidClassifier, # From `load_model`
     return plot_top_losses_cams(sel, clf_cams(clf, sel), [targets[i] for i in order], clf.classes, k=k)
 
 def overlay_png(clf:CovidClassifier, path:str|Path)->bytes:
-    "The overlay of `save_overlays` for one image, as PNG bytes (what `covid-fastai serve` shows)."
-    import tempfile
-    with tempfile.TemporaryDirectory() as d: return save_overlays([path], clf_cams(clf, [path]), clf.classes, d)[0].read_bytes()
+    "The radiograph with its Grad-CAM map for the label `predict` gives, one panel, as PNG bytes (what `covid-fastai serve` shows)."
+    import io
+    cams = clf_cams(clf, [path])
+    fig, ax = plt.subplots(figsize=(3.2, 3.2), layout='constrained')
+    plot_cam(load_xray(path, size=cams.maps.shape[-1]), cams.maps[0], ax=ax, title=_title(0, cams, clf.classes, 0.15))
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100); plt.close(fig)
+    return buf.getvalue()

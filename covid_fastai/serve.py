@@ -269,12 +269,14 @@ def serve(model:str, # A run folder, its model.json or model.safetensors (or a t
           port:int=8000, # Port to listen on
           max_upload_mb:float=MAX_UPLOAD_MB, # The most one request may carry, in MB; more is answered 413
           trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
-          cpu:bool=False # Predict on the CPU even if there is a GPU
+          cpu:bool=False, # Predict on the CPU even if there is a GPU
+          heatmaps:bool=False # Show each image's Grad-CAM overlay on the page (a backward pass per image: slower)
          ):
     "Serve the page and `POST /predict` for `model` until interrupted (Ctrl-C)."
     import uvicorn
     _check_port(host, port)
-    app = make_app(model, max_upload_mb=max_upload_mb, trust_pickle=trust_pickle, cpu=cpu)
+    from covid_fastai.explain import overlay_png
+    app = make_app(model, max_upload_mb=max_upload_mb, heatmap=overlay_png if heatmaps else None, trust_pickle=trust_pickle, cpu=cpu)
     if host not in LOOPBACK: warnings.warn(f"listening on {host}: anyone who can reach it can send images to the model (there is no login)")
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     print(f"covid-fastai serve: {app.state.classifier} at {url} (POST {url}predict); Ctrl-C stops it", flush=True)
