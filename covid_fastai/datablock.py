@@ -312,7 +312,7 @@ def stratified_folds(df:pd.DataFrame, # Rows with a class column, and a `group` 
     for cls, gs in _group_classes(df, col, group).items():
         if len(gs) < folds: raise EmptySelectionError(
             f"Class {cls} has {len(gs)} {'group(s) of rows' if len(gs) < sizes[gs].sum() else 'row(s)'}: too few for {folds} folds; "
-            f"use --folds {max(2, len(gs))} or fewer, or add data")
+            + (f"use --folds {len(gs)} or fewer, or add data" if len(gs) >= 2 else "add data"))
         counts = np.zeros(folds)
         for g in sorted(rng.permutation(gs), key=lambda g: -sizes[g]):   # biggest first, at random among equals
             f = min(range(folds), key=lambda f: (counts[f], total[f], f))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #74c25488
 from __future__ import annotations
-import os, json, time, platform
+import os, json, time, platform, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import fastai
@@ -91,7 +91,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           prevalence:float|None=None, # Also give PPV and NPV at this prevalence of COVID-19 in metrics.json
           resume:dict|None=None # A checkpoint of this run to go on from; see `resume_training`
          )->dict:
-    "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out`."
+    "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out` (with `folds`, a run per fold and `cv.json`)."
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), Path(out)
     _check_folds(folds, fold)
@@ -121,7 +121,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device),
                 'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
-                'sources': {k: int(v) for k, v in rows.source.value_counts().items()}, 'groups': group_counts(rows, group_col, near_dups), 'seconds': round(time.time()-start, 1),
+                'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
+                'groups': group_counts(rows, group_col, near_dups), 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/RUN_JSON)
     (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
@@ -134,7 +135,9 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
     "Train each fold in `out/fold-<i>`, then write `cv.json` and `plots/cv.png` to `out`; return the summary."
     out, folds = Path(settings['out']), settings['folds']
     stratified_folds(rows, folds, settings['seed'])   # a class with too few rows for the folds stops here
-    results = [train(**{**settings, 'out': out/f'fold-{i}', 'fold': i}) for i in range(1, folds+1)]
+    with warnings.catch_warnings():   # the selection's warnings (missing, unreadable files) were given once, above
+        warnings.simplefilter('ignore', UserWarning)
+        results = [train(**{**settings, 'out': out/f'fold-{i}', 'fold': i}) for i in range(1, folds+1)]
     cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)]}
     write_json(cv, out/CV_JSON)
     save_figure(plot_cv(cv), out/PLOTS_DIR/'cv.png')
