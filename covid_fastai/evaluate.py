@@ -273,7 +273,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     return metrics
 
 # %% ../nbs/06_evaluate.ipynb #9ee2c991
-CV_METRICS = ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')
+CV_METRICS = ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc', 'threshold', 'ece')   # threshold: each fold chooses its own
 
 def _spread(vals:list)->dict:
     "Mean and standard deviation of the defined values, and all of them."
