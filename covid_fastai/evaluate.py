@@ -285,7 +285,7 @@ def cv_summary(results:list[dict] # One `class_metrics` per fold, in fold order
               )->dict:
     "Each metric's mean, standard deviation and per-fold values; the confusion matrices summed over the folds."
     cv = {'folds': len(results), 'n': [r['n'] for r in results],
-          'metrics': {k: _spread([r[k] for r in results]) for k in CV_METRICS},
+          'metrics': {k: _spread([r.get(k) for r in results]) for k in CV_METRICS},
           'confusion_matrix': np.sum([r['confusion_matrix'] for r in results], 0).tolist()}
     if 'per_class' in results[0]:
         cv['classes'] = results[0]['classes']
