@@ -48,7 +48,10 @@ def choose_threshold(targets, # 1 for COVID-19, 0 for the rest
         kind, target = rule.split('='); target = float(target)
         ok = np.flatnonzero((sens if kind == 'sens' else spec) >= target - 1e-12)
         i = int(ok.max() if kind == 'sens' else ok.min())
-    return {'threshold': float(cands[i]), **info, 'valid_sensitivity': float(sens[i]), 'valid_specificity': float(spec[i])}
+    # every threshold in (cands[i-1], cands[i]] decides the validation images alike: take the middle, so that a
+    # probability recomputed with float noise (another batch, another device) does not fall on the other side
+    t = cands[i] if i == 0 else (cands[i-1] + cands[i]) / 2
+    return {'threshold': float(t), **info, 'valid_sensitivity': float(sens[i]), 'valid_specificity': float(spec[i])}
 
 # %% ../nbs/06a_operating.ipynb #e6785bf7
 def _div(a, b): return None if b == 0 else a / b
