@@ -38,14 +38,19 @@ def _plain(o):
     if isinstance(o, np.generic): return o.item()
     return o
 
+def _own(o):
+    "The model or loader itself, where distributed training wrapped it (`DistributedDataParallel`, `DistributedDL`)."
+    return getattr(o, 'module', getattr(o, 'dl', o))
+
 def rng_states(dl)->dict:
     "The states of the random generators that training draws from."
+    dl = _own(dl)
     return _plain({'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state(),
                    'loader': dl.rng.getstate()})
 
 def set_rng_states(dl, states:dict):
     "Put back what `rng_states` saved."
-    tup = lambda o: tuple(tup(v) for v in o) if isinstance(o, (list, tuple)) else o
+    dl, tup = _own(dl), lambda o: tuple(tup(v) for v in o) if isinstance(o, (list, tuple)) else o
     random.setstate(tup(states['python'])); dl.rng.setstate(tup(states['loader']))
     kind, keys, *rest = states['numpy']
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
@@ -59,7 +64,7 @@ class EpochCheckpoint(Callback):
     def after_cancel_epoch(self): self.skipped = True
     def after_epoch(self):
         if self.skipped: self.skipped = False; return
-        state = {'model': self.learn.model.state_dict(), 'opt': _plain(self.learn.opt.state_dict()),
+        state = {'model': _own(self.learn.model).state_dict(), 'opt': _plain(self.learn.opt.state_dict()),
                  'phase': self.learn.history.phase, 'epoch': self.epoch + 1, 'history': _plain(self.learn.history.rows),
                  'rng': rng_states(self.dls.train),
                  'smooth_loss': {'count': self.recorder.smooth_loss.count, 'val': float(self.recorder.smooth_loss.val)}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, importlib, inspect, json, sys, warnings
 from pathlib import Path
 from fastcore.docments import docments
+from fastcore.imports import IN_IPYTHON
 
 # %% auto #0
 __all__ = ['COMMANDS', 'command_function', 'add_options', 'main']
@@ -110,6 +111,7 @@ def _train(a):
     if a.resume: a.out, metrics = a.resume, resume_training(a.resume)
     else: metrics = train(**_args_of(train, a))
     out = Path(a.out)
+    if metrics is None: return   # a process other than the first of a distributed run: the first one reports
     if 'runs' in metrics: return _print_cv(metrics, out)
     print("Validation: ", end=''); _print_metrics(metrics)
     print(f"Model: {out/MODEL_JSON} (+ model.safetensors)\nMetrics: {out/METRICS_JSON}\n"
@@ -168,3 +170,6 @@ def main(argv:list[str]|None=None)->int:
         print("covid-fastai: interrupted; finished outputs are complete, unfinished ones were not written"
               + (f"; go on with `covid-fastai train --resume {a.out}`" if a.command == 'train' and a.out else ''), file=sys.stderr)
         return 130
+
+# `python -m covid_fastai.cli`, as `torchrun` and `accelerate launch` start it (not when a notebook runs this cell)
+if __name__ == '__main__' and not IN_IPYTHON: sys.exit(main())

@@ -77,5 +77,6 @@ PLOTS_DIR, CV_JSON = 'plots', 'cv.json'
 # %% ../nbs/00_core.ipynb #ee5f3438
 def get_device(cpu:bool=False # Use the CPU even when a GPU is present
               )->torch.device:
-    "The device to train and predict on."
-    return torch.device('cuda' if torch.cuda.is_available() and not cpu else 'cpu')
+    "The device to train and predict on: with several processes (`torchrun`, `accelerate launch`), each its own GPU."
+    if not torch.cuda.is_available() or cpu: return torch.device('cpu')
+    return torch.device('cuda', int(os.environ['LOCAL_RANK'])) if 'LOCAL_RANK' in os.environ else torch.device('cuda')

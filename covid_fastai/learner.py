@@ -7,6 +7,7 @@ from __future__ import annotations
 import os, re, socket, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
+from contextlib import contextmanager
 from urllib.parse import urlparse
 import torch, torchvision
 import sklearn.metrics as skm
@@ -16,9 +17,9 @@ from .core import *
 from .checkpoint import *
 
 # %% auto #0
-__all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'PHASES', 'arch_fn', 'arch_stats', 'lite_body',
+__all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'lite_body',
            'lite_weights_path', 'imagenet_weights', 'cached_weights_path', 'pretrained_state', 'ClipGradValue',
-           'covid_metrics', 'load_body', 'covid_learner']
+           'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner', 'process_batch', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -152,6 +153,37 @@ def covid_metrics(n_classes:int=2 # Classes of the task; COVID-19 is the last
     return [accuracy, _covid_vs_rest('f1_covid', lambda t, p: skm.f1_score(t, p == n_classes-1), n_classes, dim_argmax=-1),
             _covid_vs_rest('roc_auc_covid', skm.roc_auc_score, n_classes, dim_argmax=-1, activation=ActivationType.BinarySoftmax)]
 
+# %% ../nbs/04_learner.ipynb #67e45761
+class TorchAdamW(OptimWrapper):
+    "torch's `AdamW` (fused on CUDA) behind fastai's optimizer interface, stepping as fastai's `Adam` does: its defaults, its layer groups, no weight decay on `no_wd`."
+    def __init__(self, params, # Layer groups of parameters, from the learner's splitter, or one list
+                 lr:float=1e-3, # Learning rate
+                 mom:float=0.9, # fastai's `mom`, torch's first beta
+                 sqr_mom:float=0.99, # fastai's `sqr_mom`, torch's second beta
+                 eps:float=1e-5, # Added to the denominator, as in fastai's `Adam`
+                 wd:float=0.01, # Decoupled weight decay, as fastai's `Adam` (`decouple_wd=True`)
+                 no_wd=(), # Parameters that get no weight decay (fastai: `norm_bias_params(model)`)
+                 fused:bool|None=None): # torch's fused kernel; None: where every parameter is on CUDA
+        layers = L(params)
+        if not isinstance(layers[0], (L, list)): layers = L([layers])
+        skip = set(map(id, no_wd))
+        groups = [{'params': [p for p in ps if (id(p) in skip) == off], 'weight_decay': 0. if off else wd}
+                  for ps in layers for off in (False, True)]
+        if fused is None: fused = all(p.is_cuda for g in groups for p in g['params'])
+        super().__init__(opt=torch.optim.AdamW(groups, lr=lr, betas=(mom, sqr_mom), eps=eps, fused=fused or None))
+
+    @property
+    def param_lists(self): return [a['params'] + b['params'] for a, b in zip(*[iter(self.opt.param_groups)]*2)]
+    @property
+    def hypers(self): return super().hypers[::2]   # the decaying group of each layer group speaks for both
+
+    def _set_hyper(self, k, v):
+        for (a, b), v_ in zip(zip(*[iter(self.opt.param_groups)]*2), v):
+            set_item_pg(a, self.bwd_map[k], v_)
+            if k != 'wd': set_item_pg(b, self.bwd_map[k], v_)   # the other group never decays
+
+OPTIMIZERS = ('adamw', 'fastai')   # `covid_learner(optimizer=...)`: torch's AdamW through `TorchAdamW`, or fastai's `Adam`
+
 # %% ../nbs/04_learner.ipynb #39e639c0
 def _densenet_keys(state:dict)->dict:
     "DenseNet's published weights use the old key names `norm.1`, `conv.2`; torchvision renames them as it loads, and so do we."
@@ -185,13 +217,17 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
                   weights:str|Path|None=None, # A checkpoint to start from instead of the ImageNet weights
                   wd:float=1e-4, # Weight decay
                   clip:float|None=0.1, # Clip gradients to this value; None: no clipping
+                  optimizer:str='adamw', # 'adamw': torch's AdamW, fused on CUDA, stepping as fastai's Adam (`TorchAdamW`); 'fastai': fastai's Adam
                   **kwargs)->Learner:
     "A `vision_learner` for the classes of `dls` (COVID-19 last), with pretrained weights from `pretrained_state` and `arch`'s input statistics."
+    if optimizer not in OPTIMIZERS: raise OptionError(f"--optimizer {optimizer}: choose one of {', '.join(OPTIMIZERS)}")
     state = pretrained_state(arch, weights) if pretrained or weights is not None else None
     cbs = L(kwargs.pop('cbs', None)) + L(ClipGradValue(clip) if clip else None)
     _set_normalize(dls, arch_stats(arch))
     learn = vision_learner(dls, arch_fn(arch), pretrained=False, normalize=False, opt_func=Adam, wd=wd,
                            metrics=kwargs.pop('metrics', covid_metrics(len(dls.vocab))), cbs=cbs, **kwargs)
+    if optimizer == 'adamw':   # which parameters decay is known only once the model exists
+        learn.opt_func = partial(TorchAdamW, no_wd=norm_bias_params(learn.model), fused=dls.device.type == 'cuda')
     if state is not None: load_body(learn.model, arch, state)
     learn.arch_name, learn.pretrained = arch, state is not None
     if dls.device.type == 'cuda': learn.to_fp16()
@@ -222,3 +258,39 @@ def fit_recipe(self:Learner,
         resume, self.history.phase = None, phase
         self.fit_one_cycle(epochs, lr, start_epoch=start, cbs=L(cbs) + restore, **kwargs)
     return self.history.frame
+
+# %% ../nbs/04_learner.ipynb #cf1b4476
+def process_batch(bs:int # The global batch: images per optimizer step, over all processes
+                 )->int:
+    "Images each process takes per step so that `num_distrib()` processes make a batch of `bs`."
+    n = max(num_distrib(), 1)
+    if bs % n: raise OptionError(f"--bs {bs} cannot be shared by {n} processes: give a multiple of {n}")
+    return bs // n
+
+def _broadcast(self, t, rank):
+    "`DistributedDL._broadcast`, on the GPU for NCCL and on the CPU for gloo."
+    t = LongTensor(t)
+    if torch.distributed.get_backend() == 'nccl': t = t.cuda()
+    torch.distributed.broadcast(t, rank)
+    return t.cpu().tolist()
+
+def _wrap_dl(self, dl):
+    "`DistributedTrainer._wrap_dl`, with the loader's own device (a CPU model in DDP has no `device`)."
+    from fastai.distributed import DistributedDL
+    return dl if isinstance(dl, DistributedDL) else DistributedDL(dl)
+
+class _PrepareEachFit(Callback):
+    "Accelerate remembers a model it prepared and will not wrap it again, but fastai unwraps it after each fit: forget it."
+    order = 10   # before `DistributedTrainer.before_fit` (11) wraps the model
+    def before_fit(self):
+        self.learn.distributed_trainer.accelerator._models.clear()
+        self.learn.model.__dict__.pop('_is_accelerate_prepared', None)
+
+@contextmanager
+def distributed(learn:Learner):
+    "Within, `learn` trains with DDP when the command was started by `torchrun` or `accelerate launch`; alone, as it is."
+    if num_distrib() <= 1: yield learn; return
+    from fastai.distributed import DistributedDL, DistributedTrainer   # imports Accelerate, which only distributed runs need
+    DistributedDL._broadcast, DistributedTrainer._wrap_dl = _broadcast, _wrap_dl
+    gpu = learn.dls.device.type == 'cuda'
+    with learn.distrib_ctx(sync_bn=gpu, cpu=not gpu), learn.added_cbs(_PrepareEachFit()): yield learn

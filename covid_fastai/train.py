@@ -8,7 +8,7 @@ import os, json, time, platform, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import fastai
-from fastai.vision.all import set_seed, noop
+from fastai.vision.all import set_seed, noop, num_distrib, rank_distrib
 import covid_fastai
 from .core import *
 from .data import *
@@ -73,6 +73,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           unfrozen_lr:float=1e-3, # Peak learning rate once unfrozen
           wd:float=1e-4, # Weight decay
           clip:float=0.1, # Gradient clipping by value
+          optimizer:str='adamw', # 'adamw': torch's AdamW (fused on CUDA) stepping as fastai's Adam; 'fastai': fastai's own Adam
           valid_pct:float=0.1, # Fraction of each class for validation
           folds:int=1, # Cross-validate: K stratified folds, one run each in out/fold-1 ... out/fold-K, and cv.json in out
           fold:int|None=None, # With folds: train only this fold (1 to K), in out
@@ -91,7 +92,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           prevalence:float|None=None, # Also give PPV and NPV at this prevalence of COVID-19 in metrics.json
           resume:dict|None=None # A checkpoint of this run to go on from; see `resume_training`
          )->dict:
-    "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out` (with `folds`, a run per fold and `cv.json`)."
+    "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out` (with `folds`, a run per fold and `cv.json`); in a process other than the first of a distributed run, train and return None."
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), Path(out)
     _check_folds(folds, fold)
@@ -101,14 +102,18 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     if folds > 1 and fold is None: return _cross_validate(rows, settings)
     set_seed(seed, reproducible=True)
     splitter = FoldSplitter(folds, fold, seed) if fold else StratifiedSplitter(valid_pct, seed)
-    dls = covid_dataloaders(rows, bs=bs, size=size, device=get_device(cpu), num_workers=num_workers, cache=decoded,
+    dls = covid_dataloaders(rows, bs=process_batch(bs), size=size, device=get_device(cpu), num_workers=num_workers, cache=decoded,
                             task=task, splitter=splitter)
     # a resumed run takes every weight from its checkpoint, so it needs no pretrained file
     learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
-                          wd=wd, clip=clip)
-    write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
-    hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT, resume=resume)
-    logits, targs = learn.get_preds(dl=dls.valid, act=noop)
+                          wd=wd, clip=clip, optimizer=optimizer)
+    lead = not rank_distrib()   # with several processes, the first one alone writes
+    if lead: write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
+    with distributed(learn):
+        hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT if lead else None,
+                                resume=resume)
+        logits, targs = learn.get_preds(dl=dls.valid, act=noop)   # each process its share, gathered
+    if not lead: return None
     classes, k = list(dls.vocab), list(dls.vocab).index(POSITIVE)
     temperature = fit_temperature(logits, targs) if calibrate else 1.0
     probs = torch.softmax(logits.float() / temperature, dim=1)
@@ -119,7 +124,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs, classes)
     write_csv(hist, out/HISTORY_CSV); write_csv(split_frame(dls), out/SPLIT_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
-    write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device),
+    write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'processes': max(num_distrib(), 1),
                 'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
                 'groups': group_counts(rows, group_col, near_dups), 'seconds': round(time.time()-start, 1),
@@ -138,6 +143,7 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
     with warnings.catch_warnings():   # the selection's warnings (missing, unreadable files) were given once, above
         warnings.simplefilter('ignore', UserWarning)
         results = [train(**{**settings, 'out': out/f'fold-{i}', 'fold': i}) for i in range(1, folds+1)]
+    if rank_distrib(): return None
     cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)]}
     write_json(cv, out/CV_JSON)
     save_figure(plot_cv(cv), out/PLOTS_DIR/'cv.png')

@@ -1,0 +1,75 @@
+"Several processes (issue 11): the same training under torchrun and accelerate launch, on the CPU with gloo, against one process."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pandas as pd, pytest
+from conftest import run_cli
+
+BIN = Path(sys.executable).parent
+TINY = ['--arch', 'resnet18', '--size', 64, '--frozen-epochs', 1, '--unfrozen-epochs', 1, '--no-pretrained', '--num-workers', 0]
+LAUNCHERS = {'torchrun': [str(BIN/'torchrun'), '--nproc-per-node', '2'],
+             'accelerate': [str(BIN/'accelerate'), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
+                            '--mixed_precision', 'no', '--dynamo_backend', 'no']}
+
+
+def launch(launcher, *args, check=True):
+    "`covid-fastai ARGS` in two processes started by `launcher`."
+    env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}   # gloo on the CPU, also on a machine with a GPU
+    res = subprocess.run([*LAUNCHERS[launcher], '-m', 'covid_fastai.cli', *map(str, args)], capture_output=True, text=True, env=env)
+    if check and res.returncode: raise AssertionError(f"{launcher} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return res
+
+
+def read(out): return (json.loads((out/'run.json').read_text()), json.loads((out/'metrics.json').read_text()),
+                       pd.read_csv(out/'history.csv'), pd.read_csv(out/'split.csv'))
+
+
+@pytest.fixture(scope='module')
+def runs(data_root, tmp_path_factory):
+    "The tiny recipe in one process, and in two under each launcher, with the same global batch (8)."
+    top = tmp_path_factory.mktemp('distributed')
+    run_cli('train', '--out', top/'one', *TINY, env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    printed = {name: launch(name, 'train', '--out', top/name, *TINY).stdout for name in LAUNCHERS}
+    return {name: (*read(top/name), top/name, printed.get(name)) for name in ['one', *LAUNCHERS]}
+
+
+def test_two_processes_train_on_the_same_split(runs):
+    (run1, m1, h1, s1, *_), (run2, m2, h2, s2, *_) = runs['one'], runs['torchrun']
+    assert run1['processes'] == 1 and run2['processes'] == 2
+    assert run2['settings']['bs'] == run1['settings']['bs'] == 8          # the global batch; each process took 4
+    pd.testing.assert_frame_equal(s1, s2)                                  # the same selection and validation split
+    assert m2['n'] == (s2.split == 'valid').sum()                          # every process's validation images, gathered
+    assert h2.phase.tolist() == ['frozen', 'unfrozen'] and set(m1) == set(m2)
+    # the same recipe on the same data: not the same numbers (each process normalises its own half batch), but close
+    assert abs(m1['accuracy'] - m2['accuracy']) <= 0.25 and abs(h1.valid_loss.iloc[-1] - h2.valid_loss.iloc[-1]) < 1.0
+
+
+def test_torchrun_and_accelerate_launch_train_alike(runs):
+    (_, mt, ht, *_), (_, ma, ha, *_) = runs['torchrun'], runs['accelerate']
+    assert mt == ma
+    pd.testing.assert_frame_equal(ht, ha)
+
+
+def test_only_the_first_process_writes(runs):
+    "One report, the run folder as one process leaves it, no checkpoint left."
+    *_, out, printed = runs['torchrun']
+    assert printed.count('Validation:') == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in runs['one'][4].iterdir())
+def test_a_batch_the_processes_cannot_share_is_refused(data_root, tmp_path):
+    res = launch('torchrun', 'train', '--out', tmp_path/'run', *TINY, '--bs', 5, check=False)
+    assert res.returncode != 0 and '--bs 5 cannot be shared by 2 processes' in res.stderr
+
+
+def test_a_distributed_run_resumes(data_root, tmp_path):
+    "Stopped after its first epoch, a two-process run goes on from its checkpoint (also under the other launcher)."
+    out = tmp_path/'run'
+    env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}
+    proc = subprocess.Popen([*LAUNCHERS['torchrun'], '-m', 'covid_fastai.cli', 'train', '--out', str(out), *map(str, TINY)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    while not (out/'checkpoint.pth').exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT); proc.communicate(timeout=120)
+    assert not (out/'metrics.json').exists()
+    launch('accelerate', 'train', '--resume', out)
+    run, m, h, _ = read(out)
+    assert run['status'] == 'done' and run['processes'] == 2 and h.phase.tolist() == ['frozen', 'unfrozen']
