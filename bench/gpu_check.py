@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU check (issue 4): training and prediction speed of covid_fastai on CUDA, and CUDA vs CPU agreement.
+"""GPU check (issues 4 and 11): training and prediction speed of covid_fastai on CUDA, CUDA vs CPU agreement, and the optimizers' quality.
 
     python bench/gpu_check.py [--data ROOT] [--out results.json]      # on a CUDA machine, ~3-5 min on an H100
     python bench/gpu_check.py --allow-cpu                             # tiny smoke run of the same code on the CPU
@@ -7,22 +7,26 @@
 
 1. The device: name, memory, torch / CUDA / cuDNN versions and settings.
 2. Training throughput of `covid_learner` (ResNet50, random weights) on the balanced selection at 256 px, batch 8 and
-   64, in fp32, mixed precision (covid_learner's own `to_fp16`), and mixed precision + channels_last. Each run trains
+   64: with fastai's Adam in mixed precision (the library's recipe before issue 11), and with torch's fused AdamW
+   (`TorchAdamW`, the default now) in mixed precision, mixed precision + channels_last, and fp32. Each run trains
    `--epochs` epochs with `fit_one_cycle` after `unfreeze`; the first epoch is warm-up and left out, the figure is the
    median of the others. Timed: the training phase of each epoch (a callback reads the clock, after
    `torch.cuda.synchronize`, at before_train and after_train), so validation is left out; the whole epoch is shown too.
    The balanced selection has only 98 training images, 1 batch of 64 (the last incomplete batch is dropped): the
-   training rows are therefore repeated `--oversample` times (8: 784 images, 98 batches of 8 or 12 of 64). The
+   training rows are therefore repeated `--oversample` times (16: 1568 images, 196 batches of 8 or 24 of 64). The
    validation rows (12) are covid_dataloaders' own stratified split, not repeated.
-   Then, per batch size in fp32 and amp, where a training step's time goes (waiting for the batch, forward, backward,
-   optimizer step), from a second epoch with the GPU synchronised at every boundary.
-3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA: the library's
-   `predict` (autocast fp16 on CUDA) against the same with autocast off (fp32), at batch 8 and 64, decoding every
-   image (what a user gets) and reading them from a warm DecodeCache (what is left when decoding is free), and the
-   floor: the model alone on tensors already on the GPU.
-4. Agreement: the same saved model on `--agree-n` images (the validation images first) on CUDA and on the CPU; exit
-   status 1 if prob_covid differs by more than 1e-2 anywhere or a label differs.
-5. A Markdown summary of every figure; `--out` also writes them as JSON.
+   Then, per batch size, where a training step's time goes (waiting for the batch, forward, backward, optimizer step)
+   with each optimizer, from a second epoch with the GPU synchronised at every boundary.
+3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA, `--infer-files`
+   files per call: the library's `predict` (autocast fp16 on CUDA) decoding JPEGs on the CPU (Pillow, in threads), on
+   the GPU (nvJPEG, the default on CUDA), and reading a warm DecodeCache; and the floor: the model alone on tensors
+   already on the GPU, in amp and fp32.
+4. Agreement: the same saved model on `--agree-n` images (the validation images first) on CUDA and on the CPU (exit
+   status 1 if prob_covid differs by more than 1e-2 anywhere or a label differs), and decoding on the GPU against
+   decoding on the CPU (limit 3e-2: the GPU decodes at full size, Pillow at a reduced scale, before the resize).
+5. Quality: the library's recipe cross-validated (`train(folds=3)`, random weights) with fastai's Adam and with
+   torch's AdamW, on the same folds.
+6. A Markdown summary of every figure; `--out` also writes them as JSON.
 
 Without CUDA the script stops at once with exit status 2, unless `--allow-cpu` is given: then it runs the same steps
 tiny (ResNet18, size 64, 2 epochs, no oversampling, no loader workers, few images) to check the script itself; its
@@ -36,6 +40,7 @@ import torch
 
 SEED = 42
 THRESH = 1e-2   # largest allowed |prob_covid(CUDA) - prob_covid(CPU)|
+DECODE_THRESH = 3e-2   # largest allowed |prob_covid| change from decoding on the GPU (full size + antialiased resize vs Pillow's draft)
 CPU = torch.device('cpu')
 T0 = time.perf_counter()
 
@@ -59,10 +64,12 @@ def parse_args(argv=None)->argparse.Namespace:
     p.add_argument('--repeats', type=int, help='timed predict calls per figure (default 3; 1 on the CPU)')
     p.add_argument('--floor-iters', type=int, help='timed forward passes per floor figure (default 30; 2 on the CPU)')
     p.add_argument('--agree-n', type=int, default=20, help='images in the CUDA vs CPU agreement check (default 20)')
+    p.add_argument('--folds', type=int, default=3, help="folds of the optimizers' quality comparison (default 3; 0 leaves it out)")
+    p.add_argument('--quality-epochs', type=int, help='epochs per phase in the quality comparison (default 5, the recipe; 1 on the CPU)')
     a = p.parse_args(argv)
     gpu = torch.cuda.is_available()
     smoke = [('arch', 'resnet50', 'resnet18'), ('workers', None, 0), ('size', 256, 64), ('epochs', 4, 2),
-             ('oversample', 8, 1), ('infer_files', 512, 24), ('repeats', 3, 1), ('floor_iters', 30, 2)]
+             ('oversample', 16, 1), ('infer_files', 2048, 24), ('repeats', 3, 1), ('floor_iters', 30, 2), ('quality_epochs', 5, 1)]
     for k, on_gpu, on_cpu in smoke:
         if getattr(a, k) is None: setattr(a, k, on_gpu if gpu else on_cpu)
     if a.epochs < 2: p.error('--epochs must be at least 2: the first one is warm-up')
@@ -164,8 +171,11 @@ def epoch_timer(device):
     return EpochTimer()
 
 
-MODES = {'fp32': (False, False), 'amp': (True, False), 'amp+channels_last': (True, True)}   # (mixed precision, channels_last)
-CPU_MODES = ('fp32', 'fp32+channels_last')   # fastai's mixed precision needs CUDA
+# name: (optimizer, mixed precision, channels_last). 'AdamW, amp' is what `covid-fastai train` does on CUDA; 'fastai Adam, amp'
+# what it did before `TorchAdamW` (issue 11).
+MODES = {'fastai Adam, amp': ('fastai', True, False), 'AdamW, amp': ('adamw', True, False),
+         'AdamW, amp+channels_last': ('adamw', True, True), 'AdamW, fp32': ('adamw', False, False)}
+CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False), 'AdamW, fp32': ('adamw', False, False)}   # fastai's mixed precision needs CUDA
 
 
 def train_once(rows, a, bs:int, mode:str, cache, device):
@@ -173,9 +183,10 @@ def train_once(rows, a, bs:int, mode:str, cache, device):
     from covid_fastai.learner import covid_learner
     dls = make_dls(rows, a, bs, cache, device)
     timer = epoch_timer(device)
-    learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer)   # on CUDA it has called to_fp16() already
-    if not mode.startswith('amp'): learn.to_fp32()
-    if mode.endswith('channels_last'): learn.model.to(memory_format=torch.channels_last)
+    optimizer, amp, channels_last = {**MODES, **CPU_MODES}[mode]
+    learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: to_fp16() already
+    if not amp: learn.to_fp32()
+    if channels_last: learn.model.to(memory_format=torch.channels_last)
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     learn.unfreeze()
     with learn.no_logging(), learn.no_bar(): learn.fit_one_cycle(a.epochs, 1e-3)
@@ -187,7 +198,7 @@ def train_once(rows, a, bs:int, mode:str, cache, device):
            'train_s_min': min(train_s), 'train_s_max': max(train_s), 'epoch_s': statistics.median(r['epoch_s'] for r in timed),
            'images_per_s': timed[0]['images'] / med, 'timed_epochs': len(timed),
            'peak_gpu_GiB': torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None}
-    step(f"train bs {bs:>3} {mode:<18} {med:6.2f} s/epoch ({res['images_per_epoch']} images)  "
+    step(f"train bs {bs:>3} {mode:<25} {med:6.2f} s/epoch ({res['images_per_epoch']} images)  "
          f"{res['images_per_s']:8.1f} images/s  (warm-up epoch {res['warmup_s']:.2f} s, whole epoch {res['epoch_s']:.2f} s)")
     return learn, res
 
@@ -235,68 +246,64 @@ def phase_timer(device):
     return PhaseTimer()
 
 
-def torch_adamw(device):
-    "An experiment, not the library's recipe: fastai's Adam (decoupled weight decay) as torch's AdamW, fused on CUDA."
-    from functools import partial
-    from fastai.optimizer import OptimWrapper
-    kind = {'fused': True} if device.type == 'cuda' else {'foreach': True}
-    return partial(OptimWrapper, opt=partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, **kind))
-
-
 def breakdown(rows, a, cache, device)->list[dict]:
-    """Milliseconds per training step in each of PHASES (median over the second epoch), per batch size: fp32, amp, and fp32
-    with torch's AdamW in place of fastai's Adam (an experiment: fastai's steps each parameter in Python)."""
+    """Milliseconds per training step in each of PHASES (median over the second epoch), per batch size, with fastai's Adam
+    (which steps each parameter in Python) and with the library's default, torch's fused AdamW (`TorchAdamW`)."""
     from covid_fastai.learner import covid_learner
     out = []
     for bs in a.bs:
-        for mode in (('fp32', 'amp', 'fp32, torch AdamW') if device.type == 'cuda' else ('fp32', 'fp32, torch AdamW')):
+        for mode in (('fastai Adam, amp', 'AdamW, amp') if device.type == 'cuda' else tuple(CPU_MODES)):
+            optimizer, amp, _ = {**MODES, **CPU_MODES}[mode]
             timer = phase_timer(device)
-            learn = covid_learner(make_dls(rows, a, bs, cache, device), arch=a.arch, pretrained=False, cbs=timer)
-            if mode.startswith('fp32'): learn.to_fp32()
-            if mode.endswith('torch AdamW'): learn.opt_func = torch_adamw(device)
+            learn = covid_learner(make_dls(rows, a, bs, cache, device), arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)
+            if not amp: learn.to_fp32()
             learn.unfreeze()
             with learn.no_logging(), learn.no_bar(): learn.fit_one_cycle(2, 1e-3)
             steps = timer.epochs[-1]
             if not steps:   # one batch per epoch: no step has a 'wait' to measure
-                step(f"step breakdown bs {bs:>3} {mode:<5} skipped: one batch per epoch"); continue
+                step(f"step breakdown bs {bs:>3} {mode:<16} skipped: one batch per epoch"); continue
             r = {'bs': bs, 'mode': mode, 'steps': len(steps),
                  **{p: 1000 * statistics.median(st[p] for st in steps) for p in PHASES}}
             r['total'] = sum(r[p] for p in PHASES)
             out.append(r)
-            step(f"step breakdown bs {bs:>3} {mode:<5} " + ', '.join(f"{p} {r[p]:.1f}" for p in PHASES) + f" ms (total {r['total']:.1f})")
+            step(f"step breakdown bs {bs:>3} {mode:<16} " + ', '.join(f"{p} {r[p]:.1f}" for p in PHASES) + f" ms (total {r['total']:.1f})")
             del learn
             if device.type == 'cuda': torch.cuda.empty_cache()
     return out
 
 
-def channels_last_verdict(results:list[dict])->list[str]:
-    "For each batch size: does channels_last speed up mixed-precision training?"
-    out = []
-    for bs in sorted({r['bs'] for r in results}):
-        by = {r['mode']: r for r in results if r['bs'] == bs}
-        base, cl = by.get('amp', by.get('fp32')), by.get('amp+channels_last', by.get('fp32+channels_last'))
-        if not (base and cl): continue
-        ratio = cl['images_per_s'] / base['images_per_s']
-        word = 'helps' if ratio > 1.05 else 'hurts' if ratio < 0.95 else 'makes no clear difference (within 5 %)'
-        out.append(f"batch {bs}: channels_last {word}: {cl['images_per_s']:.0f} vs {base['images_per_s']:.0f} images/s "
-                   f"({ratio:.2f}x, {cl['mode']} vs {base['mode']})")
-    return out
+def _ratio_line(results, bs, a, b, what):
+    by = {r['mode']: r for r in results if r['bs'] == bs}
+    if a not in by or b not in by: return None
+    ratio = by[a]['images_per_s'] / by[b]['images_per_s']
+    word = 'faster' if ratio > 1.05 else 'slower' if ratio < 0.95 else 'no clear difference (within 5 %)'
+    return (f"batch {bs}: {what}: {by[a]['images_per_s']:.0f} vs {by[b]['images_per_s']:.0f} images/s, {ratio:.2f}x ({word}; "
+            f"{a} vs {b})")
+
+
+def verdicts(results:list[dict])->list[str]:
+    "For each batch size: what torch's AdamW, channels_last and fp32 change against the step before them, in this run."
+    pairs = [('AdamW, amp', 'fastai Adam, amp', "torch's fused AdamW in place of fastai's Adam"),
+             ('AdamW, amp+channels_last', 'AdamW, amp', 'channels_last'), ('AdamW, amp', 'AdamW, fp32', 'mixed precision'),
+             ('AdamW, fp32', 'fastai Adam, fp32', "torch's AdamW in place of fastai's Adam")]
+    return [l for bs in sorted({r['bs'] for r in results}) for a, b, what in pairs if (l := _ratio_line(results, bs, a, b, what))]
 
 
 # ---------------------------------------------------------------- 3. prediction
 def _probs_fp32(self, xs):
     "CovidClassifier._probs without autocast: the same steps in fp32."
-    x = self.normalise(torch.stack(xs))
+    x = self.normalise(torch.stack([x.to(self.device) for x in xs]))
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(): logits = self.model(x)
-    return torch.softmax(logits.float(), dim=1)[:, self.classes.index('COVID-19')].cpu().numpy()
+    return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
 
 
-def classifier(model_dir:Path, device, precision:str, cache=None):
+def classifier(model_dir:Path, device, precision:str, cache=None, gpu_decode:bool=True):
     "load_model on `device`; precision 'fp32' turns the library's autocast (CUDA only) off for this instance."
     from covid_fastai.inference import load_model
     clf = load_model(model_dir, device=device, cache=cache)
     if precision == 'fp32': clf._probs = types.MethodType(_probs_fp32, clf)
+    clf.gpu_decode = gpu_decode
     return clf
 
 
@@ -326,38 +333,40 @@ def time_floor(model, x:torch.Tensor, device, precision:str, iters:int)->dict:
 
 
 def inference(model_dir:Path, files:list, a, device, cache)->list[dict]:
-    "predict (decoding, and from the warm cache) and the floor, at each batch size, in fp32 and amp."
-    amp_name = 'amp (library default)' if device.type == 'cuda' else 'amp (bf16, floor only)'
+    """predict (decoding JPEGs on the CPU, on the GPU, and from the warm cache) and the floor, at each batch size, in the
+    library's precision (amp on CUDA), and the floor in fp32 too."""
+    gpu = device.type == 'cuda'
+    paths = [('predict, CPU decoding', None, False), *([('predict, GPU decoding (default)', None, True)] if gpu else []),
+             ('predict, DecodeCache', cache, False)]
     results = []
-    for precision in ('fp32', 'amp'):
-        name = 'fp32' if precision == 'fp32' else amp_name
+    for precision in (('amp', 'fp32') if gpu else ('fp32',)):
+        name = 'amp (library default)' if precision == 'amp' else 'fp32'
         for bs in a.bs:
-            for path, cached in (('predict, decoding', None), ('predict, DecodeCache', cache)):
-                if device.type != 'cuda' and precision == 'amp': continue   # the library autocasts on CUDA only
-                r = time_predict(classifier(model_dir, device, precision, cached), files, bs, a.repeats)
+            for path, cached, on_gpu in (paths if precision == 'amp' or not gpu else []):
+                r = time_predict(classifier(model_dir, device, precision, cached, on_gpu), files, bs, a.repeats)
                 results.append({'bs': bs, 'path': path, 'precision': name, **r})
-                step(f"infer bs {bs:>3} {name:<22} {path:<22} {r['images_per_s']:9.1f} images/s")
+                step(f"infer bs {bs:>3} {name:<22} {path:<32} {r['images_per_s']:9.1f} images/s")
             clf = classifier(model_dir, device, 'fp32')
             x = clf.normalise(torch.stack([clf.prepare(f) for f in (files * bs)[:bs]]))
             if device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
             r = time_floor(clf.model, x, device, precision, a.floor_iters)
             results.append({'bs': bs, 'path': 'floor: model on tensors', 'precision': name, **r})
-            step(f"infer bs {bs:>3} {name:<22} {'floor':<22} {r['images_per_s']:9.1f} images/s")
+            step(f"infer bs {bs:>3} {name:<22} {'floor':<32} {r['images_per_s']:9.1f} images/s")
     return results
 
 
 # ---------------------------------------------------------------- 4. agreement
-def compare(model_dir:Path, files:list, device, precision:str)->dict:
-    "prob_covid and labels of the saved model on `device` (in `precision`) vs on the CPU."
+def compare(model_dir:Path, files:list, device, precision:str, gpu_decode:bool=False, other=CPU, limit:float=THRESH)->dict:
+    "prob_covid and labels of the saved model on `device` (in `precision`, decoding on the GPU or not) vs on `other` in fp32, decoding on the CPU."
     import numpy as np
-    dev = classifier(model_dir, device, precision).predict(files, bs=len(files))
-    cpu = classifier(model_dir, CPU, 'fp32').predict(files, bs=len(files))
+    dev = classifier(model_dir, device, precision, gpu_decode=gpu_decode).predict(files, bs=len(files))
+    cpu = classifier(model_dir, other, 'fp32', gpu_decode=False).predict(files, bs=len(files))
     diff = np.abs(dev.prob_covid.to_numpy(float) - cpu.prob_covid.to_numpy(float))
     same = dev.label.to_numpy() == cpu.label.to_numpy()
     margin = float(np.min(np.abs(cpu.prob_covid.to_numpy(float) - clf_threshold(model_dir))))
     return {'precision': precision, 'images': len(files), 'max_abs_diff': float(diff.max()),
             'mean_abs_diff': float(diff.mean()), 'labels_agree': int(same.sum()), 'labels_differ': int((~same).sum()),
-            'closest_to_threshold': margin, 'ok': bool(diff.max() <= THRESH and same.all())}
+            'closest_to_threshold': margin, 'limit': limit, 'ok': bool(diff.max() <= limit and same.all())}
 
 
 def clf_threshold(model_dir:Path)->float:
@@ -377,22 +386,46 @@ def agreement(model_dir:Path, rows, a, device)->list[dict]:
     out = []
     for precision in ('amp', 'fp32'):
         r = compare(model_dir, files, device, precision)
-        r['label'] = f"{device.type} {'autocast (library default)' if precision == 'amp' else 'fp32'} vs cpu fp32"
+        r['label'] = f"{device.type} {'autocast (library default)' if precision == 'amp' else 'fp32'} vs cpu fp32, both decoding on the CPU"
         out.append(r)
+    if device.type == 'cuda':   # the same model and device: only the decoding differs (nvJPEG at full size vs Pillow's draft)
+        r = compare(model_dir, files, device, 'fp32', gpu_decode=True, other=device, limit=DECODE_THRESH)
+        r['label'] = 'cuda fp32 decoding on the GPU vs cuda fp32 decoding on the CPU'
+        out.append(r)
+    for r in out:
         step(f"{r['label']}: max |diff| prob_covid {r['max_abs_diff']:.2e} (mean {r['mean_abs_diff']:.2e}), "
              f"labels differ on {r['labels_differ']}/{r['images']}, nearest prob to the threshold is "
              f"{r['closest_to_threshold']:.3f} away -> {'OK' if r['ok'] else 'FAIL'}")
     return out
 
 
-# ---------------------------------------------------------------- 5. report
+# ---------------------------------------------------------------- 5. quality of the two optimizers
+def quality(a, data:str|None, tmp:Path)->list[dict]:
+    """The library's recipe (`train`, random weights) cross-validated with each optimizer: does torch's AdamW, stepping as
+    fastai's Adam, give the same model quality? K folds of the balanced selection, the same folds for both."""
+    from covid_fastai.train import train
+    out = []
+    for optimizer in ('fastai', 'adamw'):
+        t = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cv = train(data=data, out=tmp/f'cv-{optimizer}', arch=a.arch, size=a.size, folds=a.folds, pretrained=False,
+                       optimizer=optimizer, frozen_epochs=a.quality_epochs, unfrozen_epochs=a.quality_epochs, seed=SEED)
+        r = {'optimizer': optimizer, 'folds': a.folds, 'seconds': time.perf_counter() - t,
+             **{k: cv['metrics'][k] for k in ('roc_auc', 'sensitivity', 'specificity', 'accuracy') if k in cv['metrics']}}
+        out.append(r)
+        step(f"{a.folds}-fold CV, optimizer {optimizer:<6}: " + ', '.join(
+            f"{k} {r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" for k in ('roc_auc', 'sensitivity', 'specificity') if k in r) + f" ({r['seconds']:.0f} s)")
+    return out
+
+
+# ---------------------------------------------------------------- 6. report
 def md_table(headers:list[str], rows:list[list])->str:
     "A GitHub Markdown table."
     line = lambda cells: '| ' + ' | '.join(str(c) for c in cells) + ' |'
     return '\n'.join([line(headers), line(['---'] * len(headers)), *map(line, rows)])
 
 
-def report(info:dict, a, train:list[dict], phases:list[dict], infer:list[dict], agree:list[dict])->str:
+def report(info:dict, a, train:list[dict], phases:list[dict], infer:list[dict], agree:list[dict], qual:list[dict])->str:
     "The Markdown summary of every figure."
     gpu = info.get('gpu', 'CPU (smoke run, figures meaningless)')
     head = (f"**{gpu}**, torch {info['torch']} (CUDA {info['torch cuda']}, cuDNN {info.get('cudnn', '-')}), "
@@ -406,21 +439,28 @@ def report(info:dict, a, train:list[dict], phases:list[dict], infer:list[dict], 
                   [[r['bs'], r['mode'], *[f"{r[p]:.1f}" for p in PHASES], f"{r['total']:.1f}", r['steps']] for r in phases])
     i = md_table(['batch', 'precision', 'what', 'images/s', 'seconds (predict: one call on all files; floor: one batch)'],
                  [[r['bs'], r['precision'], r['path'], f"{r['images_per_s']:.1f}", f"{r['seconds']:.4f}"] for r in infer])
-    g = md_table(['comparison', 'images', 'max abs diff prob_covid', 'mean abs diff', 'labels differ', 'verdict'],
+    g = md_table(['comparison', 'images', 'max abs diff prob_covid', 'mean abs diff', 'labels differ', 'limit', 'verdict'],
                  [[r['label'], r['images'], f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}", r['labels_differ'],
-                   'OK' if r['ok'] else 'FAIL'] for r in agree])
+                   f"{r['limit']:g}", 'OK' if r['ok'] else 'FAIL'] for r in agree])
+    q = md_table(['optimizer', 'folds', 'ROC AUC', 'sensitivity', 'specificity', 'accuracy', 'seconds'],
+                 [[r['optimizer'], r['folds'], *[f"{r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" if k in r and r[k]['mean'] is not None else '-'
+                                                 for k in ('roc_auc', 'sensitivity', 'specificity', 'accuracy')], f"{r['seconds']:.0f}"]
+                  for r in qual])
     over = (f"training rows repeated {a.oversample}x per epoch (validation rows not repeated); " if a.oversample > 1 else '')
     return '\n'.join([
         '## GPU check', '', head, '', '### Training', '',
         f"{over}{a.epochs} epochs per run, first left out; figures are the training phase only (validation excluded).", '',
-        t, '', *[f"* {v}" for v in channels_last_verdict(train)], '', '### Where a training step goes', '',
+        t, '', *[f"* {v}" for v in verdicts(train)], '', '### Where a training step goes', '',
         "Median milliseconds per step over a second epoch, the GPU synchronised at every boundary (which itself costs a "
         "little). 'wait for batch': from the end of one step to the next batch's arrival, loaded, moved to the GPU and "
         "augmented there; 'backward + clip' includes gradient clipping and, in amp, unscaling; 'rest': zeroing the "
         "gradients and fastai's bookkeeping.", '', ph, '', '### Prediction', '',
         f"{a.infer_files} files per predict call (the balanced images cycled), median of {a.repeats} calls after a warm-up; "
         f"floor: mean time of {a.floor_iters} forward passes (after 3 untimed) on one batch already on the device.", '',
-        i, '', '### CUDA vs CPU agreement', '', f"Pass: max abs diff <= {THRESH:g} and no label differs.", '', g])
+        i, '', '### Agreement', '', "Pass: max abs diff within the limit and no label differs.", '', g, '',
+        '### Quality: fastai\'s Adam vs torch\'s AdamW', '',
+        f"`train(folds={a.folds}, pretrained=False)`, {a.arch} at {a.size} px, {a.quality_epochs} + {a.quality_epochs} epochs, the same folds "
+        "for both (mean ± sd over the folds).", '', q])
 
 
 # ---------------------------------------------------------------- main
@@ -443,12 +483,13 @@ def main(argv=None)->int:
         files = (list(rows.path) * (a.infer_files // len(rows) + 1))[:a.infer_files]
         infer = inference(model_dir, files, a, device, cache)
         agree = agreement(model_dir, rows, a, device)
-    md = report(info, a, train, phases, infer, agree)
+        qual = quality(a, str(root), tmp) if a.folds else []
+    md = report(info, a, train, phases, infer, agree, qual)
     print('\n' + md)
     ok = all(r['ok'] for r in agree)
     if a.out:
         Path(a.out).write_text(json.dumps({'device': info, 'settings': vars(a), 'training': train, 'phases': phases, 'inference': infer,
-                                           'agreement': agree, 'ok': ok, 'seconds': time.perf_counter() - T0,
+                                           'agreement': agree, 'quality': qual, 'ok': ok, 'seconds': time.perf_counter() - T0,
                                            'markdown': md}, indent=2, default=str) + '\n')
         print(f"\nWrote {a.out}")
     step('done' if ok else "FAIL: CUDA and CPU predictions disagree (see above)")

@@ -17,9 +17,10 @@ from .data import task_classes
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_rgb',
-           'is_dicom', 'read_dicom', 'load_xray', 'default_cache_dir', 'DecodeCache', 'OpenXRay', 'check_images',
-           'thumbnails', 'near_duplicates', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter',
-           'covid_augment', 'covid_datablock', 'default_workers', 'covid_dataloaders']
+           'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache',
+           'OpenXRay', 'check_images', 'thumbnails', 'near_duplicates', 'group_rows', 'StratifiedSplitter',
+           'stratified_folds', 'FoldSplitter', 'covid_augment', 'covid_datablock', 'default_workers',
+           'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -102,13 +103,13 @@ def read_dicom(fn:str|Path, # A DICOM file
     try: w, h, frames = int(ds.Columns), int(ds.Rows), int(ds.get('NumberOfFrames') or 1)
     except (AttributeError, TypeError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: DICOM file without a readable image size ({_line(e)})") from None
-    _check_shape(fn, w, h, max_pixels)
+    check_shape(fn, w, h, max_pixels)
     if frames > 1: raise NotRadiographError(f"{fn}: a DICOM file of {frames} frames; a radiograph is one frame")
     try: return _dicom_pixels(ds)
     except Exception as e: raise _undecodable(fn, ds, e) from None   # pydicom's errors vary by decoder: any is one line
 
 # %% ../nbs/02_datablock.ipynb #dc1607de
-def _check_shape(fn, w:int, h:int, max_pixels:int):
+def check_shape(fn, w:int, h:int, max_pixels:int=MAX_PIXELS):
     "Refuse, before decoding, an image over the pixel limit or of a shape no radiograph has."
     if w*h > max_pixels: raise UnreadableImageError(
         f"{fn}: {w} x {h} pixels is over the limit of {max_pixels:,}; shrink the image or raise max_pixels")
@@ -116,6 +117,11 @@ def _check_shape(fn, w:int, h:int, max_pixels:int):
         f"{fn}: {w} x {h} pixels, under {MIN_SIDE} px on its shorter side: too small to be a radiograph")
     if max(w, h) > MAX_ASPECT*min(w, h): raise NotRadiographError(
         f"{fn}: {w} x {h} pixels, an aspect ratio of 1:{max(w, h)/min(w, h):.1f}: no radiograph is beyond 1:{MAX_ASPECT:g}")
+
+def check_spread(fn, spread:float # The standard deviation of the decoded image's grey levels (of 255)
+                ):
+    "Refuse, once decoded, an image that is blank or nearly so."
+    if spread < MIN_STD: raise NotRadiographError(f"{fn}: blank (its grey levels vary by {spread:.1f} of 255): no radiograph to read")
 
 def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, or DICOM
               size:int|None=None, # Squish to `size` x `size` (bilinear); None keeps the image's own size
@@ -128,7 +134,7 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
             with warnings.catch_warnings():
                 warnings.simplefilter('error', Image.DecompressionBombWarning)
                 with Image.open(fn) as im:
-                    _check_shape(fn, *im.size, max_pixels)
+                    check_shape(fn, *im.size, max_pixels)
                     if size: im.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `size`
                     im.load()
                     im = to_rgb(ImageOps.exif_transpose(im))
@@ -141,8 +147,7 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: not a readable image ({type(e).__name__}: {e})") from None
     im = im if size is None else im.resize((size, size), Image.BILINEAR)
-    if (spread := np.asarray(im)[..., 0].std()) < MIN_STD:
-        raise NotRadiographError(f"{fn}: blank (its grey levels vary by {spread:.1f} of 255): no radiograph to read")
+    check_spread(fn, np.asarray(im)[..., 0].std())
     return im
 
 # %% ../nbs/02_datablock.ipynb #ee74c503

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json, hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import numpy as np, pandas as pd, torch, torchvision
+import torch.nn.functional as F
+from torchvision.io import ImageReadMode
+from PIL import Image
 from safetensors.torch import save_file, load_file
 from safetensors import SafetensorError
 from fastcore.basics import patch
@@ -15,7 +18,7 @@ from fastai.vision.all import Learner, Normalize, create_vision_model, imagenet_
 import covid_fastai
 from .core import *
 from .data import POSITIVE, task_of
-from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom
+from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread
 from .learner import arch_fn, arch_stats, ARCHS
 
 # %% auto #0
@@ -89,21 +92,63 @@ def predicted(probs, # Class probabilities, one row per image, COVID-19 last
 
 @patch
 def _load_batch(self:CovidClassifier, files, pool):
-    futs = [pool.submit(self.prepare, f) for f in files]
+    gpu = self.gpu_decode and self.device.type == 'cuda' and self.open.cache is None   # see "Decoding on the GPU"
+    futs = [pool.submit(_jpeg_bytes if gpu else self.prepare, f) for f in files]
     out = []
     for f, fut in zip(files, futs):
         try: out.append((f, fut.result(), None))
         except CovidFastaiError as e: out.append((f, None, str(e)))
-    return out
+    return self._decode_jpegs(out, pool) if gpu else out
 
 @patch
 @torch.inference_mode()
 def _probs(self:CovidClassifier, xs:list[torch.Tensor])->np.ndarray:
-    x = self.normalise(torch.stack(xs))
+    x = self.normalise(torch.stack([x.to(self.device) for x in xs]))   # decoded on the CPU, or on the GPU
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, enabled=self.device.type == 'cuda'):
         logits = self.model(x)
     return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
+
+# %% ../nbs/05_inference.ipynb #1841113f
+CovidClassifier.gpu_decode = True   # decode JPEGs on the GPU when the model is on CUDA
+
+def _jpeg_bytes(fn)->torch.Tensor|None:
+    "The bytes of JPEG `fn` for the GPU's decoder, after the checks `load_xray` makes before decoding; None where the CPU should decode it."
+    try:
+        with Image.open(fn) as im:
+            plain = im.format == 'JPEG' and im.mode in ('L', 'RGB') and im.getexif().get(0x0112, 1) == 1
+            w, h = im.size
+    except Exception: return None   # unreadable: the CPU's decoder says why
+    if not plain: return None
+    check_shape(fn, w, h)
+    return torchvision.io.read_file(str(fn))
+
+@patch
+def _squish(self:CovidClassifier, im:torch.Tensor)->torch.Tensor:
+    "A decoded (3, h, w) `uint8` image on the GPU, squished to the model's size as `prepare` does."
+    x = F.interpolate(im[None].float(), (self.size, self.size), mode='bilinear', antialias=True, align_corners=False)
+    return x[0].round_().clamp_(0, 255).byte()
+
+@patch
+def _decode_jpegs(self:CovidClassifier, loaded:list, pool)->list:
+    "`loaded` with the JPEG bytes decoded on the GPU in one batch, the rest decoded by `prepare` in `pool`."
+    jpegs = [i for i, (_, x, e) in enumerate(loaded) if e is None and x is not None]
+    try: images = torchvision.io.decode_jpeg([loaded[i][1] for i in jpegs], mode=ImageReadMode.RGB, device=self.device)
+    except RuntimeError: images = [None]*len(jpegs)   # one bad file fails the batch: those go the CPU way
+    out = [(f, None, e) if e else (f, None, None) for f, _, e in loaded]
+    for i, im in zip(jpegs, images): out[i] = (out[i][0], self._squish(im) if im is not None else None, None)
+    cpu = [i for i, (_, x, e) in enumerate(out) if e is None and x is None]
+    futs = [pool.submit(self.prepare, out[i][0]) for i in cpu]
+    for i, fut in zip(cpu, futs):
+        try: out[i] = (out[i][0], fut.result(), None)
+        except CovidFastaiError as e: out[i] = (out[i][0], None, str(e))
+    on_gpu = [i for i in jpegs if out[i][1] is not None]
+    if on_gpu:   # one transfer for the whole batch's blank check
+        spreads = torch.stack([out[i][1][0] for i in on_gpu]).float().flatten(1).std(1, correction=0).tolist()
+        for i, s in zip(on_gpu, spreads):
+            try: check_spread(out[i][0], s)
+            except CovidFastaiError as e: out[i] = (out[i][0], None, str(e))
+    return out
 
 # %% ../nbs/05_inference.ipynb #4ac490c4
 @patch

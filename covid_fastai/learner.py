@@ -153,7 +153,7 @@ def covid_metrics(n_classes:int=2 # Classes of the task; COVID-19 is the last
     return [accuracy, _covid_vs_rest('f1_covid', lambda t, p: skm.f1_score(t, p == n_classes-1), n_classes, dim_argmax=-1),
             _covid_vs_rest('roc_auc_covid', skm.roc_auc_score, n_classes, dim_argmax=-1, activation=ActivationType.BinarySoftmax)]
 
-# %% ../nbs/04_learner.ipynb #67e45761
+# %% ../nbs/04_learner.ipynb #2784dcd6
 class TorchAdamW(OptimWrapper):
     "torch's `AdamW` (fused on CUDA) behind fastai's optimizer interface, stepping as fastai's `Adam` does: its defaults, its layer groups, no weight decay on `no_wd`."
     def __init__(self, params, # Layer groups of parameters, from the learner's splitter, or one list
@@ -259,7 +259,7 @@ def fit_recipe(self:Learner,
         self.fit_one_cycle(epochs, lr, start_epoch=start, cbs=L(cbs) + restore, **kwargs)
     return self.history.frame
 
-# %% ../nbs/04_learner.ipynb #cf1b4476
+# %% ../nbs/04_learner.ipynb #cf525a82
 def process_batch(bs:int # The global batch: images per optimizer step, over all processes
                  )->int:
     "Images each process takes per step so that `num_distrib()` processes make a batch of `bs`."
