@@ -64,6 +64,8 @@ def parse_args(argv=None)->argparse.Namespace:
     p.add_argument('--repeats', type=int, help='timed predict calls per figure (default 3; 1 on the CPU)')
     p.add_argument('--floor-iters', type=int, help='timed forward passes per floor figure (default 30; 2 on the CPU)')
     p.add_argument('--agree-n', type=int, default=20, help='images in the CUDA vs CPU agreement check (default 20)')
+    p.add_argument('--parts', default='train,steps,infer,agree,quality',
+                   help="which parts to run, comma-separated (default all: train,steps,infer,agree,quality; agree needs train)")
     p.add_argument('--folds', type=int, default=3, help="folds of the optimizers' quality comparison (default 3; 0 leaves it out)")
     p.add_argument('--quality-epochs', type=int, help='epochs per phase in the quality comparison (default 5, the recipe; 1 on the CPU)')
     a = p.parse_args(argv)
@@ -171,7 +173,7 @@ def epoch_timer(device):
     return EpochTimer()
 
 
-# name: (optimizer, mixed precision, channels_last). 'AdamW, amp' is what `covid-fastai train` does on CUDA; 'fastai Adam, amp'
+# name: (optimizer, mixed precision, channels_last); mixed precision is covid_learner's: bfloat16 where the GPU has it. 'AdamW, amp' is what `covid-fastai train` does on CUDA; 'fastai Adam, amp'
 # what it did before `TorchAdamW` (issue 11).
 MODES = {'fastai Adam, amp': ('fastai', True, False), 'AdamW, amp': ('adamw', True, False),
          'AdamW, amp+channels_last': ('adamw', True, True), 'AdamW, fp32': ('adamw', False, False)}
@@ -336,7 +338,7 @@ def inference(model_dir:Path, files:list, a, device, cache)->list[dict]:
     """predict (decoding JPEGs on the CPU, on the GPU, and from the warm cache) and the floor, at each batch size, in the
     library's precision (amp on CUDA), and the floor in fp32 too."""
     gpu = device.type == 'cuda'
-    paths = [('predict, CPU decoding', None, False), *([('predict, GPU decoding (default)', None, True)] if gpu else []),
+    paths = [('predict, CPU decoding', None, False), *([('predict, GPU decoding (--gpu-decode)', None, True)] if gpu else []),
              ('predict, DecodeCache', cache, False)]
     results = []
     for precision in (('amp', 'fp32') if gpu else ('fp32',)):
@@ -407,9 +409,14 @@ def quality(a, data:str|None, tmp:Path)->list[dict]:
     out = []
     for optimizer in ('fastai', 'adamw'):
         t = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            cv = train(data=data, out=tmp/f'cv-{optimizer}', arch=a.arch, size=a.size, folds=a.folds, pretrained=False,
-                       optimizer=optimizer, frozen_epochs=a.quality_epochs, unfrozen_epochs=a.quality_epochs, seed=SEED)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                cv = train(data=data, out=tmp/f'cv-{optimizer}', arch=a.arch, size=a.size, folds=a.folds, pretrained=False,
+                           optimizer=optimizer, frozen_epochs=a.quality_epochs, unfrozen_epochs=a.quality_epochs, seed=SEED)
+        except Exception as e:   # a run that fails is a finding, not the end of the check
+            out.append({'optimizer': optimizer, 'folds': a.folds, 'seconds': time.perf_counter() - t,
+                        'error': f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"})
+            step(f"{a.folds}-fold CV, optimizer {optimizer:<6}: FAILED, {out[-1]['error']}"); continue
         r = {'optimizer': optimizer, 'folds': a.folds, 'seconds': time.perf_counter() - t,
              **{k: cv['metrics'][k] for k in ('roc_auc', 'sensitivity', 'specificity', 'accuracy') if k in cv['metrics']}}
         out.append(r)
@@ -478,12 +485,13 @@ def main(argv=None)->int:
         cache, model_dir = DecodeCache(tmp/'cache'), tmp/'model'
         rows, root = balanced_rows(a.data, a.size, cache)
         step(f"{len(rows)} balanced images from {root}, decoded at {a.size} px into a temporary DecodeCache")
-        train = training(rows, a, cache, device, model_dir)
-        phases = breakdown(rows, a, cache, device)
+        parts = a.parts.split(',')
+        train = training(rows, a, cache, device, model_dir) if 'train' in parts else []
+        phases = breakdown(rows, a, cache, device) if 'steps' in parts else []
         files = (list(rows.path) * (a.infer_files // len(rows) + 1))[:a.infer_files]
-        infer = inference(model_dir, files, a, device, cache)
-        agree = agreement(model_dir, rows, a, device)
-        qual = quality(a, str(root), tmp) if a.folds else []
+        infer = inference(model_dir, files, a, device, cache) if 'infer' in parts else []
+        agree = agreement(model_dir, rows, a, device) if 'agree' in parts else []
+        qual = quality(a, str(root), tmp) if 'quality' in parts and a.folds else []
     md = report(info, a, train, phases, infer, agree, qual)
     print('\n' + md)
     ok = all(r['ok'] for r in agree)

@@ -110,7 +110,7 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor])->np.ndarray:
     return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
 
 # %% ../nbs/05_inference.ipynb #1841113f
-CovidClassifier.gpu_decode = True   # decode JPEGs on the GPU when the model is on CUDA
+CovidClassifier.gpu_decode = False   # True: decode JPEGs on the GPU when the model is on CUDA (see above for why not by default)
 
 def _jpeg_bytes(fn)->torch.Tensor|None:
     "The bytes of JPEG `fn` for the GPU's decoder, after the checks `load_xray` makes before decoding; None where the CPU should decode it."
@@ -262,10 +262,12 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
                   cpu:bool=False, # Predict on the CPU even if there is a GPU
                   bs:int=32, # Images per forward pass
                   cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
-                  heatmaps:str|Path|None=None # Write one Grad-CAM overlay PNG per image here, and give each its shortcut score
+                  heatmaps:str|Path|None=None, # Write one Grad-CAM overlay PNG per image here, and give each its shortcut score
+                  gpu_decode:bool=False # On CUDA, decode JPEGs on the GPU (about 2x faster; not the same pixels: see bench/README.md); no cache then
                  )->pd.DataFrame:
     "Label and COVID-19 probability of image files: one row per file, with the error for files that cannot be read."
-    clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
+    clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache and not gpu_decode else None)
+    clf.gpu_decode = gpu_decode
     preds = clf.predict(image_files(images), bs=bs)
     if heatmaps is None: return preds
     from covid_fastai.explain import explain_predictions   # explain builds on this module

@@ -230,7 +230,9 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
         learn.opt_func = partial(TorchAdamW, no_wd=norm_bias_params(learn.model), fused=dls.device.type == 'cuda')
     if state is not None: load_body(learn.model, arch, state)
     learn.arch_name, learn.pretrained = arch, state is not None
-    if dls.device.type == 'cuda': learn.to_fp16()
+    # mixed precision on CUDA, in bfloat16 where the GPU has it: float16's largest value (65504) is within reach of a
+    # network trained from random weights, whose validation (batch norm on running statistics) then overflows to NaN
+    if dls.device.type == 'cuda': learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     return learn
 
 # %% ../nbs/04_learner.ipynb #225cf066
