@@ -110,17 +110,22 @@ def plot_confusion(metrics:dict, # From `class_metrics`
 
 # %% ../nbs/06_evaluate.ipynb #758f04e6
 def plot_roc(targets, probs, # As for `binary_metrics`
-             threshold:float=0.5 # Marked on the curve
+             threshold:float=0.5, # Marked on the curve, in red
+             thresholds=() # Also marked, in grey, each with its value: the operating points one could choose instead
             )->plt.Figure:
-    "The ROC curve with its AUC, and the operating point at `threshold`."
+    "The ROC curve with its AUC, and the operating point at `threshold` (and at each of `thresholds`)."
     y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.plot([0, 1], [0, 1], ':', color='grey')
     if len(set(y)) == 2:
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, lw=2, label=f"AUC {roc_auc_score(y, p):.3f}")
+        for t in thresholds:
+            m = binary_metrics(y, p, t)
+            ax.plot(1-m['specificity'], m['sensitivity'], 'o', color='grey', ms=5)
+            ax.annotate(f"{t:g}", (1-m['specificity'], m['sensitivity']), textcoords='offset points', xytext=(5, -10), fontsize=8)
         m = binary_metrics(y, p, threshold)
-        ax.plot(1-m['specificity'], m['sensitivity'], 'o', color='tab:red', label=f"threshold {threshold}")
+        ax.plot(1-m['specificity'], m['sensitivity'], 'o', color='tab:red', ms=8, label=f"threshold {threshold:g}")
         ax.legend(loc='lower right')
     else: ax.text(0.5, 0.5, 'one class only:\nno ROC curve', ha='center')
     ax.set(xlabel='1 - specificity', ylabel='sensitivity', title='ROC, COVID-19 positive')
@@ -155,7 +160,7 @@ def add_operating_points(metrics:dict, # From `class_metrics`
                         )->dict:
     "`metrics` with the operating-point table of the COVID-19 probability, at fixed thresholds and the model's own."
     y, p, k = np.asarray(targets).astype(int), np.asarray(probs, dtype=float), classes.index(POSITIVE)
-    ts = sorted({0.1, 0.25, 0.5, 0.75, 0.9, metrics['threshold']})
+    ts = sorted({*OPERATING_THRESHOLDS, metrics['threshold']})
     table = operating_table((y == k).astype(int), p[:, k], ts, prevalence)
     return {**metrics, 'prevalence': prevalence, 'operating_points': table.astype(object).where(table.notna(), None).to_dict('records')}
 
@@ -172,9 +177,8 @@ def save_evaluation(out:Path, # Folder to write into
     y, p, k = np.asarray(targets).astype(int), np.asarray(probs, dtype=float), classes.index(POSITIVE)
     write_json(metrics, out/METRICS_JSON)
     save_figure(plot_confusion(metrics, classes), out/PLOTS_DIR/'confusion.png')
-    save_figure(plot_roc((y == k).astype(int), p[:, k], metrics['threshold']), out/PLOTS_DIR/'roc.png')
+    save_figure(plot_roc((y == k).astype(int), p[:, k], metrics['threshold'], OPERATING_THRESHOLDS), out/PLOTS_DIR/'roc.png')
     save_figure(plot_reliability((y == k).astype(int), p[:, k]), out/PLOTS_DIR/'reliability.png')
-    save_figure(plot_operating_points((y == k).astype(int), p[:, k], chosen=metrics['threshold']), out/PLOTS_DIR/'operating_points.png')
     order = np.random.default_rng(0).permutation(len(paths))[:12]   # a fixed mix, not the first rows of one class
     save_figure(plot_predictions([paths[i] for i in order], y[order], p[order], metrics['threshold'], classes=classes),
                 out/PLOTS_DIR/'predictions.png')

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_curve
 from .core import *
 
 # %% auto #0
-__all__ = ['check_threshold_rule', 'choose_threshold', 'operating_table', 'plot_operating_points', 'expected_calibration_error',
+__all__ = ['OPERATING_THRESHOLDS', 'check_threshold_rule', 'choose_threshold', 'operating_table', 'expected_calibration_error',
            'plot_reliability', 'fit_temperature']
 
 # %% ../nbs/06a_operating.ipynb #87c50953
@@ -56,8 +56,10 @@ def choose_threshold(targets, # 1 for COVID-19, 0 for the rest
 # %% ../nbs/06a_operating.ipynb #e6785bf7
 def _div(a, b): return None if b == 0 else a / b
 
+OPERATING_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)   # tabulated in metrics.json and marked on plots/roc.png, beside the model's own
+
 def operating_table(targets, probs, # As for `choose_threshold`
-                    thresholds=(0.1, 0.25, 0.5, 0.75, 0.9), # Thresholds to tabulate
+                    thresholds=OPERATING_THRESHOLDS, # Thresholds to tabulate
                     prevalence:float|None=None # Also PPV and NPV at this prevalence of COVID-19
                    )->pd.DataFrame:
     "Sensitivity, specificity, PPV and NPV at each threshold, on these predictions and, with `prevalence`, at that prevalence."
@@ -74,27 +76,6 @@ def operating_table(targets, probs, # As for `choose_threshold`
             row['npv_at_prevalence'] = _div(spec*(1-prevalence), spec*(1-prevalence) + (1-sens)*prevalence)
         rows.append(row)
     return pd.DataFrame(rows)
-
-# %% ../nbs/06a_operating.ipynb #19522ffa
-def plot_operating_points(targets, probs, # As for `choose_threshold`
-                          thresholds=(0.1, 0.25, 0.5, 0.75, 0.9), # Marked in grey
-                          chosen:float|None=None # Marked in red
-                         )->plt.Figure:
-    "The ROC curve, COVID-19 positive, with the operating point of each threshold."
-    y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    ax.plot([0, 1], [0, 1], ':', color='grey')
-    if len(set(y)) == 2:
-        fpr, tpr, _ = roc_curve(y, p); ax.plot(fpr, tpr, lw=2)
-        tab = operating_table(y, p, list(thresholds) + ([chosen] if chosen is not None else []))
-        for r in tab.itertuples():
-            red = chosen is not None and r.threshold == chosen
-            ax.plot(1-r.specificity, r.sensitivity, 'o', color='tab:red' if red else 'grey', ms=8 if red else 5)
-            ax.annotate(f"{r.threshold:g}", (1-r.specificity, r.sensitivity), textcoords='offset points', xytext=(5, -10), fontsize=8)
-    else: ax.text(0.5, 0.5, 'one class only:\nno ROC curve', ha='center')
-    ax.set(xlabel='1 - specificity', ylabel='sensitivity', title='Operating points, COVID-19 positive')
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/06a_operating.ipynb #fc78e64f
 def expected_calibration_error(targets, probs, # As for `choose_threshold`

@@ -33,7 +33,7 @@ def test_train_writes_model_metrics_history_and_plots(small_run, metadata, image
     assert m['accuracy'] == pytest.approx((tp + tn) / m['n'])
     hist = pd.read_csv(out/'history.csv')
     assert hist.phase.tolist() == ['frozen', 'unfrozen'] and hist.train_loss.notna().all()
-    assert {p.name for p in (out/'plots').iterdir()} == {'history.png', 'confusion.png', 'roc.png', 'predictions.png', 'reliability.png', 'operating_points.png'}
+    assert {p.name for p in (out/'plots').iterdir()} == {'history.png', 'confusion.png', 'roc.png', 'predictions.png', 'reliability.png'}
     run = json.loads((out/'run.json').read_text())
     assert run['settings']['size'] == 64 and run['pretrained'] is False and run['device'] == 'cpu'
     assert str(out/'model.json') in res.stdout
