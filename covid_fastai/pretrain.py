@@ -104,7 +104,8 @@ def pretrain_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     n = len(df); df = _with_paths(df, images_dir(root), strict)
     left['missing_images'] = n - len(df)
     sel = task_selections(read_sources(root), images_dir(root), tasks, ratio, seed)
-    chosen = pd.Series([k in set(zip(sel.source, sel.X_ray_image_name)) for k in zip(df.source, df.X_ray_image_name)], index=df.index)
+    taken = set(zip(sel.source, sel.X_ray_image_name))
+    chosen = pd.Series([k in taken for k in zip(df.source, df.X_ray_image_name)], index=df.index, dtype=bool)
     left['task_selection'] = int(chosen.sum()); df = df[~chosen]
     same = seen_by(df, *image_record(sel, cache), cache=cache).notna() if len(sel) else pd.Series(False, index=df.index)
     left['same_image_as_selected'] = int(same.sum()); df = df[~same]
