@@ -184,7 +184,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
     record = {'arch': arch, 'classes': PRETRAIN_CLASSES, 'started_from': 'imagenet' if pretrained else 'random',
               'n_images': len(seen), 'counts': _counts(seen.label), 'sources': _counts(seen.source), 'left_out': left,
               'kept_out_tasks': task_names(tasks), 'valid': {'n': len(dls.valid_ds), **{k: float(last[k]) for k in hist.columns
-                                                               if k not in ('epoch', 'phase', 'time', 'train_loss')}},
+                                                               if k not in ('epoch', 'phase', 'time', 'train_loss', 'lr')}},
               'weights': {'file': weights.name, 'sha256': file_sha256(weights)},
               'thumbnails': {'file': thumbs_file.name, 'sha256': file_sha256(thumbs_file), 'side': int(np.sqrt(thumbs.shape[1])),
                              'max_diff': NEAR_DUPLICATE_DIFF},
