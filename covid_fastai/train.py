@@ -122,8 +122,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     write_csv(hist, out/HISTORY_CSV); write_csv(split_frame(dls), out/SPLIT_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device),
-                'pretrained': pretrained or weights is not None,
-                'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
+                'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
+                'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None,   # the images it saw
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
                 'groups': group_counts(rows, group_col, near_dups), 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
