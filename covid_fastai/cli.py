@@ -18,6 +18,7 @@ COMMANDS = {   # subcommand: (module, function, one line of help)
     'train': ('covid_fastai.train', 'train', 'train with the freeze/unfreeze recipe and write model, metrics and plots'),
     'evaluate': ('covid_fastai.evaluate', 'evaluate', "metrics of a saved model on its run's validation images or on a CSV"),
     'predict': ('covid_fastai.inference', 'predict_files', 'label and COVID-19 probability of image files'),
+    'pretrain': ('covid_fastai.pretrain', 'pretrain', "train a backbone on radiographs outside the COVID-19 task, for train --weights"),
     'serve': ('covid_fastai.serve', 'serve', 'a page where radiographs are dropped and labelled, and POST /predict; this machine only by default'),
 }
 
@@ -72,6 +73,11 @@ def _subcommand_options(name, p):
         p.add_argument('--extra-data', dest='extra_data', action='append', metavar='CSV:IMAGES',
                        help=docments(func)['extra_data'] + '; give it once per dataset')
         add_options(p, func, skip=('out', 'resume'), arch=dict(choices=ARCHS), task=dict(choices=list(TASKS)))
+    elif name == 'pretrain':
+        from covid_fastai.learner import ARCHS
+        p.add_argument('--extra-data', dest='extra_data', action='append', metavar='CSV:IMAGES',
+                       help=docments(func)['extra_data'] + '; give it once per dataset')
+        add_options(p, func, arch=dict(choices=ARCHS))
     elif name == 'predict':
         p.add_argument('images', nargs='+', metavar='IMAGE', help='image files, or folders of them')
         p.add_argument('--json', action='store_true', help='print JSON records instead of tab-separated lines')
@@ -149,6 +155,18 @@ def _predict(a)->int:
 
 def _serve(a): command_function('serve')(**_args_of(command_function('serve'), a))
 
+# %% ../nbs/08_cli.ipynb #a7e3c1d2
+def _pretrain(a):
+    from covid_fastai.core import HISTORY_CSV
+    from covid_fastai.pretrain import PRETRAIN_JSON, BACKBONE_FILE
+    r, out = command_function('pretrain')(**_args_of(command_function('pretrain'), a)), Path(a.out)
+    print(f"Pretrained {r['arch']} from {r['started_from']} weights on {r['n_images']} radiographs: "
+          + ', '.join(f"{k} {v}" for k, v in r['counts'].items()))
+    print("Left out: " + (', '.join(f"{k.replace('_', ' ')} {v}" for k, v in r['left_out'].items() if v) or 'nothing'))
+    print(f"Validation (n={r['valid']['n']}, Pneumonia positive): " + '  '.join(f"{k}={_fmt(v)}" for k, v in r['valid'].items() if k != 'n'))
+    print(f"Backbone: {out/BACKBONE_FILE}  (covid-fastai train --arch {r['arch']} --weights {out/BACKBONE_FILE})\n"
+          f"Record: {out/PRETRAIN_JSON}\nHistory: {out/HISTORY_CSV}")
+
 # %% ../nbs/08_cli.ipynb #4ebf5200
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `covid-fastai` command."
@@ -160,7 +178,7 @@ def main(argv:list[str]|None=None)->int:
     if not sys.stdout.isatty():   # a log file gets the epoch table, not thousands of progress-bar updates
         import fastprogress.fastprogress as fp; fp.NO_BAR = True
     from covid_fastai.core import CovidFastaiError
-    run = {'summary': _summary, 'train': _train, 'evaluate': _evaluate, 'predict': _predict, 'serve': _serve}[a.command]
+    run = {'summary': _summary, 'train': _train, 'evaluate': _evaluate, 'predict': _predict, 'serve': _serve, 'pretrain': _pretrain}[a.command]
     try: return run(a) or 0
     except CovidFastaiError as e:
         print(f"covid-fastai: error: {e}", file=sys.stderr); return e.exit_code

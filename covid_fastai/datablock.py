@@ -353,10 +353,11 @@ def covid_datablock(size:int=256, # Side of the square images the model sees
                     cache:DecodeCache|None=None, # Where decoded images are kept; None decodes every time
                     task:str='covid-normal', # One of `TASKS`: its classes are the vocabulary, COVID-19 last
                     splitter=None, # Another splitter (e.g. `FoldSplitter`); default `StratifiedSplitter(valid_pct, seed)`
+                    vocab:list|None=None, # Classes that are not a task's (pretraining's Normal and Pneumonia); default `task`'s
                     **kwargs)->DataBlock:
     "A DataBlock for a DataFrame with `path` and `target` columns, as `select_balanced` makes."
     return DataBlock(blocks=(TransformBlock(type_tfms=OpenXRay(size, cache), batch_tfms=IntToFloatTensor),
-                             CategoryBlock(vocab=task_classes(task), sort=False)),
+                             CategoryBlock(vocab=ifnone(vocab, task_classes(task)), sort=False)),
                      get_x=ColReader('path'), get_y=ColReader('target'),
                      splitter=ifnone(splitter, StratifiedSplitter(valid_pct, seed)),
                      batch_tfms=covid_augment(**kwargs))

@@ -18,6 +18,7 @@ from .learner import *
 from .evaluate import *
 from .operating import *
 from .inference import *
+from .pretrain import leave_out_pretrained, unseen_proof
 
 # %% auto #0
 __all__ = ['SPLIT_COLUMNS', 'balanced_rows', 'split_frame', 'group_counts', 'train', 'resume_training']
@@ -82,7 +83,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           ratio:float=1.0, # Rows of each other class per COVID-19 row
           seed:int=42, # Seed of the sample, the split and training
           pretrained:bool=True, # Start from ImageNet weights
-          weights:str|Path|None=None, # Start from this checkpoint instead of the ImageNet weights
+          weights:str|Path|None=None, # Start from this checkpoint instead of the ImageNet weights (of `covid-fastai pretrain`: the images it saw are left out)
           cpu:bool=False, # Train on the CPU even if there is a GPU
           num_workers:int|None=None, # Loader processes; default `default_workers` (none on the CPU)
           strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
@@ -99,6 +100,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     decoded = DecodeCache() if cache else None
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
     rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded)
+    if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
     if folds > 1 and fold is None: return _cross_validate(rows, settings)
     set_seed(seed, reproducible=True)
     splitter = FoldSplitter(folds, fold, seed) if fold else StratifiedSplitter(valid_pct, seed)
@@ -126,6 +128,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'processes': max(num_distrib(), 1),
                 'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
+                'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None,   # the images it saw
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
                 'groups': group_counts(rows, group_col, near_dups), 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
