@@ -173,7 +173,8 @@ def epoch_timer(device):
     return EpochTimer()
 
 
-# name: (optimizer, mixed precision, channels_last); mixed precision is covid_learner's: bfloat16 where the GPU has it. 'AdamW, amp' is what `covid-fastai train` does on CUDA; 'fastai Adam, amp'
+# name: (optimizer, mixed precision, channels_last); mixed precision is covid_learner's: bfloat16 where the GPU has it.
+# covid-fastai train on CUDA: 'AdamW, amp+channels_last' since issue 11. 'AdamW, amp' is what `covid-fastai train` does on CUDA; 'fastai Adam, amp'
 # what it did before `TorchAdamW` (issue 11).
 MODES = {'fastai Adam, amp': ('fastai', True, False), 'AdamW, amp': ('adamw', True, False),
          'AdamW, amp+channels_last': ('adamw', True, True), 'AdamW, fp32': ('adamw', False, False)}
@@ -188,7 +189,7 @@ def train_once(rows, a, bs:int, mode:str, cache, device):
     optimizer, amp, channels_last = {**MODES, **CPU_MODES}[mode]
     learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: to_fp16() already
     if not amp: learn.to_fp32()
-    if channels_last: learn.model.to(memory_format=torch.channels_last)
+    learn.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)   # covid_learner: channels_last on CUDA
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     learn.unfreeze()
     with learn.no_logging(), learn.no_bar(): learn.fit_one_cycle(a.epochs, 1e-3)
