@@ -4,6 +4,7 @@
 
 # %% ../nbs/05a_ood.ipynb #588d59df
 from __future__ import annotations
+import warnings
 import numpy as np, pandas as pd, torch
 from torch import nn
 from .core import *
@@ -177,11 +178,14 @@ def fit_ood(train:dict, # {view: features of the training images, without augmen
 # %% ../nbs/05a_ood.ipynb #c897c01f
 def learner_ood(learn, # A trained learner from `covid_learner`
                 **kwargs # To `fit_ood`
-               )->OODDescription:
-    "`fit_ood` on `learn`'s training images without augmentation and its validation images."
+               )->OODDescription|None:
+    "`fit_ood` on `learn`'s training images without augmentation and its validation images; None, with a warning, when they are too few."
     dls = learn.dls
     train_dl = dls.test_dl(dls.train_ds.items, bs=dls.valid.bs)   # the validation transforms: no augmentation, in order
-    return fit_ood(loader_features(learn.model, train_dl), loader_features(learn.model, dls.valid), **kwargs)
+    try: return fit_ood(loader_features(learn.model, train_dl), loader_features(learn.model, dls.valid), **kwargs)
+    except EmptySelectionError as e:
+        warnings.warn(f"the model is saved without a description of its training images, so it cannot flag unfamiliar ones: {e}")
+        return None
 
 def ood_summary(preds:pd.DataFrame # From `CovidClassifier.predict`, with `ood_score` and `out_of_distribution`
                )->dict:
