@@ -297,8 +297,10 @@ def _probs_fp32(self, xs):
     "CovidClassifier._probs without autocast: the same steps in fp32."
     x = self.normalise(torch.stack([x.to(self.device) for x in xs]))
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(): logits = self.model(x)
-    return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
+    from covid_fastai.ood import features_and_logits
+    with torch.inference_mode(): feats, logits = features_and_logits(self.model, x) if self.ood is not None else (None, self.model(x))
+    return (torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy(),   # as `_probs`: probabilities and ood scores
+            None if feats is None else self.ood.score(feats))
 
 
 def classifier(model_dir:Path, device, precision:str, cache=None, gpu_decode:bool=True):

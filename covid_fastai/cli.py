@@ -139,6 +139,7 @@ def _evaluate(a):
     left = m['left_out']
     print(f"left out: {left.get('other_labels', 0)} rows of other classes, {left.get('missing_images', 0)} without image file, "
           f"{left['unreadable']} unreadable")
+    if m.get('ood_flagged') is not None: print(f"out of distribution: {m['ood_flagged']} of {m['n']} images flagged ({m['ood_flagged_share']:.1%}), unlike the training images")
     if a.out: print(f"Metrics: {Path(a.out)/METRICS_JSON}\nPlots: {Path(a.out)/PLOTS_DIR}")
 
 def _predict(a)->int:
@@ -148,12 +149,18 @@ def _predict(a)->int:
         print(json.dumps(prediction_records(preds), indent=2))
     else:
         for r in preds.itertuples():
-            print(f"{r.file}\tERROR\t{r.error}" if isinstance(r.error, str) else f"{r.file}\t{r.label}\t{r.prob_covid:.4f}")
+            print(f"{r.file}\tERROR\t{r.error}" if isinstance(r.error, str) else f"{r.file}\t{r.label}\t{r.prob_covid:.4f}" + _ood_mark(r))
     failed = int(preds.error.notna().sum())
     if failed: print(f"covid-fastai: error: {failed} of {len(preds)} file(s) could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 def _serve(a): command_function('serve')(**_args_of(command_function('serve'), a))
+
+# %% ../nbs/08_cli.ipynb #b3c0a0e1
+def _ood_mark(r)->str:
+    "What a line of `predict` adds for an image unlike the training images: a fourth column that says so; nothing for the others."
+    if r.out_of_distribution != True: return ''   # None (no description), False, or numpy's False
+    return f"\tOUT-OF-DISTRIBUTION (ood_score {r.ood_score:.2f} > 1: unlike the training images; do not trust this label)"
 
 # %% ../nbs/08_cli.ipynb #a7e3c1d2
 def _pretrain(a):

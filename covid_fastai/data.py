@@ -190,7 +190,7 @@ def image_path(folder:str|Path, # The image folder
               )->Path:
     "`folder/name`, refusing a name that is empty, absolute, or resolves outside `folder`."
     folder = Path(folder)
-    p = (folder/name).resolve()
+    p = Path(os.path.realpath(folder/name))   # as `resolve`, but a link that loops is a missing file, not an error
     if not name or Path(name).is_absolute() or '\x00' in name or not p.is_relative_to(folder.resolve()) or p == folder.resolve():
         raise UnsafeImageNameError(f"Image name {name!r} would resolve outside {folder}; "
                                    "X_ray_image_name must be a file name inside the image folder")
@@ -238,9 +238,14 @@ def _plain_name(name:str)->bool:
     "Is `name` a single path component other than '.' and '..'?"
     return name not in ('', '.', '..') and os.path.basename(name) == name and '\x00' not in name
 
+def _kind(e:os.DirEntry)->tuple[bool, bool]:
+    "Whether the entry `e` is a file, and whether it is a link; a link that loops is a link (resolved by `image_path`, then missing)."
+    try: return e.is_file(), e.is_symlink()
+    except OSError: return False, True
+
 def _paths_in(folder:Path, names)->tuple[list[str], np.ndarray]:
     "`str(image_path(folder, name))` for each name, and whether that is a file; one directory read, not a `resolve` per name."
-    with os.scandir(folder) as it: entries = {e.name: (e.is_file(), e.is_symlink()) for e in it}
+    with os.scandir(folder) as it: entries = {e.name: _kind(e) for e in it}
     prefix = str(folder/'_')[:-1]                     # folder and separator, as pathlib writes them
     paths, found = [], []
     for n in names:
@@ -258,7 +263,8 @@ def add_paths(df:pd.DataFrame, # Rows with `X_ray_image_name`
              )->pd.DataFrame:
     "`df` with a `path` column, without the rows whose image file is missing."
     folder = Path(folder)
-    if not folder.is_dir(): raise DataNotFoundError(f"Image folder {folder} not found; {KAGGLE_HINT}")
+    if not folder.is_dir(): raise DataNotFoundError(f"Image folder {folder} is a file, not a folder; give the folder that holds the images"
+                                                    if folder.exists() else f"Image folder {folder} not found; {KAGGLE_HINT}")
     paths, found = _paths_in(folder, df.X_ray_image_name)
     df = df.assign(path=paths)
     if found.all(): return df
@@ -345,7 +351,7 @@ def read_extra(spec:str, # 'CSV:IMAGES': a metadata CSV in CoronaHack's format a
         f"--extra-data {spec!r} is not CSV:IMAGES; give a metadata CSV in CoronaHack's format and its image folder, joined by ':'")
     csv, images = map(Path, parts)
     if not csv.is_file(): raise DataNotFoundError(f"--extra-data {spec}: {csv} not found")
-    if not images.is_dir(): raise DataNotFoundError(f"--extra-data {spec}: image folder {images} not found")
+    if not images.is_dir(): raise DataNotFoundError(f"--extra-data {spec}: image folder {images} " + ("is a file, not a folder" if images.exists() else "not found"))
     try: df = read_metadata(csv)
     except MetadataError as e: raise MetadataError(f"--extra-data {spec}: {e}") from None
     return add_paths(with_source(df, csv), images, strict=strict, by='Label')

@@ -14,6 +14,7 @@ from .data import *
 from .datablock import load_xray, DecodeCache
 from .inference import load_model, run_folder, predicted
 from .operating import *
+from .ood import ood_summary
 from .explain import explain_predictions, plot_top_losses, shortcut_baseline
 
 # %% auto #0
@@ -262,7 +263,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
         k = clf.classes.index(POSITIVE)
         clf.threshold = choose_threshold((np.array(targets) == k).astype(int), probs[:, k], threshold)['threshold']
     metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold),
-               'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}}
+               'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}, **ood_summary(preds)}
     metrics = add_operating_points(metrics, targets, probs, clf.classes, prevalence)
     if by is not None: metrics.update(by=metrics_by(rows[by][preds.error.isna().values], targets, probs, clf.classes, clf.threshold), by_column=by)
     if out is not None:

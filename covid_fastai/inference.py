@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_inference.ipynb #6c06f0e0
 from __future__ import annotations
-import json, hashlib
+import json, hashlib, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torchvision
@@ -20,6 +20,8 @@ from .core import *
 from .data import POSITIVE, task_of
 from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread
 from .learner import arch_fn, arch_stats, ARCHS
+from .ood import OODDescription, features_and_logits
+
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'model_description', 'run_folder',
@@ -39,26 +41,29 @@ def save_model(learn:Learner, # A learner from `covid_learner`
                dest:str|Path, # Folder to write `model.safetensors` and `model.json` into
                size:int, # Image side the model was trained on
                threshold:float=0.5, # Decision threshold on the COVID-19 probability
-               temperature:float=1.0 # Divide the logits by this before softmax (see `fit_temperature`)
+               temperature:float=1.0, # Divide the logits by this before softmax (see `fit_temperature`)
+               ood:OODDescription|None=None # The description of the training images (see `learner_ood`), to flag what is unlike them
               )->Path:
     "Save `learn`'s model as safetensors weights and a JSON description; return the JSON's path."
     dest = Path(dest)
     state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
              for k, v in learn.model.state_dict().items()}
+    if ood is not None: state.update(ood.tensors())
     with atomic_write(dest/WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
         digest = _sha256(tmp)
     meta = {'format': MODEL_FORMAT, 'arch': learn.arch_name, 'size': size, 'task': task_of(learn.dls.vocab), 'classes': list(learn.dls.vocab),
             'mean': list(arch_stats(learn.arch_name)[0]), 'std': list(arch_stats(learn.arch_name)[1]), 'threshold': threshold, 'temperature': temperature,
             'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE, 'sha256': digest}
+    if ood is not None: meta['ood'] = ood.description()
     with atomic_write(dest/MODEL_JSON) as tmp: tmp.write_text(json.dumps(meta, indent=2) + '\n')
     return dest/MODEL_JSON
 
 # %% ../nbs/05_inference.ipynb #15c84cce
 class CovidClassifier:
     "A trained COVID-19 classifier with its preprocessing: predicts on image files in batches."
-    def __init__(self, model:torch.nn.Module, meta:dict, device:torch.device|None=None, cache:DecodeCache|None=None):
-        self.meta, self.device = meta, device or get_device()
+    def __init__(self, model:torch.nn.Module, meta:dict, device:torch.device|None=None, cache:DecodeCache|None=None, ood:OODDescription|None=None):
+        self.meta, self.device, self.ood = meta, device or get_device(), ood
         self.open = OpenXRay(meta['size'], cache)
         self.size, self.threshold, self.classes = meta['size'], meta['threshold'], meta['classes']
         self.temperature = meta.get('temperature', 1.0)   # model files from before calibration have none
@@ -102,12 +107,13 @@ def _load_batch(self:CovidClassifier, files, pool):
 
 @patch
 @torch.inference_mode()
-def _probs(self:CovidClassifier, xs:list[torch.Tensor])->np.ndarray:
+def _probs(self:CovidClassifier, xs:list[torch.Tensor])->tuple[np.ndarray, np.ndarray|None]:
+    "Class probabilities of a batch, and its `ood_score`s (None without a description of the training images)."
     x = self.normalise(torch.stack([x.to(self.device) for x in xs]))   # decoded on the CPU, or on the GPU
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, enabled=self.device.type == 'cuda'):
-        logits = self.model(x)
-    return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
+        feats, logits = features_and_logits(self.model, x) if self.ood is not None else (None, self.model(x))
+    return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy(), None if feats is None else self.ood.score(feats)
 
 # %% ../nbs/05_inference.ipynb #1841113f
 CovidClassifier.gpu_decode = False   # True: decode JPEGs on the GPU when the model is on CUDA (see above for why not by default)
@@ -157,7 +163,7 @@ def predict(self:CovidClassifier,
              bs:int=32, # Images per forward pass
              workers:int=4 # Threads that decode images
             )->pd.DataFrame:
-    "One row per file: `file`, `label`, `prob_covid`, `error` (None, or why the file could not be read); `probs` with more than two classes."
+    "One row per file: `file`, `label`, `prob_covid`, `ood_score`, `out_of_distribution`, `error` (None, or why the file could not be read); `probs` with more than two classes."
     files, rows, many = [str(f) for f in files], [], len(self.classes) > 2
     batches = [files[i:i+bs] for i in range(0, len(files), bs)]
     with ThreadPoolExecutor(workers) as pool:
@@ -166,14 +172,15 @@ def predict(self:CovidClassifier,
             loaded = nxt.result()
             if i+1 < len(batches): nxt = pool.submit(self._load_batch, batches[i+1], pool)
             ok = [x for _, x, e in loaded if e is None]
-            probs = self._probs(ok) if ok else np.zeros((0, len(self.classes)))
-            labels = iter(predicted(probs, self.threshold)); probs = iter(probs)
+            probs, scores = self._probs(ok) if ok else (np.zeros((0, len(self.classes))), None)
+            labels, probs, scores = iter(predicted(probs, self.threshold)), iter(probs), iter(scores if scores is not None else [None]*len(ok))
             for f, x, e in loaded:
-                p = None if e else next(probs)
-                row = {'file': f, 'label': None if e else self.classes[next(labels)], 'prob_covid': None if e else float(p[self.positive]), 'error': e}
+                p, s = (None, None) if e else (next(probs), next(scores))
+                row = {'file': f, 'label': None if e else self.classes[next(labels)], 'prob_covid': None if e else float(p[self.positive]),
+                       'ood_score': None if s is None else float(s), 'out_of_distribution': None if s is None else bool(s > 1.), 'error': e}
                 if many: row['probs'] = None if e else dict(zip(self.classes, map(float, p)))
                 rows.append(row)
-    return pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'error'] + (['probs'] if many else []))
+    return pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'ood_score', 'out_of_distribution', 'error'] + (['probs'] if many else []))
 
 # %% ../nbs/05_inference.ipynb #529eb6c2
 def _read_meta(path:Path)->dict:
@@ -186,6 +193,14 @@ def _read_meta(path:Path)->dict:
     if meta['arch'] not in ARCHS: raise ModelFileError(f"{path}: unknown architecture {meta['arch']!r}")
     return meta
 
+# %% ../nbs/05_inference.ipynb #a7d0c0d2
+def _ood_of(path:Path, tensors:dict, meta:dict)->OODDescription|None:
+    "The description of the training images saved with the model at `path`; None, said once, for a model saved without one."
+    if meta.get('ood') is not None: return OODDescription.from_saved(tensors, meta['ood'])
+    warnings.warn(f"{path} has no description of its training images (it was saved before covid_fastai flagged unfamiliar images): "
+                  "its predictions have ood_score null and are never flagged out of distribution; retrain it to get the flag", stacklevel=3)
+    return None
+
 # %% ../nbs/05_inference.ipynb #eab0e22e
 def _load_safe(path:Path, device, cache)->CovidClassifier:
     meta = _read_meta(path)
@@ -196,10 +211,11 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
         f"{weights} does not match the checksum in {path}: it was changed or truncated after training; use the original files")
     try: state = load_file(str(weights))
     except (SafetensorError, OSError) as e: raise ModelFileError(f"{weights} is not a readable safetensors file ({e})") from None
+    ood = {k: state.pop(k) for k in [k for k in state if k.startswith('ood.')]}
     model = create_vision_model(arch_fn(meta['arch']), len(meta['classes']), pretrained=False)
     try: model.load_state_dict(state)
     except RuntimeError as e: raise ModelFileError(f"{weights} does not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
-    return CovidClassifier(model, meta, device, cache)
+    return CovidClassifier(model, meta, device, cache, _ood_of(path, ood, meta))
 
 # %% ../nbs/05_inference.ipynb #fbbc228e
 def _load_pickle(path:Path, device, cache)->CovidClassifier:
@@ -209,7 +225,7 @@ def _load_pickle(path:Path, device, cache)->CovidClassifier:
     norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
     meta = {'format': 'fastai-pickle', 'arch': getattr(learn, 'arch_name', '?'), 'size': opener.size, 'task': task_of(learn.dls.vocab),
             'classes': list(learn.dls.vocab), 'mean': norm.mean.flatten().tolist(), 'std': norm.std.flatten().tolist(), 'threshold': 0.5}
-    return CovidClassifier(learn.model, meta, device, cache)
+    return CovidClassifier(learn.model, meta, device, cache, _ood_of(path, {}, meta))
 
 # %% ../nbs/05_inference.ipynb #5200a5fa
 def model_description(path:str|Path # A run folder, its `model.json`, its `model.safetensors`, or a fastai `.pkl` export

@@ -100,6 +100,7 @@ PAGE = '''<!doctype html>
   .bar { background: #eee; border-radius: 4px; height: .8rem; overflow: hidden; }
   .bar span { display: block; height: 100%; background: #0a64c8; }
   .error { color: #b3261e; overflow-wrap: anywhere; }
+  .ood { background: #fdecea; border-left: 4px solid #b3261e; padding: .3rem .6rem; margin: .3rem 0; font-size: .9rem; }
   [hidden] { display: none !important; }
 </style>
 </head>
@@ -124,6 +125,7 @@ PAGE = '''<!doctype html>
       <div class="name"></div>
       <div class="status">waiting&hellip;</div>
       <div class="label"></div>
+      <div class="ood" hidden></div>
       <div class="probs"></div>
       <div class="error" hidden></div>
     </div>
@@ -136,7 +138,8 @@ const ready = fetch('model').then(r => r.json()).then(m => {
   info = m;
   document.getElementById('model').textContent =
     `Model: ${m.arch} at ${m.size} px; classes ${m.classes.join(', ')}; ${m.positive} when its probability is at least ${m.threshold}. ` +
-    `Up to ${m.max_upload_mb} MB per file.`;
+    `Up to ${m.max_upload_mb} MB per file. ` +
+    (m.ood ? 'Images unlike its training images are flagged.' : 'This model cannot flag images unlike its training images.');
 });
 const queue = [];
 let busy = false;
@@ -176,6 +179,12 @@ function show(li, rec) {
   label.classList.toggle('positive', rec.label === info.positive);
   li.dataset.label = rec.label;
   li.dataset.probCovid = rec.prob_covid;
+  li.dataset.ood = rec.out_of_distribution === true ? 'flagged' : rec.out_of_distribution === false ? 'no' : 'unknown';
+  if (rec.out_of_distribution) {                            // unlike the training images: the label is not to be trusted
+    const o = li.querySelector('.ood'); o.hidden = false;
+    o.textContent = `Out of distribution: this image is unlike the images the model was trained on (ood_score ` +
+      `${rec.ood_score.toFixed(2)}, flagged above 1). Do not trust this label.`;
+  }
   const box = li.querySelector('.probs');
   for (const [c, p] of Object.entries(probabilities(rec))) {
     const row = document.createElement('div'); row.className = 'prob'; row.dataset.class = c;
@@ -246,7 +255,7 @@ def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or m
         "What the page shows of the model, and the upload limit."
         return {'arch': clf.meta['arch'], 'size': clf.size, 'classes': clf.classes, 'positive': clf.classes[clf.positive],
                 'threshold': clf.threshold, 'max_upload_mb': max_upload_mb, 'max_upload_bytes': max_bytes,
-                'heatmaps': heatmap is not None, 'version': covid_fastai.__version__}
+                'heatmaps': heatmap is not None, 'ood': clf.ood is not None, 'version': covid_fastai.__version__}
 
     @app.post('/predict')
     async def predict(file:list[UploadFile]=File(..., description='One or more radiographs (JPEG, PNG, DICOM...)'),

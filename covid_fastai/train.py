@@ -19,6 +19,8 @@ from .evaluate import *
 from .operating import *
 from .inference import *
 from .pretrain import leave_out_pretrained, unseen_proof
+from .ood import learner_ood
+
 
 # %% auto #0
 __all__ = ['SPLIT_COLUMNS', 'balanced_rows', 'split_frame', 'group_counts', 'train', 'resume_training']
@@ -120,7 +122,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     temperature = fit_temperature(logits, targs) if calibrate else 1.0
     probs = torch.softmax(logits.float() / temperature, dim=1)
     chosen = choose_threshold((targs == k).int().numpy(), probs[:, k].numpy(), threshold)
-    save_model(learn, out, size, threshold=chosen['threshold'], temperature=temperature)
+    save_model(learn, out, size, threshold=chosen['threshold'], temperature=temperature, ood=learner_ood(learn))   # what flags unfamiliar images
     metrics = add_operating_points({**class_metrics(targs, probs, classes, chosen['threshold']), 'threshold_choice': chosen,
                                     'temperature': temperature}, targs, probs, classes, prevalence)
     save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs, classes)

@@ -8,7 +8,7 @@ from PIL import Image
 from hypothesis import given, settings, strategies as st, HealthCheck
 from conftest import run_cli
 from covid_fastai.core import *
-from covid_fastai.data import read_metadata, image_path, select_balanced, _paths_in, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
+from covid_fastai.data import read_metadata, image_path, select_balanced, add_paths, _paths_in, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
 from covid_fastai.datablock import load_xray
 
 
@@ -283,3 +283,55 @@ def test_valid_csvs_load_unchanged(rows, tmp_path):
 def test_unknown_labels_are_refused(label, tmp_path):
     pd.DataFrame([{'X_ray_image_name': 'a.jpeg', 'Label': label, 'Dataset_type': 'TRAIN'}], columns=COLUMNS).to_csv(tmp_path/'m.csv')
     with pytest.raises(MetadataError, match='column Label'): read_metadata(tmp_path/'m.csv')
+
+
+# The data going in: links among the image names, the CSV's encoding and line ends, an image folder that is a file
+
+def _root_with_images(tmp_path, metadata, images, n=6):
+    "A dataset root with the first `n` Normal rows of the data and their real image files."
+    rows = metadata[(metadata.Label == 'Normal') & metadata.X_ray_image_name.isin({p.name for p in images.iterdir()})].head(n)
+    root = _root_with(tmp_path, rows)
+    for name in rows.X_ray_image_name: shutil.copy(images/name, root/IMAGES_SUBDIR/'train'/name)
+    return root, rows
+
+
+def test_an_image_name_that_links_outside_the_folder_is_refused(metadata, images, tmp_path):
+    root, rows = _root_with_images(tmp_path, metadata, images)
+    folder, name = root/IMAGES_SUBDIR/'train', rows.X_ray_image_name.iloc[0]
+    (tmp_path/'elsewhere.jpeg').write_bytes((folder/name).read_bytes())
+    (folder/name).unlink(); (folder/name).symlink_to(tmp_path/'elsewhere.jpeg')      # a real radiograph, outside the folder
+    with pytest.raises(UnsafeImageNameError, match=f"'{name}' would resolve outside"): add_paths(rows, folder)
+    res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--no-pretrained', check=False)
+    assert res.returncode == 2 and 'would resolve outside' in res.stderr and name in res.stderr and 'Traceback' not in res.stderr
+    (folder/name).unlink(); (folder/name).symlink_to(folder/rows.X_ray_image_name.iloc[1])   # a link inside the folder is fine
+    test = add_paths(rows, folder)
+    assert len(test) == len(rows) and test.path.iloc[0] == str(folder/name)
+
+
+def test_a_link_that_loops_among_the_images_is_one_missing_file(metadata, images, tmp_path):
+    root, rows = _root_with_images(tmp_path, metadata, images)
+    folder, name = root/IMAGES_SUBDIR/'train', rows.X_ray_image_name.iloc[0]
+    (folder/name).unlink(); (folder/name).symlink_to(folder/name)                    # ELOOP
+    with pytest.warns(UserWarning, match=f'1 of {len(rows)} rows have no image file'): found = add_paths(rows, folder, by='Label')
+    assert found.X_ray_image_name.tolist() == rows.X_ray_image_name.iloc[1:].tolist()
+
+
+@pytest.mark.parametrize('bom, newline', [(True, b'\n'), (False, b'\r\n'), (True, b'\r\n')])
+def test_a_csv_with_a_byte_order_mark_or_windows_line_ends_reads_the_same(bom, newline, metadata, tmp_path):
+    rows = metadata.head(20)
+    rows.to_csv(tmp_path/'plain.csv', index=False)                                   # X_ray_image_name first: the mark would stick to it
+    raw = (tmp_path/'plain.csv').read_bytes()
+    (tmp_path/'odd.csv').write_bytes((b'\xef\xbb\xbf' if bom else b'') + raw.replace(b'\n', newline))
+    got = read_metadata(tmp_path/'odd.csv')
+    pd.testing.assert_frame_equal(got, read_metadata(tmp_path/'plain.csv'))
+    assert got.X_ray_image_name.tolist() == rows.X_ray_image_name.tolist() and not got.Label.str.endswith('\r').any()
+
+
+def test_an_image_folder_that_is_a_file_is_named(metadata, tmp_path):
+    from covid_fastai.data import read_extra
+    root = _root_with(tmp_path, metadata.head(20))
+    folder = root/IMAGES_SUBDIR/'train'; folder.rmdir(); folder.write_text('not a folder')
+    with pytest.raises(DataNotFoundError, match=f'Image folder {folder} is a file, not a folder'): add_paths(metadata.head(2), folder)
+    res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--no-pretrained', check=False)
+    assert res.returncode == 2 and f'{folder} is a file, not a folder' in res.stderr and 'Traceback' not in res.stderr
+    with pytest.raises(DataNotFoundError, match=f'image folder {folder} is a file, not a folder'): read_extra(f'{root/METADATA_CSV}:{folder}')
