@@ -18,9 +18,9 @@ from .habits import *
 from safetensors.torch import load_file
 
 # %% auto #0
-__all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'PHASES', 'arch_fn', 'arch_stats', 'lite_body',
-           'lite_weights_path', 'imagenet_weights', 'cached_weights_path', 'pretrained_state', 'is_timm', 'timm_arch',
-           'timm_stats', 'timm_weights_path', 'load_timm_body', 'covid_model', 'arch_builder', 'ClipGradValue',
+__all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'PHASES', 'arch_fn', 'arch_stats', 'is_timm', 'timm_arch',
+           'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
+           'pretrained_state', 'timm_weights_path', 'load_timm_body', 'covid_model', 'arch_builder', 'ClipGradValue',
            'covid_metrics', 'load_body', 'covid_learner']
 
 # %% ../nbs/04_learner.ipynb #d3022367
@@ -39,6 +39,34 @@ def arch_fn(arch:str # One of `ARCHS`, or a timm model name
 def arch_stats(arch:str)->tuple:
     "The mean and standard deviation that `arch`'s pretrained weights expect of an input scaled to [0, 1]."
     return timm_stats(arch) if is_timm(arch) else model_meta[arch_fn(arch)]['stats']
+
+# %% ../nbs/04_learner.ipynb #73aae026
+def is_timm(arch:str)->bool:
+    "Whether `arch` is left to timm: any name that is not one of `ARCHS`."
+    return arch not in ARCHS
+
+def _timm(arch:str):
+    try: import timm
+    except ImportError: raise OptionError(
+        f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}, or install timm for its architectures "
+        "(`pip install timm`, or `pip install covid_fastai[timm]`)") from None
+    return timm
+
+def timm_arch(arch:str # A timm model name, e.g. 'convnext_tiny' (with a tag: 'convnext_tiny.fb_in22k')
+             )->str:
+    "`arch` if timm has a model of that name (fastai's `vision_learner` builds it), else an error that names similar ones."
+    timm = _timm(arch)
+    if timm.is_model(arch): return arch
+    like = difflib.get_close_matches(arch.split('.')[0], timm.list_models(), n=5, cutoff=0.7)
+    raise OptionError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}, or a model name of timm {timm.__version__}"
+                      + (f" (names like it: {', '.join(like)})" if like else " (`timm.list_models('*convnext*')` lists them)"))
+
+def _timm_cfg(arch:str): return _timm(arch).models.get_pretrained_cfg(timm_arch(arch))
+
+def timm_stats(arch:str)->tuple:
+    "The input statistics of timm model `arch`'s pretrained weights, from its `pretrained_cfg` (ImageNet's if it has none)."
+    cfg = _timm_cfg(arch)
+    return (list(cfg.mean), list(cfg.std)) if cfg is not None else imagenet_stats
 
 # %% ../nbs/04_learner.ipynb #d085065c
 LITE_STATS = ([127/255]*3, [128/255]*3)
@@ -134,34 +162,6 @@ def pretrained_state(arch:str='resnet50', # One of `ARCHS`
     if is_timm(arch): return _read_weights(timm_weights_path(arch))
     path = cached_weights_path(arch)
     return _read_checkpoint(path) if path.is_file() else _download(arch, timeout)
-
-# %% ../nbs/04_learner.ipynb #73aae026
-def is_timm(arch:str)->bool:
-    "Whether `arch` is left to timm: any name that is not one of `ARCHS`."
-    return arch not in ARCHS
-
-def _timm(arch:str):
-    try: import timm
-    except ImportError: raise OptionError(
-        f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}, or install timm for its architectures "
-        "(`pip install timm`, or `pip install covid_fastai[timm]`)") from None
-    return timm
-
-def timm_arch(arch:str # A timm model name, e.g. 'convnext_tiny' (with a tag: 'convnext_tiny.fb_in22k')
-             )->str:
-    "`arch` if timm has a model of that name (fastai's `vision_learner` builds it), else an error that names similar ones."
-    timm = _timm(arch)
-    if timm.is_model(arch): return arch
-    like = difflib.get_close_matches(arch.split('.')[0], timm.list_models(), n=5, cutoff=0.7)
-    raise OptionError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}, or a model name of timm {timm.__version__}"
-                      + (f" (names like it: {', '.join(like)})" if like else " (`timm.list_models('*convnext*')` lists them)"))
-
-def _timm_cfg(arch:str): return _timm(arch).models.get_pretrained_cfg(timm_arch(arch))
-
-def timm_stats(arch:str)->tuple:
-    "The input statistics of timm model `arch`'s pretrained weights, from its `pretrained_cfg` (ImageNet's if it has none)."
-    cfg = _timm_cfg(arch)
-    return (list(cfg.mean), list(cfg.std)) if cfg is not None else imagenet_stats
 
 # %% ../nbs/04_learner.ipynb #24cfd2b8
 def timm_weights_path(arch:str # A timm model name
