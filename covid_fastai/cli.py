@@ -52,8 +52,15 @@ def add_options(p:argparse.ArgumentParser, # The (sub)parser to add to
         else:
             required = d.default is inspect.Parameter.empty
             default = None if required else d.default
-            p.add_argument(flag, dest=name, type=_type(d.anno), default=default, required=required,
-                           help=doc + ('' if default is None else f" (default: {default})"), **extra)
+            p.add_argument(flag, dest=name, default=default, required=required,
+                           help=doc + ('' if default is None else f" (default: {default})"), **{'type': _type(d.anno), **extra})
+
+# %% ../nbs/08_cli.ipynb #5b44c46e
+def _rate(s:str):
+    "A learning-rate option: a number, or 'auto' (the suggestion of lr_find)."
+    if s == 'auto': return s
+    try: return float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is neither a number nor 'auto'") from None
 
 # %% ../nbs/08_cli.ipynb #20c5c3ef
 class _Parser(argparse.ArgumentParser):
@@ -65,14 +72,14 @@ class _Parser(argparse.ArgumentParser):
 def _subcommand_options(name, p):
     func = command_function(name)
     if name == 'train':
-        from covid_fastai.learner import ARCHS
         from covid_fastai.data import TASKS
         dest = p.add_mutually_exclusive_group(required=True)
         dest.add_argument('--out', metavar='DIR', help='folder for the model, metrics.json, history and plots')
         dest.add_argument('--resume', metavar='DIR', help="go on with the interrupted run in DIR, with its own settings")
         p.add_argument('--extra-data', dest='extra_data', action='append', metavar='CSV:IMAGES',
                        help=docments(func)['extra_data'] + '; give it once per dataset')
-        add_options(p, func, skip=('out', 'resume'), arch=dict(choices=ARCHS), task=dict(choices=list(TASKS)))
+        add_options(p, func, skip=('out', 'resume'), task=dict(choices=list(TASKS)),
+                    frozen_lr=dict(type=_rate), unfrozen_lr=dict(type=_rate))
     elif name == 'pretrain':
         from covid_fastai.learner import ARCHS
         p.add_argument('--extra-data', dest='extra_data', action='append', metavar='CSV:IMAGES',

@@ -245,12 +245,14 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
              cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
              by:str|None=None, # Also report the metrics for each value of this column of the CSV (e.g. source, view)
              threshold:str|None=None, # Decision threshold instead of the model's: a number, or a rule on these images ('sens=0.95', 'youden')
-             prevalence:float|None=None # Also give PPV and NPV at this prevalence of COVID-19 (the test sets are balanced; clinics are not)
+             prevalence:float|None=None, # Also give PPV and NPV at this prevalence of COVID-19 (the test sets are balanced; clinics are not)
+             tta:bool=False # Test-time augmentation: fastai's `Learner.tta` (4 augmented passes and the plain one, beta 0.25)
             )->dict:
     "Metrics of `model` on its validation images or on `csv`, with counts of the rows left out."
     if csv is not None and data is not None: raise CovidFastaiError("give --data (the run's validation images) or --csv, not both")
     if csv is not None and images is None: raise CovidFastaiError("--csv needs --images DIR, the folder that holds its image files")
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
+    if tta: clf.use_tta()
     if csv is not None: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
     else: rows, left_out = _run_valid_rows(model, data)
     if by is not None and by not in rows: raise OptionError(
@@ -265,6 +267,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold),
                'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}, **ood_summary(preds)}
     metrics = add_operating_points(metrics, targets, probs, clf.classes, prevalence)
+    if tta: metrics['tta'] = clf.tta
     if by is not None: metrics.update(by=metrics_by(rows[by][preds.error.isna().values], targets, probs, clf.classes, clf.threshold), by_column=by)
     if out is not None:
         out = Path(out)

@@ -27,7 +27,7 @@ __all__ = ['Cams', 'cam_layer', 'grad_cam', 'frame_mask', 'shortcut_score', 'sho
 def cam_layer(model:nn.Module # `Sequential(body, head)`, as `covid_learner`, `create_vision_model` and `load_model` build it
              )->nn.Module:
     "The last block of `model`'s body: its last layer that still has a spatial layout, the one Grad-CAM explains."
-    try: return model[0][-1]
+    try: return model[0] if type(model[0]).__name__ == 'TimmBody' else model[0][-1]   # timm: the body's output, its last feature map
     except (TypeError, IndexError, KeyError, NotImplementedError): raise CovidFastaiError(
         f"Grad-CAM needs a model built as fastai's `create_vision_model` builds it, Sequential(body, head); got "
         f"{type(model).__name__}. Pass the layer to explain as `layer=`") from None

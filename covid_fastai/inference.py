@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_inference.ipynb #6c06f0e0
 from __future__ import annotations
-import json, hashlib, warnings
+import json, hashlib, random, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torchvision
@@ -14,18 +14,18 @@ from PIL import Image
 from safetensors.torch import save_file, load_file
 from safetensors import SafetensorError
 from fastcore.basics import patch
-from fastai.vision.all import Learner, Normalize, create_vision_model, imagenet_stats, load_learner
+from fastai.vision.all import Learner, Normalize, Pipeline, TensorImage, create_vision_model, imagenet_stats, load_learner
 import covid_fastai
 from .core import *
 from .data import POSITIVE, task_of
-from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread
-from .learner import arch_fn, arch_stats, ARCHS
+from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread, covid_augment
+from .learner import arch_fn, arch_stats, ARCHS, covid_model, arch_builder
 from .ood import OODDescription, features_and_logits
 
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'model_description', 'run_folder',
-           'load_model', 'image_files', 'predict_files', 'prediction_records']
+           'load_model', 'image_files', 'predict_files', 'prediction_records', 'tta_augment']
 
 # %% ../nbs/05_inference.ipynb #a085f4e6
 MODEL_FORMAT = 'covid_fastai.model/1'
@@ -54,7 +54,7 @@ def save_model(learn:Learner, # A learner from `covid_learner`
         digest = _sha256(tmp)
     meta = {'format': MODEL_FORMAT, 'arch': learn.arch_name, 'size': size, 'task': task_of(learn.dls.vocab), 'classes': list(learn.dls.vocab),
             'mean': list(arch_stats(learn.arch_name)[0]), 'std': list(arch_stats(learn.arch_name)[1]), 'threshold': threshold, 'temperature': temperature,
-            'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE, 'sha256': digest}
+            'builder': arch_builder(learn.arch_name), 'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE, 'sha256': digest}
     if ood is not None: meta['ood'] = ood.description()
     with atomic_write(dest/MODEL_JSON) as tmp: tmp.write_text(json.dumps(meta, indent=2) + '\n')
     return dest/MODEL_JSON
@@ -107,8 +107,11 @@ def _load_batch(self:CovidClassifier, files, pool):
 
 @patch
 @torch.inference_mode()
-def _probs(self:CovidClassifier, xs:list[torch.Tensor])->tuple[np.ndarray, np.ndarray|None]:
-    "Class probabilities of a batch, and its `ood_score`s (None without a description of the training images)."
+def _probs(self:CovidClassifier, xs:list[torch.Tensor], tta:bool=True)->tuple[np.ndarray, np.ndarray|None]:
+    "Class probabilities of a batch (test-time augmented after `use_tta`), and its `ood_score`s (None without a description of the training images)."
+    if tta and getattr(self, 'tta', None):
+        plain, scores = self._probs(xs, tta=False)
+        return self._tta_probs(xs, plain), scores
     x = self.normalise(torch.stack([x.to(self.device) for x in xs]))   # decoded on the CPU, or on the GPU
     if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(self.device.type, enabled=self.device.type == 'cuda'):
@@ -190,7 +193,8 @@ def _read_meta(path:Path)->dict:
     if missing or meta['format'] != MODEL_FORMAT: raise ModelFileError(
         f"{path} is not a covid_fastai model description (format {meta.get('format')!r}, missing {missing}); "
         "use the model.json written by `covid-fastai train`")
-    if meta['arch'] not in ARCHS: raise ModelFileError(f"{path}: unknown architecture {meta['arch']!r}")
+    try: arch_fn(meta['arch'])   # one of ARCHS, or a timm name that this timm knows
+    except CovidFastaiError as e: raise ModelFileError(f"{path}: {e}") from None
     return meta
 
 # %% ../nbs/05_inference.ipynb #a7d0c0d2
@@ -212,7 +216,7 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
     try: state = load_file(str(weights))
     except (SafetensorError, OSError) as e: raise ModelFileError(f"{weights} is not a readable safetensors file ({e})") from None
     ood = {k: state.pop(k) for k in [k for k in state if k.startswith('ood.')]}
-    model = create_vision_model(arch_fn(meta['arch']), len(meta['classes']), pretrained=False)
+    model = covid_model(meta['arch'], len(meta['classes']))
     try: model.load_state_dict(state)
     except RuntimeError as e: raise ModelFileError(f"{weights} does not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
     return CovidClassifier(model, meta, device, cache, _ood_of(path, ood, meta))
@@ -279,12 +283,14 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
                   bs:int=32, # Images per forward pass
                   cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
                   heatmaps:str|Path|None=None, # Write one Grad-CAM overlay PNG per image here, and give each its shortcut score
+                  tta:bool=False, # Test-time augmentation: fastai's `Learner.tta` (4 augmented passes and the plain one, beta 0.25)
                   gpu_decode:bool=False # On CUDA, decode JPEGs on the GPU (about 2x faster; not the same pixels: see bench/README.md); no cache then
                  )->pd.DataFrame:
     "Label and COVID-19 probability of image files: one row per file, with the error for files that cannot be read."
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache and not gpu_decode else None)
     clf.gpu_decode = gpu_decode
-    preds = clf.predict(image_files(images), bs=bs)
+    if tta: clf.use_tta()
+    preds = clf.predict(image_files(images), bs=bs).assign(**({'tta': True} if tta else {}))
     if heatmaps is None: return preds
     from covid_fastai.explain import explain_predictions   # explain builds on this module
     return explain_predictions(clf, preds, heatmaps)
@@ -295,3 +301,40 @@ def prediction_records(preds:pd.DataFrame # As `CovidClassifier.predict` returns
     "One JSON-ready record per row of `preds`: missing values as None, and no `error` key where there was none."
     return [{k: v for k, v in r.items() if not (k == 'error' and v is None)}
             for r in preds.astype(object).where(preds.notna(), None).to_dict('records')]
+
+# %% ../nbs/05_inference.ipynb #5335c521
+def tta_augment()->Pipeline:
+    "The training augmentation of `covid_augment` without its normalisation, as a pipeline that always augments."
+    return Pipeline([t for t in covid_augment() if not isinstance(t, Normalize)], split_idx=0)
+
+@patch
+def use_tta(self:CovidClassifier,
+            n:int=4, # Augmented passes, as fastai's `Learner.tta`; 0 turns test-time augmentation off
+            beta:float=0.25, # Weight of the plain pass: `torch.lerp(augmented mean, plain, beta)`
+            seed:int=0 # Seed of the augmentations: the same seed, the same augmented images
+           )->CovidClassifier:
+    "Predict with fastai's test-time augmentation from now on; returns `self`."
+    self.tta, self._tta_tfms = ({'n': n, 'beta': beta, 'seed': seed}, tta_augment()) if n else (None, None)
+    return self
+
+@patch
+def augment(self:CovidClassifier, x:torch.Tensor, # A `prepare`d image: uint8 (3, size, size)
+            n:int=4, # Copies
+            seed:int=0 # Seed of the draws
+           )->torch.Tensor:
+    "`n` copies of `x` augmented as in training: floats in [0, 1], (n, 3, size, size), on the model's device; the same draws for every image."
+    tfms = getattr(self, '_tta_tfms', None) or tta_augment()
+    xb = TensorImage(x.to(self.device).float().div(255.).expand(n, -1, -1, -1).contiguous())
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
+        torch.manual_seed(seed); random.seed(seed)
+        try: return tfms(xb).as_subclass(torch.Tensor)
+        finally: random.setstate(state)
+
+@patch
+def _tta_probs(self:CovidClassifier, xs:list[torch.Tensor], plain:np.ndarray)->np.ndarray:
+    "fastai's `Learner.tta` on a batch: the mean of `n` augmented passes, `torch.lerp`ed with the `plain` pass's probabilities by `beta`."
+    n, beta, seed = self.tta['n'], self.tta['beta'], self.tta['seed']
+    augs = torch.stack([self.augment(x, n, seed) for x in xs], 1)          # (n, batch, 3, size, size)
+    aug = torch.stack([torch.from_numpy(self._probs(list(a.mul(255.)), tta=False)[0]) for a in augs]).mean(0)
+    return torch.lerp(aug, torch.from_numpy(plain), beta).numpy()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, re, socket, urllib.error, importlib, importlib.util, importlib.resources
+import os, re, difflib, socket, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
 from contextlib import contextmanager
@@ -15,10 +15,13 @@ from fastai.vision.all import *
 from fastai.metrics import ActivationType
 from .core import *
 from .checkpoint import *
+from .habits import *
+from safetensors.torch import load_file
 
 # %% auto #0
-__all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'lite_body',
-           'lite_weights_path', 'imagenet_weights', 'cached_weights_path', 'pretrained_state', 'ClipGradValue',
+__all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'is_timm',
+           'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
+           'pretrained_state', 'timm_weights_path', 'load_timm_body', 'covid_model', 'arch_builder', 'ClipGradValue',
            'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner', 'process_batch', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
@@ -28,15 +31,43 @@ LITES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')   # w
 ARCHS = TORCHVISION + LITES
 model_meta.setdefault(torchvision.models.efficientnet_b0, {'cut': -2, 'split': default_split, 'stats': imagenet_stats})
 
-def arch_fn(arch:str # One of `ARCHS`
+def arch_fn(arch:str # One of `ARCHS`, or a timm model name
            ):
-    "The builder of `arch` that `vision_learner` takes: torchvision's, or covid_fastai's for a Lite."
-    if arch not in ARCHS: raise CovidFastaiError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    "The builder of `arch` that `vision_learner` takes: torchvision's, covid_fastai's for a Lite, or the name itself for timm."
+    if arch not in ARCHS: return timm_arch(arch)   # fastai's `vision_learner` builds a timm model by name
     return getattr(torchvision.models, arch) if arch in TORCHVISION else _LITE_BUILDERS[arch]
 
 def arch_stats(arch:str)->tuple:
     "The mean and standard deviation that `arch`'s pretrained weights expect of an input scaled to [0, 1]."
-    return model_meta[arch_fn(arch)]['stats']
+    return timm_stats(arch) if is_timm(arch) else model_meta[arch_fn(arch)]['stats']
+
+# %% ../nbs/04_learner.ipynb #73aae026
+def is_timm(arch:str)->bool:
+    "Whether `arch` is left to timm: any name that is not one of `ARCHS`."
+    return arch not in ARCHS
+
+def _timm(arch:str):
+    try: import timm
+    except ImportError: raise OptionError(
+        f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}, or install timm for its architectures "
+        "(`pip install timm`, or `pip install covid_fastai[timm]`)") from None
+    return timm
+
+def timm_arch(arch:str # A timm model name, e.g. 'convnext_tiny' (with a tag: 'convnext_tiny.fb_in22k')
+             )->str:
+    "`arch` if timm has a model of that name (fastai's `vision_learner` builds it), else an error that names similar ones."
+    timm = _timm(arch)
+    if timm.is_model(arch): return arch
+    like = difflib.get_close_matches(arch.split('.')[0], timm.list_models(), n=5, cutoff=0.7)
+    raise OptionError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}, or a model name of timm {timm.__version__}"
+                      + (f" (names like it: {', '.join(like)})" if like else " (`timm.list_models('*convnext*')` lists them)"))
+
+def _timm_cfg(arch:str): return _timm(arch).models.get_pretrained_cfg(timm_arch(arch))
+
+def timm_stats(arch:str)->tuple:
+    "The input statistics of timm model `arch`'s pretrained weights, from its `pretrained_cfg` (ImageNet's if it has none)."
+    cfg = _timm_cfg(arch)
+    return (list(cfg.mean), list(cfg.std)) if cfg is not None else imagenet_stats
 
 # %% ../nbs/04_learner.ipynb #d085065c
 LITE_STATS = ([127/255]*3, [128/255]*3)
@@ -129,8 +160,56 @@ def pretrained_state(arch:str='resnet50', # One of `ARCHS`
         if not Path(weights).is_file(): raise WeightsNotFoundError(f"Weights file {weights} not found; check the path given to --weights")
         return _read_checkpoint(Path(weights))
     if arch in LITES: return _read_checkpoint(lite_weights_path(arch))
+    if is_timm(arch): return _read_weights(timm_weights_path(arch))
     path = cached_weights_path(arch)
     return _read_checkpoint(path) if path.is_file() else _download(arch, timeout)
+
+# %% ../nbs/04_learner.ipynb #24cfd2b8
+def timm_weights_path(arch:str # A timm model name
+                     )->Path:
+    "The cached file of timm model `arch`'s pretrained weights: in the Hugging Face hub cache, or the torch hub cache for a URL; never a download."
+    cfg = _timm_cfg(arch)
+    hub, url = getattr(cfg, 'hf_hub_id', None), getattr(cfg, 'url', None)
+    if hub:
+        from huggingface_hub import try_to_load_from_cache, constants
+        for fn in filter(None, (getattr(cfg, 'hf_hub_filename', None), 'model.safetensors', 'pytorch_model.bin')):
+            if isinstance(p := try_to_load_from_cache(hub, fn), str): return Path(p)
+        where = f"the Hugging Face hub ({hub}), and they are not in its cache {constants.HF_HUB_CACHE} (HF_HOME)"
+    elif url:
+        path = Path(torch.hub.get_dir())/'checkpoints'/Path(urlparse(url).path).name
+        if path.is_file(): return path
+        where = f"{url}, and {path.name} is not in {path.parent} (TORCH_HOME)"
+    else: where = "nowhere: timm has no pretrained weights for it"
+    raise WeightsNotFoundError(f"Pretrained weights for {arch} not found: timm takes them from {where}. covid_fastai downloads "
+        "nothing: copy that cache from a machine with a network, pass --weights PATH, or train without pretrained weights (--no-pretrained)")
+
+def _read_weights(path:Path)->dict:
+    "A state dict from a safetensors file or a PyTorch checkpoint."
+    if path.suffix != '.safetensors': return _read_checkpoint(path)
+    try: return load_file(str(path))
+    except Exception as e: raise ModelFileError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+def load_timm_body(model:nn.Module, # Sequential(TimmBody, head), from `vision_learner` on a timm name
+                   arch:str, # Its timm name
+                   state:dict # A full state dict of `arch`, as timm's pretrained weights come
+                  ):
+    "Copy `state` into the timm model in `model`'s body; the classifier's weights, which the body has not, are left out."
+    body = model[0].model
+    keep = {k: v for k, v in state.items() if k in body.state_dict()}
+    try: body.load_state_dict(keep)
+    except RuntimeError as e: raise ModelFileError(f"These weights do not fit {arch}: {str(e).splitlines()[0]}") from None
+
+def covid_model(arch:str, # One of `ARCHS`, or a timm name
+                n_out:int # Number of classes
+               )->nn.Module:
+    "The network `covid_learner` trains on `arch`, with random weights: `Sequential(body, head)`, as fastai builds it."
+    if is_timm(arch): return create_timm_model(timm_arch(arch), n_out, pretrained=False)[0]
+    return create_vision_model(arch_fn(arch), n_out, pretrained=False)
+
+def arch_builder(arch:str)->dict:
+    "What `model.json` records of the library that builds `arch`, and its version."
+    lib = 'timm' if is_timm(arch) else 'efficientnet_lite_pytorch' if arch in LITES else 'torchvision'
+    return {'library': lib, 'version': getattr(importlib.import_module(lib), '__version__', None)}
 
 # %% ../nbs/04_learner.ipynb #c5e26e1c
 class ClipGradValue(Callback):
@@ -198,6 +277,7 @@ def load_body(model:nn.Module, # A model from `vision_learner`/`create_vision_mo
               state:dict # A full state dict of `arch`, as its ImageNet weights come
              ):
     "Copy the backbone part of `state` into `model`'s body."
+    if is_timm(arch): return load_timm_body(model, arch, state)
     full = _full_model(arch)
     if arch.startswith('densenet'): state = _densenet_keys(state)
     try: full.load_state_dict(state)
@@ -245,22 +325,29 @@ PHASES = ('frozen', 'unfrozen')
 def fit_recipe(self:Learner,
                frozen_epochs:int=5, # Epochs with the body frozen
                unfrozen_epochs:int=5, # Epochs with everything trainable
-               frozen_lr:float=1e-2, # Peak learning rate while frozen
-               unfrozen_lr:float=1e-3, # Peak learning rate once unfrozen
+               frozen_lr:float|str=1e-2, # Peak learning rate while frozen, or 'auto': the suggestion of `lr_find`
+               unfrozen_lr:float|str=1e-3, # Peak learning rate once unfrozen, or 'auto'
                checkpoint:str|Path|None=None, # Save each complete epoch here (see `EpochCheckpoint`)
                resume:dict|None=None, # A checkpoint from `load_checkpoint`: go on from there
+               lr_find:bool=False, # Run fastai's `lr_find` before each phase, into `self.lr_found` (an 'auto' rate runs it anyway)
+               lr_find_its:int=100, # Batches each `lr_find` tries
+               save_best:bool=False, # End with the weights of the epoch with the lowest validation loss, of either phase (`BestEpoch`)
                cbs=None, **kwargs):
     "Freeze and `fit_one_cycle`, then unfreeze and `fit_one_cycle` again; the history is in `self.history`."
     if not hasattr(self, 'history'): self.add_cb(History())
+    if save_best and not hasattr(self, 'best_epoch'): self.add_cb(BestEpoch())
     if checkpoint is not None and not hasattr(self, 'epoch_checkpoint'): self.add_cb(EpochCheckpoint(checkpoint))
     if resume is not None: resume_from(self, resume)
+    resume_habits(self, resume)
     for phase, epochs, lr in zip(PHASES, (frozen_epochs, unfrozen_epochs), (frozen_lr, unfrozen_lr)):
         start = epochs_done(resume, phase, PHASES)
         if start >= epochs: continue
         self.freeze() if phase == 'frozen' else self.unfreeze()
+        lr = phase_lr(self, phase, lr, lr_find, lr_find_its)
         restore = restore_callbacks(self, resume, start) if resume is not None else []
         resume, self.history.phase = None, phase
         self.fit_one_cycle(epochs, lr, start_epoch=start, cbs=L(cbs) + restore, **kwargs)
+    if save_best: self.best_epoch.load()
     return self.history.frame
 
 # %% ../nbs/04_learner.ipynb #cf525a82

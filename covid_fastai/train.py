@@ -15,6 +15,7 @@ from .data import *
 from .datablock import *
 from .checkpoint import *
 from .learner import *
+from .habits import *
 from .evaluate import *
 from .operating import *
 from .inference import *
@@ -23,7 +24,7 @@ from .ood import learner_ood
 
 
 # %% auto #0
-__all__ = ['SPLIT_COLUMNS', 'balanced_rows', 'split_frame', 'group_counts', 'train', 'resume_training']
+__all__ = ['SPLIT_COLUMNS', 'balanced_rows', 'split_frame', 'group_counts', 'record_habits', 'train', 'resume_training']
 
 # %% ../nbs/07_train.ipynb #3b714932
 def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
@@ -62,18 +63,33 @@ def _check_folds(folds:int, fold:int|None):
     if folds < 1: raise OptionError(f"--folds {folds}: give 1 (one split, no cross-validation) or more")
     if fold is not None and folds < 2: raise OptionError(f"--fold {fold} needs --folds K, the number of folds it is one of")
 
+# %% ../nbs/07_train.ipynb #04ae2622
+def record_habits(learn:Learner, # After `fit_recipe`
+                  out:Path, # The run folder: `plots/lr_find_<phase>.png` go there
+                  frozen_lr, unfrozen_lr # As given to `fit_recipe`: numbers, or 'auto'
+                 )->dict:
+    "Plot what `lr_find` found before each phase; return what `run.json` records: the peak rates, the suggestions, the best epoch."
+    found = getattr(learn, 'lr_found', {})
+    for phase, f in found.items(): save_figure(plot_lr_find(f, f"lr_find before the {phase} phase"), out/PLOTS_DIR/f'lr_find_{phase}.png')
+    lrs = {p: found.get(p, {}).get('valley') if lr == 'auto' else float(lr) for p, lr in zip(PHASES, (frozen_lr, unfrozen_lr))}
+    return {'lr': lrs, 'lr_find': {p: f['valley'] for p, f in found.items()} or None,
+            'best_epoch': learn.best_epoch.where if hasattr(learn, 'best_epoch') else None}
+
 # %% ../nbs/07_train.ipynb #ad9fa1ea
 def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, ../input/coronahack-chest-xraydataset, else the packaged sample)
           out:str|Path='runs/latest', # Folder for the model, metrics and plots
           task:str='covid-normal', # The classes to learn: covid-normal, covid-rest (COVID-19 against every other row) or three-class (Normal, Pneumonia, COVID-19)
           extra_data:list|None=None, # More labelled data: 'CSV:IMAGES' of each dataset in CoronaHack's format
-          arch:str='resnet50', # The architecture
+          arch:str='resnet50', # The architecture: resnet18 to resnet152, densenet121, efficientnet_b0, efficientnet_lite0 to 2, or a timm model name (e.g. convnext_tiny; needs timm)
           size:int=256, # Image side
           bs:int=8, # Batch size
           frozen_epochs:int=5, # Epochs with the body frozen
           unfrozen_epochs:int=5, # Epochs with everything trainable
-          frozen_lr:float=1e-2, # Peak learning rate while frozen
-          unfrozen_lr:float=1e-3, # Peak learning rate once unfrozen
+          frozen_lr:float|str=1e-2, # Peak learning rate while frozen, or 'auto': the suggestion of lr_find
+          unfrozen_lr:float|str=1e-3, # Peak learning rate once unfrozen, or 'auto'
+          lr_find:bool=False, # Run fastai's lr_find before each phase: its plots in plots/, its suggestions in run.json ('auto' runs it anyway)
+          lr_find_its:int=100, # Batches each lr_find tries
+          save_best:bool=False, # Keep the epoch with the lowest validation loss, of either phase: the model and metrics are its, run.json says which
           wd:float=1e-4, # Weight decay
           clip:float=0.1, # Gradient clipping by value
           optimizer:str='adamw', # 'adamw': torch's AdamW (fused on CUDA) stepping as fastai's Adam; 'fastai': fastai's own Adam
@@ -101,6 +117,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     _check_folds(folds, fold)
     decoded = DecodeCache() if cache else None
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
+    arch_fn(arch)                                       # and so does an unknown architecture
     rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded)
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
     if folds > 1 and fold is None: return _cross_validate(rows, settings)
@@ -115,7 +132,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     if lead: write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
     with distributed(learn):
         hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT if lead else None,
-                                resume=resume)
+                                resume=resume, lr_find=lr_find, lr_find_its=lr_find_its, save_best=save_best)
         logits, targs = learn.get_preds(dl=dls.valid, act=noop)   # each process its share, gathered
     if not lead: return None
     classes, k = list(dls.vocab), list(dls.vocab).index(POSITIVE)
@@ -128,11 +145,12 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs, classes)
     write_csv(hist, out/HISTORY_CSV); write_csv(split_frame(dls), out/SPLIT_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
+    habits = record_habits(learn, out, frozen_lr, unfrozen_lr)
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'processes': max(num_distrib(), 1),
                 'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
                 'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None,   # the images it saw
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
-                'groups': group_counts(rows, group_col, near_dups), 'seconds': round(time.time()-start, 1),
+                'groups': group_counts(rows, group_col, near_dups), **habits, 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/RUN_JSON)
     (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
