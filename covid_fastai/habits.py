@@ -58,7 +58,7 @@ def quiet_lr_find(self:Learner,
         if (lr := _valley(self.recorder, num_it)) is not None or not stop_div: break
         warnings.warn(f"lr_find stopped after {len(self.recorder.lrs)} of {num_it} batches, when the smoothed loss rose fourfold "
                       "(noise, on a small training set): too few to suggest a rate, so it tries every batch")
-    for h, saved in zip(self.opt.hypers if hypers else [], hypers or []): h.update(saved)   # `fit` set its weight decay
+    if hypers: self.opt.set_hypers(**{k: [h[k] for h in hypers] for k in hypers[0]})   # `fit` set its weight decay, the schedule its rates
     if lr is None: raise CovidFastaiError(f"lr_find recorded {len(self.recorder.lrs)} batches, too few to suggest a learning rate; "
                                           "give the rate as a number, or more batches (--lr-find-its)")
     return {'valley': float(lr), 'lrs': [float(o) for o in self.recorder.lrs], 'losses': [float(o) for o in self.recorder.losses]}
