@@ -203,5 +203,7 @@ def main(argv:list[str]|None=None)->int:
               + (f"; go on with `covid-fastai train --resume {a.out}`" if a.command == 'train' and a.out else ''), file=sys.stderr)
         return 130
 
-# `python -m covid_fastai.cli`, as `torchrun` and `accelerate launch` start it (not when a notebook runs this cell)
+# %% ../nbs/08_cli.ipynb #dce41951
+#| eval: false
+# `python -m covid_fastai.cli`, as `torchrun` and `accelerate launch` start it; not when a notebook runs (nor tests) this cell
 if __name__ == '__main__' and not IN_IPYTHON: sys.exit(main())
