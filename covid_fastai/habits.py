@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 from fastai.vision.all import *
 from .core import *
 from .checkpoint import *
+from .checkpoint import _own
 
 # %% auto #0
 __all__ = ['kept_rng', 'plot_lr_find', 'check_lr', 'phase_lr', 'resume_habits', 'BestEpoch']
@@ -116,7 +117,7 @@ class BestEpoch(TrackerCallback):
         if not trained: return   # an epoch skipped on resume, or `validate` and `get_preds`, which end an "epoch" without training
         super().after_epoch()
         if not self.new_best: return
-        self.weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.weights = {k: v.detach().cpu().clone() for k, v in _own(self.model).state_dict().items()}   # unwrapped from DDP
         row = self.learn.history.rows[-1] if hasattr(self.learn, 'history') else {'phase': None, 'epoch': None}
         self.where = {'phase': row['phase'], 'epoch': row['epoch'], 'phase_epoch': self.epoch, self.monitor: float(self.best)}
     def state(self)->dict: return {'best': None if self.best is None else float(self.best), 'where': self.where, 'weights': self.weights}
