@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, re, difflib, socket, urllib.error, importlib, importlib.util, importlib.resources
+import os, re, atexit, difflib, socket, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
 from contextlib import contextmanager
@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'is_timm',
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
            'pretrained_state', 'timm_weights_path', 'load_timm_body', 'covid_model', 'arch_builder', 'ClipGradValue',
-           'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner', 'process_batch', 'distributed']
+           'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner', 'process_batch', 'close_process_group',
+           'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -377,6 +378,10 @@ class _PrepareEachFit(Callback):
         self.learn.distributed_trainer.accelerator._models.clear()
         self.learn.model.__dict__.pop('_is_accelerate_prepared', None)
 
+def close_process_group():
+    "Close the process group Accelerate opened; left to the interpreter's exit, gloo's threads can abort the process (SIGABRT)."
+    if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+
 @contextmanager
 def distributed(learn:Learner):
     "Within, `learn` trains with DDP when the command was started by `torchrun` or `accelerate launch`; alone, as it is."
@@ -384,4 +389,5 @@ def distributed(learn:Learner):
     from fastai.distributed import DistributedDL, DistributedTrainer   # imports Accelerate, which only distributed runs need
     DistributedDL._broadcast, DistributedTrainer._wrap_dl = _broadcast, _wrap_dl
     gpu = learn.dls.device.type == 'cuda'
+    atexit.unregister(close_process_group); atexit.register(close_process_group)   # once, and after every fold of a cross-validation
     with learn.distrib_ctx(sync_bn=gpu, cpu=not gpu), learn.added_cbs(_PrepareEachFit()): yield learn
