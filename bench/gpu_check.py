@@ -16,7 +16,9 @@
    training rows are therefore repeated `--oversample` times (16: 1568 images, 196 batches of 8 or 24 of 64). The
    validation rows (12) are covid_dataloaders' own stratified split, not repeated.
    Then, per batch size, where a training step's time goes (waiting for the batch, forward, backward, optimizer step)
-   with each optimizer, from a second epoch with the GPU synchronised at every boundary.
+   with each optimizer, from a second epoch with the GPU synchronised at every boundary; and the training step alone at
+   the largest batch (a batch already on the device, no loader, no fastai loop): eager, with cudnn.benchmark, and
+   through torch.compile, to show what the loop and the loader leave on the table and whether compiling helps.
 3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA, `--infer-files`
    files per call: the library's `predict` (autocast fp16 on CUDA) decoding JPEGs on the CPU (Pillow, in threads), on
    the GPU (nvJPEG, the default on CUDA), and reading a warm DecodeCache; and the floor: the model alone on tensors
@@ -64,7 +66,7 @@ def parse_args(argv=None)->argparse.Namespace:
     p.add_argument('--repeats', type=int, help='timed predict calls per figure (default 3; 1 on the CPU)')
     p.add_argument('--floor-iters', type=int, help='timed forward passes per floor figure (default 30; 2 on the CPU)')
     p.add_argument('--agree-n', type=int, default=20, help='images in the CUDA vs CPU agreement check (default 20)')
-    p.add_argument('--parts', default='train,steps,infer,agree,quality',
+    p.add_argument('--parts', default='train,steps,floor,infer,agree,quality',
                    help="which parts to run, comma-separated (default all: train,steps,infer,agree,quality; agree needs train)")
     p.add_argument('--folds', type=int, default=3, help="folds of the optimizers' quality comparison (default 3; 0 leaves it out)")
     p.add_argument('--quality-epochs', type=int, help='epochs per phase in the quality comparison (default 5, the recipe; 1 on the CPU)')
@@ -275,6 +277,40 @@ def breakdown(rows, a, cache, device)->list[dict]:
     return out
 
 
+def step_floor(a, device)->list[dict]:
+    """Images/s of the training step alone, at the largest batch: a batch already on the device, forward, loss, backward
+    and fused AdamW in the recipe's autocast and channels_last, no loader and no fastai loop. Eager, with
+    cudnn.benchmark, and through torch.compile (its compile time given apart). What the loop and loader could reach."""
+    from fastai.vision.all import create_vision_model
+    from covid_fastai.learner import arch_fn
+    bs, out = max(a.bs), []
+    amp = torch.bfloat16 if device.type == 'cuda' and torch.cuda.is_bf16_supported() else torch.float16
+    for how in ('eager', 'eager + cudnn.benchmark', 'torch.compile + cudnn.benchmark'):
+        torch.backends.cudnn.benchmark = how != 'eager'
+        torch.manual_seed(SEED)
+        model = create_vision_model(arch_fn(a.arch), 2, pretrained=False).to(device, memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == 'cuda')
+        run = torch.compile(model) if how.startswith('torch.compile') else model
+        x = torch.randn(bs, 3, a.size, a.size, device=device).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (bs,), device=device)
+        def one():
+            with torch.autocast(device.type, dtype=amp, enabled=device.type == 'cuda'):
+                loss = torch.nn.functional.cross_entropy(run(x), y)
+            loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        sync(device); t = time.perf_counter(); one(); sync(device); first = time.perf_counter() - t   # compiles, if it does
+        for _ in range(3): one()
+        iters = a.floor_iters
+        sync(device); t = time.perf_counter()
+        for _ in range(iters): one()
+        sync(device); s = (time.perf_counter() - t) / iters
+        out.append({'bs': bs, 'how': how, 'step_ms': 1000 * s, 'images_per_s': bs / s, 'first_step_s': first})
+        step(f"training step floor bs {bs} {how:<34} {1000*s:7.1f} ms/step {bs/s:8.1f} images/s (first step {first:.1f} s)")
+        del model, opt, run
+        if device.type == 'cuda': torch.cuda.empty_cache()
+    torch.backends.cudnn.benchmark = False
+    return out
+
+
 def _ratio_line(results, bs, a, b, what):
     by = {r['mode']: r for r in results if r['bs'] == bs}
     if a not in by or b not in by: return None
@@ -435,7 +471,7 @@ def md_table(headers:list[str], rows:list[list])->str:
     return '\n'.join([line(headers), line(['---'] * len(headers)), *map(line, rows)])
 
 
-def report(info:dict, a, train:list[dict], phases:list[dict], infer:list[dict], agree:list[dict], qual:list[dict])->str:
+def report(info:dict, a, train:list[dict], phases:list[dict], floor:list[dict], infer:list[dict], agree:list[dict], qual:list[dict])->str:
     "The Markdown summary of every figure."
     gpu = info.get('gpu', 'CPU (smoke run, figures meaningless)')
     head = (f"**{gpu}**, torch {info['torch']} (CUDA {info['torch cuda']}, cuDNN {info.get('cudnn', '-')}), "
@@ -447,6 +483,8 @@ def report(info:dict, a, train:list[dict], phases:list[dict], infer:list[dict], 
                    '-' if r['peak_gpu_GiB'] is None else f"{r['peak_gpu_GiB']:.2f}"] for r in train])
     ph = md_table(['batch', 'mode', *[f"{p} ms" for p in PHASES], 'total ms', 'steps'],
                   [[r['bs'], r['mode'], *[f"{r[p]:.1f}" for p in PHASES], f"{r['total']:.1f}", r['steps']] for r in phases])
+    fl = md_table(['batch', 'how', 'ms/step', 'images/s', 'first step s'],
+                  [[r['bs'], r['how'], f"{r['step_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r['first_step_s']:.1f}"] for r in floor])
     i = md_table(['batch', 'precision', 'what', 'images/s', 'seconds (predict: one call on all files; floor: one batch)'],
                  [[r['bs'], r['precision'], r['path'], f"{r['images_per_s']:.1f}", f"{r['seconds']:.4f}"] for r in infer])
     g = md_table(['comparison', 'images', 'max abs diff prob_covid', 'mean abs diff', 'labels differ', 'limit', 'verdict'],
@@ -464,7 +502,10 @@ def report(info:dict, a, train:list[dict], phases:list[dict], infer:list[dict], 
         "Median milliseconds per step over a second epoch, the GPU synchronised at every boundary (which itself costs a "
         "little). 'wait for batch': from the end of one step to the next batch's arrival, loaded, moved to the GPU and "
         "augmented there; 'backward + clip' includes gradient clipping and, in amp, unscaling; 'rest': zeroing the "
-        "gradients and fastai's bookkeeping.", '', ph, '', '### Prediction', '',
+        "gradients and fastai's bookkeeping.", '', ph, '', '### The training step alone', '',
+        f"A batch already on the device, forward + loss + backward + fused AdamW in autocast and channels_last, no loader "
+        f"and no fastai loop; mean of {a.floor_iters} steps after 4 untimed ones (the first, which compiles, given apart).", '',
+        fl, '', '### Prediction', '',
         f"{a.infer_files} files per predict call (the balanced images cycled), median of {a.repeats} calls after a warm-up; "
         f"floor: mean time of {a.floor_iters} forward passes (after 3 untimed) on one batch already on the device.", '',
         i, '', '### Agreement', '', "Pass: max abs diff within the limit and no label differs.", '', g, '',
@@ -491,15 +532,16 @@ def main(argv=None)->int:
         parts = a.parts.split(',')
         train = training(rows, a, cache, device, model_dir) if 'train' in parts else []
         phases = breakdown(rows, a, cache, device) if 'steps' in parts else []
+        floor = step_floor(a, device) if 'floor' in parts else []
         files = (list(rows.path) * (a.infer_files // len(rows) + 1))[:a.infer_files]
         infer = inference(model_dir, files, a, device, cache) if 'infer' in parts else []
         agree = agreement(model_dir, rows, a, device) if 'agree' in parts else []
         qual = quality(a, str(root), tmp) if 'quality' in parts and a.folds else []
-    md = report(info, a, train, phases, infer, agree, qual)
+    md = report(info, a, train, phases, floor, infer, agree, qual)
     print('\n' + md)
     ok = all(r['ok'] for r in agree)
     if a.out:
-        Path(a.out).write_text(json.dumps({'device': info, 'settings': vars(a), 'training': train, 'phases': phases, 'inference': infer,
+        Path(a.out).write_text(json.dumps({'device': info, 'settings': vars(a), 'training': train, 'phases': phases, 'step_floor': floor, 'inference': infer,
                                            'agreement': agree, 'quality': qual, 'ok': ok, 'seconds': time.perf_counter() - T0,
                                            'markdown': md}, indent=2, default=str) + '\n')
         print(f"\nWrote {a.out}")
