@@ -166,7 +166,7 @@ def predict(self:CovidClassifier,
              bs:int=32, # Images per forward pass
              workers:int=4 # Threads that decode images
             )->pd.DataFrame:
-    "One row per file: `file`, `label`, `prob_covid`, `ood_score`, `out_of_distribution`, `error` (None, or why the file could not be read); `probs` with more than two classes."
+    "One row per file: `file`, `label`, `prob_covid`, `ood_score`, `out_of_distribution`, `error` (None, or why the file could not be read); `probs` with more than two classes; `tta` (True) after `use_tta`."
     files, rows, many = [str(f) for f in files], [], len(self.classes) > 2
     batches = [files[i:i+bs] for i in range(0, len(files), bs)]
     with ThreadPoolExecutor(workers) as pool:
@@ -183,7 +183,8 @@ def predict(self:CovidClassifier,
                        'ood_score': None if s is None else float(s), 'out_of_distribution': None if s is None else bool(s > 1.), 'error': e}
                 if many: row['probs'] = None if e else dict(zip(self.classes, map(float, p)))
                 rows.append(row)
-    return pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'ood_score', 'out_of_distribution', 'error'] + (['probs'] if many else []))
+    preds = pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'ood_score', 'out_of_distribution', 'error'] + (['probs'] if many else []))
+    return preds.assign(tta=True) if getattr(self, 'tta', None) else preds
 
 # %% ../nbs/05_inference.ipynb #529eb6c2
 def _read_meta(path:Path)->dict:
@@ -290,7 +291,7 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache and not gpu_decode else None)
     clf.gpu_decode = gpu_decode
     if tta: clf.use_tta()
-    preds = clf.predict(image_files(images), bs=bs).assign(**({'tta': True} if tta else {}))
+    preds = clf.predict(image_files(images), bs=bs)
     if heatmaps is None: return preds
     from covid_fastai.explain import explain_predictions   # explain builds on this module
     return explain_predictions(clf, preds, heatmaps)

@@ -238,10 +238,12 @@ def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or m
              max_upload_mb:float=MAX_UPLOAD_MB, # The most one request may carry, in MB; more is answered 413
              heatmap=None, # Grad-CAM hook: f(clf, path) -> PNG bytes of the overlay; None: the page shows none
              trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
-             cpu:bool=False # Predict on the CPU even if there is a GPU
+             cpu:bool=False, # Predict on the CPU even if there is a GPU
+             tta:bool=False # Test-time augmentation (`CovidClassifier.use_tta`), as `predict --tta`; False leaves a given classifier as it is
             )->FastAPI:
     "The ASGI app of `serve`: the page at `/`, the model's description at `/model`, and `POST /predict`."
     clf = model if isinstance(model, CovidClassifier) else load_model(model, trust_pickle=trust_pickle, device=get_device(cpu))
+    if tta: clf.use_tta()
     max_bytes, lock = int(max_upload_mb*1e6), threading.Lock()
     app = FastAPI(title='covid_fastai', version=covid_fastai.__version__, docs_url=None, redoc_url=None)
     app.add_middleware(LimitUploads, max_bytes=max_bytes)
@@ -255,7 +257,7 @@ def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or m
         "What the page shows of the model, and the upload limit."
         return {'arch': clf.meta['arch'], 'size': clf.size, 'classes': clf.classes, 'positive': clf.classes[clf.positive],
                 'threshold': clf.threshold, 'max_upload_mb': max_upload_mb, 'max_upload_bytes': max_bytes,
-                'heatmaps': heatmap is not None, 'ood': clf.ood is not None, 'version': covid_fastai.__version__}
+                'heatmaps': heatmap is not None, 'ood': clf.ood is not None, 'tta': getattr(clf, 'tta', None), 'version': covid_fastai.__version__}
 
     @app.post('/predict')
     async def predict(file:list[UploadFile]=File(..., description='One or more radiographs (JPEG, PNG, DICOM...)'),
@@ -279,13 +281,14 @@ def serve(model:str, # A run folder, its model.json or model.safetensors (or a t
           max_upload_mb:float=MAX_UPLOAD_MB, # The most one request may carry, in MB; more is answered 413
           trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
           cpu:bool=False, # Predict on the CPU even if there is a GPU
-          heatmaps:bool=False # Show each image's Grad-CAM overlay on the page (a backward pass per image: slower)
+          heatmaps:bool=False, # Show each image's Grad-CAM overlay on the page (a backward pass per image: slower)
+          tta:bool=False # Test-time augmentation, as `predict --tta` (5 passes per image: slower)
          ):
     "Serve the page and `POST /predict` for `model` until interrupted (Ctrl-C)."
     import uvicorn
     _check_port(host, port)
     from covid_fastai.explain import overlay_png
-    app = make_app(model, max_upload_mb=max_upload_mb, heatmap=overlay_png if heatmaps else None, trust_pickle=trust_pickle, cpu=cpu)
+    app = make_app(model, max_upload_mb=max_upload_mb, heatmap=overlay_png if heatmaps else None, trust_pickle=trust_pickle, cpu=cpu, tta=tta)
     if host not in LOOPBACK: warnings.warn(f"listening on {host}: anyone who can reach it can send images to the model (there is no login)")
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     print(f"covid-fastai serve: {app.state.classifier} at {url} (POST {url}predict); Ctrl-C stops it", flush=True)
