@@ -1,10 +1,15 @@
 "Shared fixtures: the data this machine has (the packaged sample when there is no dataset), and one small training run reused by the command-line tests."
-import os, subprocess, sys
+import os, signal, subprocess, sys
 from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [str(Path(sys.executable).parent/'covid-fastai')]   # the installed console script itself
+
+
+def ctrl_c_reaches():
+    "For `Popen(preexec_fn=...)`: SIGINT acts as Ctrl-C in a terminal. A script's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope='session')

@@ -2,7 +2,7 @@
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest
-from conftest import run_cli
+from conftest import ctrl_c_reaches, run_cli
 
 BIN = Path(sys.executable).parent
 TINY = ['--arch', 'resnet18', '--size', 64, '--frozen-epochs', 1, '--unfrozen-epochs', 1, '--no-pretrained', '--num-workers', 0]
@@ -65,7 +65,7 @@ def test_a_distributed_run_resumes(data_root, tmp_path):
     out = tmp_path/'run'
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}
     proc = subprocess.Popen([*LAUNCHERS['torchrun'], '-m', 'covid_fastai.cli', 'train', '--out', str(out), *map(str, TINY)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ctrl_c_reaches)
     while not (out/'checkpoint.pth').exists():
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         time.sleep(0.01)

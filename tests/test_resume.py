@@ -1,7 +1,7 @@
 "Interrupted training: a real training process is stopped after an epoch, then resumed to the same result."
 import json, signal, subprocess, time
 import pandas as pd, pytest
-from conftest import CLI, run_cli
+from conftest import CLI, ctrl_c_reaches, run_cli
 
 SMALL = ['--arch', 'resnet18', '--size', 96,   # epochs long enough (seconds, on any copy) to interrupt the run between them
           '--frozen-epochs', 2, '--unfrozen-epochs', 3, '--no-pretrained', '--num-workers', 0]
@@ -9,7 +9,8 @@ SMALL = ['--arch', 'resnet18', '--size', 96,   # epochs long enough (seconds, on
 
 def _interrupt_after_first_epoch(out, sig):
     "Start training into `out` and send `sig` as soon as its first epoch checkpoint exists."
-    proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_reaches)
     while not (out/'checkpoint.pth').exists():
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.01)

@@ -6,7 +6,7 @@ Playwright's own browser download is never used."""
 import json, os, signal, socket, subprocess, time
 from pathlib import Path
 import httpx, pytest
-from conftest import CLI, run_cli
+from conftest import CLI, ctrl_c_reaches, run_cli
 
 CHROMIUM = '/usr/bin/chromium'
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -39,7 +39,8 @@ def server(small_run, tmp_path_factory):
     port = free_port()
     with open(logs/'out', 'w') as out, open(logs/'err', 'w') as err:
         p = subprocess.Popen([*CLI, 'serve', '--model', str(small_run[0]), '--port', str(port), '--cpu',
-                              '--max-upload-mb', str(LIMIT_MB)], stdout=out, stderr=err, env={**os.environ, 'TMPDIR': str(scratch)})
+                              '--max-upload-mb', str(LIMIT_MB)], stdout=out, stderr=err, env={**os.environ, 'TMPDIR': str(scratch)},
+                             preexec_fn=ctrl_c_reaches)
     url, deadline = f'http://127.0.0.1:{port}/', time.monotonic() + 180
     while True:
         if p.poll() is not None: pytest.fail(f"serve exited with {p.returncode}:\n{(logs/'err').read_text()}")
