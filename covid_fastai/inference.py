@@ -69,6 +69,7 @@ class CovidClassifier:
         self.temperature = meta.get('temperature', 1.0)   # model files from before calibration have none
         self.task = meta.get('task', 'covid-normal')   # model files written before tasks: COVID-19 vs Normal
         self.positive = self.classes.index(POSITIVE)
+        self.tta, self._tta_tfms = None, None   # test-time augmentation: off until `use_tta`
         self.model = model.to(self.device).eval()
         if self.device.type == 'cuda': self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(meta['mean'], device=self.device).view(1, 3, 1, 1)
@@ -109,7 +110,7 @@ def _load_batch(self:CovidClassifier, files, pool):
 @torch.inference_mode()
 def _probs(self:CovidClassifier, xs:list[torch.Tensor], tta:bool=True)->tuple[np.ndarray, np.ndarray|None]:
     "Class probabilities of a batch (test-time augmented after `use_tta`), and its `ood_score`s (None without a description of the training images)."
-    if tta and getattr(self, 'tta', None):
+    if tta and self.tta:
         plain, scores = self._probs(xs, tta=False)
         return self._tta_probs(xs, plain), scores
     x = self.normalise(torch.stack([x.to(self.device) for x in xs]))   # decoded on the CPU, or on the GPU
@@ -184,7 +185,7 @@ def predict(self:CovidClassifier,
                 if many: row['probs'] = None if e else dict(zip(self.classes, map(float, p)))
                 rows.append(row)
     preds = pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'ood_score', 'out_of_distribution', 'error'] + (['probs'] if many else []))
-    return preds.assign(tta=True) if getattr(self, 'tta', None) else preds
+    return preds.assign(tta=True) if self.tta else preds
 
 # %% ../nbs/05_inference.ipynb #529eb6c2
 def _read_meta(path:Path)->dict:
@@ -324,7 +325,7 @@ def augment(self:CovidClassifier, x:torch.Tensor, # A `prepare`d image: uint8 (3
             seed:int=0 # Seed of the draws
            )->torch.Tensor:
     "`n` copies of `x` augmented as in training: floats in [0, 1], (n, 3, size, size), on the model's device; the same draws for every image."
-    tfms = getattr(self, '_tta_tfms', None) or tta_augment()
+    tfms = self._tta_tfms or tta_augment()
     xb = TensorImage(x.to(self.device).float().div(255.).expand(n, -1, -1, -1).contiguous())
     state = random.getstate()
     with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):

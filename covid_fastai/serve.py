@@ -257,7 +257,7 @@ def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or m
         "What the page shows of the model, and the upload limit."
         return {'arch': clf.meta['arch'], 'size': clf.size, 'classes': clf.classes, 'positive': clf.classes[clf.positive],
                 'threshold': clf.threshold, 'max_upload_mb': max_upload_mb, 'max_upload_bytes': max_bytes,
-                'heatmaps': heatmap is not None, 'ood': clf.ood is not None, 'tta': getattr(clf, 'tta', None), 'version': covid_fastai.__version__}
+                'heatmaps': heatmap is not None, 'ood': clf.ood is not None, 'tta': clf.tta, 'version': covid_fastai.__version__}
 
     @app.post('/predict')
     async def predict(file:list[UploadFile]=File(..., description='One or more radiographs (JPEG, PNG, DICOM...)'),
