@@ -8,7 +8,9 @@
 1. The device: name, memory, torch / CUDA / cuDNN versions and settings.
 2. Training throughput of `covid_learner` (ResNet50, random weights) on the balanced selection at 256 px, batch 8 and
    64: with fastai's Adam in mixed precision (the library's recipe before issue 11), and with torch's fused AdamW
-   (`TorchAdamW`, the default now) in mixed precision, mixed precision + channels_last, and fp32. Each run trains
+   (`TorchAdamW`, the default now) in mixed precision, mixed precision + channels_last, and fp32; all with the images
+   kept on the GPU by `InMemoryDL` (the default where they fit), and once more with fastai's per-item `TfmdDL` and its
+   loader processes, the library's loader before (issue 11). Each run trains
    `--epochs` epochs with `fit_one_cycle` after `unfreeze`; the first epoch is warm-up and left out, the figure is the
    median of the others. Timed: the training phase of each epoch (a callback reads the clock, after
    `torch.cuda.synchronize`, at before_train and after_train), so validation is left out; the whole epoch is shown too.
@@ -20,9 +22,9 @@
    the largest batch (a batch already on the device, no loader, no fastai loop): eager, with cudnn.benchmark, and
    through torch.compile, to show what the loop and the loader leave on the table and whether compiling helps.
 3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA, `--infer-files`
-   files per call: the library's `predict` (autocast fp16 on CUDA) decoding JPEGs on the CPU (Pillow, in threads), on
-   the GPU (nvJPEG, the default on CUDA), and reading a warm DecodeCache; and the floor: the model alone on tensors
-   already on the GPU, in amp and fp32.
+   files per call: the library's `predict` (autocast on CUDA) decoding JPEGs on the CPU (Pillow, in predict's default
+   4 threads and in one thread per core up to 16), on the GPU (nvJPEG, `--gpu-decode`), and reading a warm DecodeCache;
+   and the floor: the model alone on tensors already on the GPU, in amp and fp32.
 4. Agreement: the same saved model on `--agree-n` images (the validation images first) on CUDA and on the CPU (exit
    status 1 if prob_covid differs by more than 1e-2 anywhere or a label differs), and decoding on the GPU against
    decoding on the CPU (limit 3e-2: the GPU decodes at full size, Pillow at a reduced scale, before the resize).
@@ -60,8 +62,9 @@ def parse_args(argv=None)->argparse.Namespace:
     p.add_argument('--bs', type=int, nargs='+', default=[8, 64], help='batch sizes (default 8 64)')
     p.add_argument('--epochs', type=int, help='epochs per training run, the first is warm-up (default 4; 2 on the CPU)')
     p.add_argument('--oversample', type=int, help='times the training rows are repeated (default 8; 1 on the CPU)')
-    p.add_argument('--workers', type=int, help="DataLoader workers (default: covid_dataloaders' own, default_workers: one per core up to 16 on CUDA; "
-                                               "0 on the CPU)")
+    p.add_argument('--workers', type=int, help="DataLoader workers (default: covid_dataloaders' own: none while the images are kept in memory, "
+                                               "and default_workers, one per core up to 16 on CUDA, for the per-item modes; 0 on the CPU). "
+                                               "A number above 0 turns keeping them in memory off")
     p.add_argument('--infer-files', type=int, help='files per predict call, the images cycled (default 512; 24 on the CPU)')
     p.add_argument('--repeats', type=int, help='timed predict calls per figure (default 3; 1 on the CPU)')
     p.add_argument('--floor-iters', type=int, help='timed forward passes per floor figure (default 30; 2 on the CPU)')
@@ -142,19 +145,17 @@ def export_subset(data:str|None, dest:Path):
           f"select_balanced picks the same rows there. Run with --data {dest}")
 
 
-def make_dls(rows, a, bs:int, cache, device):
+def make_dls(rows, a, bs:int, cache, device, in_memory:bool|None=None):
     "covid_dataloaders on the balanced rows; with --oversample N the training rows (not the validation ones) repeated N times."
     import pandas as pd
-    from fastai.vision.all import IndexSplitter, ifnone
-    from covid_fastai.datablock import covid_dataloaders, covid_datablock, default_workers
-    kw = dict(size=a.size, seed=SEED, cache=cache)
-    if a.oversample == 1: return covid_dataloaders(rows, bs=bs, device=device, num_workers=a.workers, **kw)
-    dblock = covid_datablock(**kw)                       # what covid_dataloaders builds...
-    train_idx, valid_idx = dblock.splitter(rows)         # ...and its stratified split
+    from fastai.vision.all import IndexSplitter
+    from covid_fastai.datablock import covid_dataloaders, covid_datablock
+    kw = dict(bs=bs, size=a.size, seed=SEED, cache=cache, device=device, num_workers=a.workers, in_memory=in_memory)
+    if a.oversample == 1: return covid_dataloaders(rows, **kw)
+    train_idx, valid_idx = covid_datablock(seed=SEED).splitter(rows)   # covid_dataloaders' stratified split
     train, valid = rows.iloc[list(train_idx)], rows.iloc[list(valid_idx)]
     items = pd.concat([train] * a.oversample + [valid], ignore_index=True)
-    dblock.splitter = IndexSplitter(list(range(len(train) * a.oversample, len(items))))
-    return dblock.dataloaders(items, bs=bs, device=device, num_workers=ifnone(a.workers, default_workers(device)))
+    return covid_dataloaders(items, splitter=IndexSplitter(list(range(len(train) * a.oversample, len(items)))), **kw)
 
 
 # ---------------------------------------------------------------- 2. training
@@ -175,20 +176,23 @@ def epoch_timer(device):
     return EpochTimer()
 
 
-# name: (optimizer, mixed precision, channels_last); mixed precision is covid_learner's: bfloat16 where the GPU has it.
-# covid-fastai train on CUDA: 'AdamW, amp+channels_last' since issue 11. 'AdamW, amp' is what `covid-fastai train` does on CUDA; 'fastai Adam, amp'
-# what it did before `TorchAdamW` (issue 11).
-MODES = {'fastai Adam, amp': ('fastai', True, False), 'AdamW, amp': ('adamw', True, False),
-         'AdamW, amp+channels_last': ('adamw', True, True), 'AdamW, fp32': ('adamw', False, False)}
-CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False), 'AdamW, fp32': ('adamw', False, False)}   # fastai's mixed precision needs CUDA
+# name: (optimizer, mixed precision, channels_last, in_memory); mixed precision is covid_learner's: bfloat16 where the GPU
+# has it; in_memory None is covid_dataloaders' rule (InMemoryDL where the images fit), False fastai's per-item TfmdDL
+# with loader processes. 'AdamW, amp+channels_last' is what `covid-fastai train` does on CUDA; '..., per item' what it did
+# before InMemoryDL, 'fastai Adam, amp' before `TorchAdamW` (both issue 11).
+MODES = {'fastai Adam, amp': ('fastai', True, False, None), 'AdamW, amp': ('adamw', True, False, None),
+         'AdamW, amp+channels_last': ('adamw', True, True, None), 'AdamW, amp+channels_last, per item': ('adamw', True, True, False),
+         'AdamW, fp32': ('adamw', False, False, None)}
+CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False, None), 'AdamW, fp32': ('adamw', False, False, None),   # fastai's mixed precision needs CUDA
+             'AdamW, fp32, per item': ('adamw', False, False, False)}
 
 
 def train_once(rows, a, bs:int, mode:str, cache, device):
     "Train one fresh covid_learner in `mode`; its learner and the figures (first epoch = warm-up, median of the rest)."
     from covid_fastai.learner import covid_learner
-    dls = make_dls(rows, a, bs, cache, device)
+    optimizer, amp, channels_last, in_memory = {**MODES, **CPU_MODES}[mode]
+    dls = make_dls(rows, a, bs, cache, device, in_memory)
     timer = epoch_timer(device)
-    optimizer, amp, channels_last = {**MODES, **CPU_MODES}[mode]
     learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: to_fp16() already
     if not amp: learn.to_fp32()
     learn.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)   # covid_learner: channels_last on CUDA
@@ -258,7 +262,7 @@ def breakdown(rows, a, cache, device)->list[dict]:
     out = []
     for bs in a.bs:
         for mode in (('fastai Adam, amp', 'AdamW, amp') if device.type == 'cuda' else tuple(CPU_MODES)):
-            optimizer, amp, _ = {**MODES, **CPU_MODES}[mode]
+            optimizer, amp, *_ = {**MODES, **CPU_MODES}[mode]
             timer = phase_timer(device)
             learn = covid_learner(make_dls(rows, a, bs, cache, device), arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)
             if not amp: learn.to_fp32()
@@ -348,13 +352,13 @@ def classifier(model_dir:Path, device, precision:str, cache=None, gpu_decode:boo
     return clf
 
 
-def time_predict(clf, files:list, bs:int, repeats:int)->dict:
-    "images/s of clf.predict on `files` at batch `bs`: median of `repeats` calls after a warm-up call."
-    clf.predict(files[:2*bs], bs=bs)
+def time_predict(clf, files:list, bs:int, repeats:int, workers:int=4)->dict:
+    "images/s of clf.predict on `files` at batch `bs` with `workers` decoding threads: median of `repeats` calls after a warm-up call."
+    clf.predict(files[:2*bs], bs=bs, workers=workers)
     secs = []
     for _ in range(repeats):
         t = time.perf_counter()
-        df = clf.predict(files, bs=bs)                   # returns after .cpu(): the GPU's work is done
+        df = clf.predict(files, bs=bs, workers=workers)   # returns after .cpu(): the GPU's work is done
         secs.append(time.perf_counter() - t)
     if df.error.notna().any(): raise RuntimeError(f"predict failed on: {df[df.error.notna()].error.tolist()[:3]}")
     med = statistics.median(secs)
@@ -377,14 +381,15 @@ def inference(model_dir:Path, files:list, a, device, cache)->list[dict]:
     """predict (decoding JPEGs on the CPU, on the GPU, and from the warm cache) and the floor, at each batch size, in the
     library's precision (amp on CUDA), and the floor in fp32 too."""
     gpu = device.type == 'cuda'
-    paths = [('predict, CPU decoding', None, False), *([('predict, GPU decoding (--gpu-decode)', None, True)] if gpu else []),
-             ('predict, DecodeCache', cache, False)]
+    cores = min(16, os.cpu_count() or 1)   # predict's default is 4 decoding threads
+    paths = [('predict, CPU decoding', None, False, 4), ('predict, CPU decoding, ' + f'{cores} threads', None, False, cores),
+             *([('predict, GPU decoding (--gpu-decode)', None, True, 4)] if gpu else []), ('predict, DecodeCache', cache, False, 4)]
     results = []
     for precision in (('amp', 'fp32') if gpu else ('fp32',)):
         name = 'amp (library default)' if precision == 'amp' else 'fp32'
         for bs in a.bs:
-            for path, cached, on_gpu in (paths if precision == 'amp' or not gpu else []):
-                r = time_predict(classifier(model_dir, device, precision, cached, on_gpu), files, bs, a.repeats)
+            for path, cached, on_gpu, workers in (paths if precision == 'amp' or not gpu else []):
+                r = time_predict(classifier(model_dir, device, precision, cached, on_gpu), files, bs, a.repeats, workers)
                 results.append({'bs': bs, 'path': path, 'precision': name, **r})
                 step(f"infer bs {bs:>3} {name:<22} {path:<32} {r['images_per_s']:9.1f} images/s")
             clf = classifier(model_dir, device, 'fp32')

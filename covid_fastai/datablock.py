@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_datablock.ipynb #7a0b4ae8
 from __future__ import annotations
-import os, re, hashlib, warnings
+import os, re, hashlib, threading, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -19,8 +19,8 @@ from .data import task_classes
 __all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_rgb',
            'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache',
            'OpenXRay', 'check_images', 'thumbnails', 'near_duplicates', 'group_rows', 'StratifiedSplitter',
-           'stratified_folds', 'FoldSplitter', 'covid_augment', 'covid_datablock', 'default_workers',
-           'covid_dataloaders']
+           'stratified_folds', 'FoldSplitter', 'covid_augment', 'covid_datablock', 'default_workers', 'InMemoryDL',
+           'free_memory', 'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -160,6 +160,8 @@ def default_cache_dir()->Path:
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'covid_fastai'/'decoded'
 
 # %% ../nbs/02_datablock.ipynb #904e99d7
+_NPY_LOCK = threading.Lock()   # np.load parses a header with ast, which CPython 3.11 cannot do in two threads at once (cpython#106905)
+
 class DecodeCache:
     "Decoded and resized radiographs on disk, keyed by source file, its size and mtime, and the image size."
     def __init__(self, folder:str|Path|None=None): self.folder = Path(folder or default_cache_dir())
@@ -176,7 +178,9 @@ class DecodeCache:
     def load(self, fn:str|Path, size:int)->Image.Image:
         "`load_xray(fn, size)`, from the cache when it is there, stored in it when not."
         path = self.entry(fn, size)
-        try: return Image.fromarray(np.load(path))
+        try:
+            with _NPY_LOCK: a = np.load(path)
+            return Image.fromarray(a)
         except (OSError, ValueError): pass              # absent, or damaged: decode again
         im = load_xray(fn, size)
         try:
@@ -368,14 +372,61 @@ def default_workers(device:torch.device|None=None # Where the batches go; defaul
     "Loader processes for training on `device`: none on the CPU, fastai's default (one per core, at most 16) elsewhere."
     return 0 if ifnone(device, get_device()).type == 'cpu' else defaults.cpus
 
-# %% ../nbs/02_datablock.ipynb #0ee0eb5d
+# %% ../nbs/02_datablock.ipynb #2a58376d
+class InMemoryDL(TfmdDL):
+    "A `TfmdDL` that keeps each item, once made, on the batches' device, and makes later batches by indexing what it keeps."
+    def __init__(self, dataset=None, **kwargs):
+        super().__init__(dataset, **{**kwargs, 'num_workers': 0})   # workers would each fill a copy of their own
+        self._kept, self._made = None, np.zeros(len(self.dataset), dtype=bool)
+
+    def _keep(self, idxs:list):
+        "Make the items of `idxs` that are not kept yet, in threads, and keep them."
+        new = [i for i in idxs if not self._made[i]]
+        if not new: return
+        items = parallel(self.do_item, new, n_workers=defaults.cpus, threadpool=True, progress=False)
+        if self._kept is None: self._kept = [torch.empty((len(self._made), *o.shape), dtype=o.dtype, device=self.device).as_subclass(type(o))
+                                             for o in items[0]]
+        for kept, parts in zip(self._kept, zip(*items)): kept[new] = torch.stack(parts).to(kept.device)
+        self._made[new] = True
+
+    def create_batches(self, samps):
+        for idxs in chunked(samps, self.bs, self.drop_last):
+            self._keep(idxs)
+            at = torch.as_tensor(idxs, device=self._kept[0].device)
+            yield tuple(kept[at] for kept in self._kept)
+
+# %% ../nbs/02_datablock.ipynb #63874cbd
+def free_memory(device:torch.device # Where the images would be kept
+               )->int:
+    "Bytes `device` can still give: free GPU memory on CUDA, the system's available memory elsewhere (0 where unknown)."
+    if device.type == 'cuda': return torch.cuda.mem_get_info(device)[0]
+    try: return int(re.search(r'MemAvailable:\s+(\d+) kB', Path('/proc/meminfo').read_text())[1]) * 1024
+    except (OSError, TypeError):                 # not Linux
+        try: return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+        except (ValueError, OSError): return 0
+
+def fits_in_memory(n:int, # Images
+                   size:int, # Their side, in pixels
+                   device:torch.device, # Where they would be kept
+                   share:float=0.25 # Of `free_memory(device)` they may take
+                  )->bool:
+    "Whether `n` RGB images of `size` x `size` (a byte a pixel and channel) fit in `share` of the device's free memory, for each of this machine's processes."
+    processes = 1 if device.type == 'cuda' else max(num_distrib(), 1)   # each GPU has its own memory
+    return n * 3 * size**2 * processes <= share * free_memory(device)
+
+# %% ../nbs/02_datablock.ipynb #420d6ba2
 @delegates(covid_datablock)
 def covid_dataloaders(df:pd.DataFrame, # Rows with `path` and `target`, from `select_balanced`
                       bs:int=8, # Batch size
+                      size:int=256, # Side of the square images the model sees
                       device:torch.device|None=None, # Where batches go; default `get_device()`
-                      num_workers:int|None=None, # Loader processes; default `default_workers(device)`
+                      num_workers:int|None=None, # Loader processes, for images not kept in memory; default `default_workers(device)`
+                      in_memory:bool|None=None, # Keep the decoded images on `device` (`InMemoryDL`); default: when no loader processes are asked for and they fit
                       **kwargs)->DataLoaders:
     "Training and validation `DataLoaders` for `df`."
     device = ifnone(device, get_device())
-    dblock = covid_datablock(**kwargs)
-    return dblock.dataloaders(df, bs=bs, device=device, num_workers=ifnone(num_workers, default_workers(device)))
+    if in_memory and num_workers: raise OptionError(
+        f"num_workers={num_workers} with in_memory: a loader that keeps the images in memory makes its batches in the main process")
+    if in_memory is None: in_memory = not num_workers and fits_in_memory(len(df), size, device)
+    return covid_datablock(size=size, **kwargs).dataloaders(df, bs=bs, device=device, dl_type=InMemoryDL if in_memory else None,
+                                                            num_workers=ifnone(num_workers, default_workers(device)))

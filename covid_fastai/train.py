@@ -103,7 +103,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           pretrained:bool=True, # Start from ImageNet weights
           weights:str|Path|None=None, # Start from this checkpoint instead of the ImageNet weights (of `covid-fastai pretrain`: the images it saw are left out)
           cpu:bool=False, # Train on the CPU even if there is a GPU
-          num_workers:int|None=None, # Loader processes; default `default_workers` (none on the CPU)
+          num_workers:int|None=None, # Loader processes; default: none while the images fit in memory (`covid_dataloaders`)
           strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
           cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
           threshold:str='0.5', # Decision threshold on the COVID-19 probability: a number, or a rule chosen on validation ('sens=0.95', 'spec=0.9', 'youden')
@@ -146,7 +146,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     write_csv(hist, out/HISTORY_CSV); write_csv(split_frame(dls), out/SPLIT_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
     habits = record_habits(learn, out, frozen_lr, unfrozen_lr)
-    write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'processes': max(num_distrib(), 1),
+    write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'in_memory': isinstance(dls.train, InMemoryDL),
+                'processes': max(num_distrib(), 1),
                 'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
                 'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None,   # the images it saw
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
