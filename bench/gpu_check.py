@@ -9,8 +9,9 @@
 2. Training throughput of `covid_learner` (ResNet50, random weights) on the balanced selection at 256 px, batch 8 and
    64: with fastai's Adam in mixed precision (the library's recipe before issue 11), and with torch's fused AdamW
    (`TorchAdamW`, the default now) in mixed precision, mixed precision + channels_last, and fp32; all with the images
-   kept on the GPU by `InMemoryDL` (the default where they fit), and once more with fastai's per-item `TfmdDL` and its
-   loader processes, the library's loader before (issue 11). Each run trains
+   kept on the GPU by `InMemoryDL` (the default where they fit); once more with fastai's per-item `TfmdDL` and its
+   loader processes, the library's loader before (issue 11); and once with the Recorder's smoothed loss kept on the GPU
+   (an experiment: fastai copies it to the CPU after every step, which makes the CPU wait for the GPU). Each run trains
    `--epochs` epochs with `fit_one_cycle` after `unfreeze`; the first epoch is warm-up and left out, the figure is the
    median of the others. Timed: the training phase of each epoch (a callback reads the clock, after
    `torch.cuda.synchronize`, at before_train and after_train), so validation is left out; the whole epoch is shown too.
@@ -176,24 +177,39 @@ def epoch_timer(device):
     return EpochTimer()
 
 
-# name: (optimizer, mixed precision, channels_last, in_memory); mixed precision is covid_learner's: bfloat16 where the GPU
-# has it; in_memory None is covid_dataloaders' rule (InMemoryDL where the images fit), False fastai's per-item TfmdDL
-# with loader processes. 'AdamW, amp+channels_last' is what `covid-fastai train` does on CUDA; '..., per item' what it did
-# before InMemoryDL, 'fastai Adam, amp' before `TorchAdamW` (both issue 11).
-MODES = {'fastai Adam, amp': ('fastai', True, False, None), 'AdamW, amp': ('adamw', True, False, None),
-         'AdamW, amp+channels_last': ('adamw', True, True, None), 'AdamW, amp+channels_last, per item': ('adamw', True, True, False),
-         'AdamW, fp32': ('adamw', False, False, None)}
-CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False, None), 'AdamW, fp32': ('adamw', False, False, None),   # fastai's mixed precision needs CUDA
-             'AdamW, fp32, per item': ('adamw', False, False, False)}
+# name: (optimizer, mixed precision, channels_last, in_memory, smoothed loss kept on the device); mixed precision is
+# covid_learner's: bfloat16 where the GPU has it; in_memory None is covid_dataloaders' rule (InMemoryDL where the images
+# fit), False fastai's per-item TfmdDL with loader processes. 'AdamW, amp+channels_last' is what `covid-fastai train`
+# does on CUDA; '..., per item' what it did before InMemoryDL, 'fastai Adam, amp' before `TorchAdamW` (both issue 11);
+# '..., loss kept on the GPU' an experiment (`keep_smooth_loss_on_device`).
+MODES = {'fastai Adam, amp': ('fastai', True, False, None, False), 'AdamW, amp': ('adamw', True, False, None, False),
+         'AdamW, amp+channels_last': ('adamw', True, True, None, False),
+         'AdamW, amp+channels_last, per item': ('adamw', True, True, False, False),
+         'AdamW, amp+channels_last, loss kept on the GPU': ('adamw', True, True, None, True),
+         'AdamW, fp32': ('adamw', False, False, None, False)}
+CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False, None, False), 'AdamW, fp32': ('adamw', False, False, None, False),   # fastai's mixed precision needs CUDA
+             'AdamW, fp32, per item': ('adamw', False, False, False, False), 'AdamW, fp32, loss kept on the device': ('adamw', False, False, None, True)}
+
+
+def keep_smooth_loss_on_device(learn):
+    """Experiment (issue 11): fastai's Recorder smooths the loss with `to_detach(learn.loss.mean())`, a copy to the CPU
+    that makes the CPU wait for every training step to finish before it prepares the next batch. Keep it on the device."""
+    from fastai.learner import AvgSmoothLoss
+    class DeviceSmoothLoss(AvgSmoothLoss):
+        def accumulate(self, learn):
+            self.count += 1
+            self.val = torch.lerp(learn.loss.mean().detach().float(), self.val.to(learn.loss.device), self.beta)
+    learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
 
 
 def train_once(rows, a, bs:int, mode:str, cache, device):
     "Train one fresh covid_learner in `mode`; its learner and the figures (first epoch = warm-up, median of the rest)."
     from covid_fastai.learner import covid_learner
-    optimizer, amp, channels_last, in_memory = {**MODES, **CPU_MODES}[mode]
+    optimizer, amp, channels_last, in_memory, loss_on_device = {**MODES, **CPU_MODES}[mode]
     dls = make_dls(rows, a, bs, cache, device, in_memory)
     timer = epoch_timer(device)
     learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: to_fp16() already
+    if loss_on_device: keep_smooth_loss_on_device(learn)
     if not amp: learn.to_fp32()
     learn.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)   # covid_learner: channels_last on CUDA
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
