@@ -377,6 +377,9 @@ class InMemoryDL(TfmdDL):
     "A `TfmdDL` that keeps each item, once made, on the batches' device, and makes later batches by indexing what it keeps."
     def __init__(self, dataset=None, **kwargs):
         super().__init__(dataset, **{**kwargs, 'num_workers': 0})   # workers would each fill a copy of their own
+        rand = [t for t in [*self.after_item.fs, *(f for tl in getattr(self.dataset, 'tls', []) for f in tl.tfms.fs)] if isinstance(t, RandTransform)]
+        if rand: raise ValueError(f"InMemoryDL keeps each item as first made, so these random item transforms would be drawn once: "
+                                  f"{', '.join(type(t).__name__ for t in rand)}; make them batch transforms, or use TfmdDL")
         self._kept, self._made = None, np.zeros(len(self.dataset), dtype=bool)
 
     def _keep(self, idxs:list):
