@@ -395,7 +395,9 @@ class InMemoryDL(TfmdDL):
     def create_batches(self, samps):
         for idxs in chunked(samps, self.bs, self.drop_last):
             self._keep(idxs)
-            at = torch.as_tensor(idxs, device=self._kept[0].device)
+            at, dev = torch.as_tensor(idxs), self._kept[0].device
+            if dev.type == 'cuda': at = at.pin_memory()   # so the copy need not wait for the GPU's queue, as a blocking one does
+            at = at.to(dev, non_blocking=True)
             yield tuple(kept[at] for kept in self._kept)
 
 # %% ../nbs/02_datablock.ipynb #63874cbd
