@@ -161,7 +161,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
              valid_pct:float=0.1, # Fraction of each class for validation
              seed:int=42, # The --seed of those tasks' runs; seed of the draw, the split and training
              cpu:bool=False, # Train on the CPU even if there is a GPU
-             num_workers:int|None=None, # Loader processes; default: none while the images fit in memory (`covid_dataloaders`)
+             num_workers:int|None=None, # Loader processes; default: none while the images fit in memory (`covid_dataloaders`), else `default_workers`
              strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
              cache:bool=True # Keep decoded images in the decode cache (`default_cache_dir()`)
             )->dict:

@@ -103,7 +103,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           pretrained:bool=True, # Start from ImageNet weights
           weights:str|Path|None=None, # Start from this checkpoint instead of the ImageNet weights (of `covid-fastai pretrain`: the images it saw are left out)
           cpu:bool=False, # Train on the CPU even if there is a GPU
-          num_workers:int|None=None, # Loader processes; default: none while the images fit in memory (`covid_dataloaders`)
+          num_workers:int|None=None, # Loader processes; default: none while the images fit in memory (`covid_dataloaders`), else `default_workers`
           strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
           cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
           threshold:str='0.5', # Decision threshold on the COVID-19 probability: a number, or a rule chosen on validation ('sens=0.95', 'spec=0.9', 'youden')

@@ -2,7 +2,7 @@
 
 nbdev_test runs the notebooks but keeps nothing; this runs each one in a fresh IPython shell (execnb, as nbdev does)
 and writes the outputs into it. The outputs come from the sample that ships with the package, so they are the same on
-every machine and show what a new user sees; cells marked `#| slow` are left as they are. Run `make outputs`
+every machine and show what a new user sees; cells marked `#| slow` or `#| eval: false` are left as they are. Run `make outputs`
 after changing a notebook's examples (it runs `nbdev_clean` after)."""
 import os, sys
 from pathlib import Path
@@ -12,16 +12,16 @@ from execnb.shell import CaptureShell
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _skip_slow(cell)->bool:
-    "Leave `#| slow` cells unexecuted (and their outputs as they are), as nbdev_test does."
-    return cell.cell_type == 'code' and any(l.strip().replace(' ', '') == '#|slow' for l in cell.source.splitlines())
+def _skip(cell)->bool:
+    "Leave `#| slow` and `#| eval: false` cells unexecuted (and their outputs as they are), as nbdev_test does."
+    return cell.cell_type == 'code' and any(l.strip().replace(' ', '').lower() in ('#|slow', '#|eval:false') for l in cell.source.splitlines())
 
 
 def run(path:Path):
     nb = read_nb(path)
     shell = CaptureShell(path=path.parent)
     os.chdir(path.parent)
-    shell.run_all(nb, exc_stop=True, preproc=_skip_slow)
+    shell.run_all(nb, exc_stop=True, preproc=_skip)
     write_nb(nb, path)
     print(f"ran {path.name}")
 
