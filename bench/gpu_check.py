@@ -62,11 +62,11 @@ def parse_args(argv=None)->argparse.Namespace:
     p.add_argument('--size', type=int, help='image side (default 256; 64 on the CPU)')
     p.add_argument('--bs', type=int, nargs='+', default=[8, 64], help='batch sizes (default 8 64)')
     p.add_argument('--epochs', type=int, help='epochs per training run, the first is warm-up (default 4; 2 on the CPU)')
-    p.add_argument('--oversample', type=int, help='times the training rows are repeated (default 8; 1 on the CPU)')
+    p.add_argument('--oversample', type=int, help='times the training rows are repeated (default 16; 1 on the CPU)')
     p.add_argument('--workers', type=int, help="DataLoader workers (default: covid_dataloaders' own: none while the images are kept in memory, "
                                                "and default_workers, one per core up to 16 on CUDA, for the per-item modes; 0 on the CPU). "
                                                "A number above 0 turns keeping them in memory off")
-    p.add_argument('--infer-files', type=int, help='files per predict call, the images cycled (default 512; 24 on the CPU)')
+    p.add_argument('--infer-files', type=int, help='files per predict call, the images cycled (default 2048; 24 on the CPU)')
     p.add_argument('--repeats', type=int, help='timed predict calls per figure (default 3; 1 on the CPU)')
     p.add_argument('--floor-iters', type=int, help='timed forward passes per floor figure (default 30; 2 on the CPU)')
     p.add_argument('--agree-n', type=int, default=20, help='images in the CUDA vs CPU agreement check (default 20)')
