@@ -19,23 +19,21 @@ method's s/epoch over the in-memory one's in the same round (median of the round
 """
 from __future__ import annotations
 import argparse, statistics, sys, tempfile, time
+from types import SimpleNamespace
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import quiet, balanced, machine_info, print_block, md_table, fmt, wait_for_quiet, LoadMeter
+from gpu_check import make_dls
 
 
 def loader(rows, a, cache, in_memory:bool, workers:int):
-    "The training loader of covid_dataloaders on the training rows repeated `a.oversample` times, without batch transforms."
-    import pandas as pd, torch
-    from fastai.vision.all import IndexSplitter, Pipeline
-    from covid_fastai.datablock import covid_datablock, covid_dataloaders
-    train_idx, valid_idx = covid_datablock().splitter(rows)
-    train, valid = rows.iloc[list(train_idx)], rows.iloc[list(valid_idx)]
-    items = pd.concat([train] * a.oversample + [valid], ignore_index=True)
-    dls = covid_dataloaders(items, bs=a.bs, size=a.size, cache=cache, device=torch.device('cpu'), in_memory=in_memory,
-                            num_workers=workers, splitter=IndexSplitter(list(range(len(train) * a.oversample, len(items)))))
-    dls.train.after_batch = Pipeline([])   # the augmentation is the GPU's work
-    return dls.train
+    "gpu_check's training loader (the training rows repeated `a.oversample` times), on the CPU and without batch transforms."
+    import torch
+    from fastai.vision.all import Pipeline
+    setting = SimpleNamespace(size=a.size, oversample=a.oversample, workers=workers)
+    dl = make_dls(rows, setting, a.bs, cache, torch.device('cpu'), in_memory).train
+    dl.after_batch = Pipeline([])   # the augmentation is the GPU's work
+    return dl
 
 
 def epochs(dl, n:int)->tuple[list[float], float, int]:
