@@ -39,10 +39,13 @@ outputs: setup
 	$(BIN)/python tools/run_notebooks.py
 	$(BIN)/nbdev_clean
 
+# The tests write models, checkpoints and caches (about 2 GB a run) under a temporary folder of their own, removed when
+# they end, pass or fail: repeated runs on one machine must not fill its disk.
 test: export-check
 	$(BIN)/python tools/readme.py --check
-	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/pytest -q
+	@scratch=$$(mktemp -d -t covid_fastai_test.XXXXXX); trap 'rm -rf "$$scratch"' EXIT; export TMPDIR="$$scratch"; \
+	echo "make test: temporary files under $$scratch (removed at the end)"; \
+	$(BIN)/nbdev_test --n_workers 2 && $(BIN)/pytest -q --basetemp="$$scratch/pytest"
 
 # Speed, on the data that `find_data_root` finds: training (about 8 min on 2 cores), then prediction, latency,
 # memory and metadata (about 5 min). bench/README.md explains every figure.
