@@ -39,9 +39,11 @@ def test_two_processes_train_on_the_same_split(runs):
     pd.testing.assert_frame_equal(s1, s2)                                  # the same selection and validation split
     assert m2['n'] == (s2.split == 'valid').sum()                          # every process's validation images, gathered
     assert h2.phase.tolist() == ['frozen', 'unfrozen'] and set(m1) == set(m2)
-    # the same recipe on the same data: not the same numbers (each process normalises its own half batch, and two tiny
-    # epochs from random weights are noisy), but a model of the same kind
-    assert abs(m1['accuracy'] - m2['accuracy']) <= 0.25 and h2.valid_loss.notna().all() and h2.train_loss.notna().all()
+    # the same recipe on the same data from the same weights: not the same numbers (each process normalises its own half
+    # batch), but the same first epoch within a fifth. Later figures are no yardstick: on 12 validation images after two
+    # tiny epochs from random weights, one rounding difference moved accuracy between 0.58 and 1.0.
+    assert abs(h1.train_loss[0] - h2.train_loss[0]) <= 0.2 * h1.train_loss[0]
+    assert h2.valid_loss.notna().all() and h2.train_loss.notna().all()
 
 
 def test_torchrun_and_accelerate_launch_train_alike(runs):
