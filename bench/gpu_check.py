@@ -211,7 +211,7 @@ def train_once(rows, a, bs:int, mode:str, cache, device):
     learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: to_fp16() already
     if loss_on_device: keep_smooth_loss_on_device(learn)
     if not amp: learn.to_fp32()
-    learn.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)   # covid_learner: channels_last on CUDA
+    learn.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)   # covid_learner: channels_last
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     learn.unfreeze()
     with learn.no_logging(), learn.no_bar(): learn.fit_one_cycle(a.epochs, 1e-3)
@@ -351,8 +351,7 @@ def verdicts(results:list[dict])->list[str]:
 # ---------------------------------------------------------------- 3. prediction
 def _probs_fp32(self, xs):
     "CovidClassifier._probs without autocast: the same steps in fp32."
-    x = self.normalise(torch.stack([x.to(self.device) for x in xs]))
-    if self.device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
+    x = self.normalise(torch.stack([x.to(self.device) for x in xs])).contiguous(memory_format=torch.channels_last)
     from covid_fastai.ood import features_and_logits
     with torch.inference_mode(): feats, logits = features_and_logits(self.model, x) if self.ood is not None else (None, self.model(x))
     return (torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy(),   # as `_probs`: probabilities and ood scores
@@ -409,8 +408,7 @@ def inference(model_dir:Path, files:list, a, device, cache)->list[dict]:
                 results.append({'bs': bs, 'path': path, 'precision': name, **r})
                 step(f"infer bs {bs:>3} {name:<22} {path:<32} {r['images_per_s']:9.1f} images/s")
             clf = classifier(model_dir, device, 'fp32')
-            x = clf.normalise(torch.stack([clf.prepare(f) for f in (files * bs)[:bs]]))
-            if device.type == 'cuda': x = x.contiguous(memory_format=torch.channels_last)
+            x = clf.normalise(torch.stack([clf.prepare(f) for f in (files * bs)[:bs]])).contiguous(memory_format=torch.channels_last)
             r = time_floor(clf.model, x, device, precision, a.floor_iters)
             results.append({'bs': bs, 'path': 'floor: model on tensors', 'precision': name, **r})
             step(f"infer bs {bs:>3} {name:<22} {'floor':<32} {r['images_per_s']:9.1f} images/s")
