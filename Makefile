@@ -39,7 +39,7 @@ outputs: setup
 	$(BIN)/python tools/run_notebooks.py
 	$(BIN)/nbdev_clean
 
-# The tests write models, checkpoints and caches (about 2 GB a run) under a temporary folder of their own, removed when
+# The tests write models, checkpoints and caches (over 1 GB a run) under a temporary folder of their own, removed when
 # they end, pass or fail: repeated runs on one machine must not fill its disk.
 test: export-check
 	$(BIN)/python tools/readme.py --check
