@@ -170,11 +170,14 @@ def predict(self:CovidClassifier,
     "One row per file: `file`, `label`, `prob_covid`, `ood_score`, `out_of_distribution`, `error` (None, or why the file could not be read); `probs` with more than two classes; `tta` (True) after `use_tta`."
     files, rows, many = [str(f) for f in files], [], len(self.classes) > 2
     batches = [files[i:i+bs] for i in range(0, len(files), bs)]
-    with ThreadPoolExecutor(workers) as pool:
-        nxt = pool.submit(self._load_batch, batches[0], pool) if batches else None
+    if workers < 1: raise ValueError(f"workers must be at least 1, not {workers}")
+    # The next batch is gathered in a thread of its own, which waits on its files' decoding in `pool`: were it one of
+    # `pool`'s threads, a single worker would wait on itself for ever.
+    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as ahead:
+        nxt = ahead.submit(self._load_batch, batches[0], pool) if batches else None
         for i in range(len(batches)):
             loaded = nxt.result()
-            if i+1 < len(batches): nxt = pool.submit(self._load_batch, batches[i+1], pool)
+            if i+1 < len(batches): nxt = ahead.submit(self._load_batch, batches[i+1], pool)
             ok = [x for _, x, e in loaded if e is None]
             probs, scores = self._probs(ok) if ok else (np.zeros((0, len(self.classes))), None)
             labels, probs, scores = iter(predicted(probs, self.threshold)), iter(probs), iter(scores if scores is not None else [None]*len(ok))
