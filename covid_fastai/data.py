@@ -12,8 +12,8 @@ from .core import *
 
 # %% auto #0
 __all__ = ['METADATA_CSV', 'IMAGES_SUBDIR', 'DATA_ENV', 'DATA_CANDIDATES', 'PACKAGE_DIR', 'SAMPLE_ROOT', 'PUBLISHED_METADATA',
-           'KAGGLE_HINT', 'COLUMNS', 'LABELS', 'SPLITS', 'RESERVED', 'LABEL_COLUMNS', 'POSITIVE', 'NEGATIVE',
-           'PNEUMONIA', 'CLASSES', 'TASKS', 'find_data_root', 'images_dir', 'analysis_metadata', 'read_metadata',
+           'KAGGLE_HINT', 'COLUMNS', 'LABELS', 'SPLITS', 'RESERVED', 'POSITIVE', 'NEGATIVE', 'PNEUMONIA',
+           'LABEL_COLUMNS', 'CLASSES', 'TASKS', 'find_data_root', 'images_dir', 'analysis_metadata', 'read_metadata',
            'fill_unknown', 'metadata_summary', 'format_summary', 'plot_nulls', 'plot_label_counts', 'analyse',
            'image_path', 'finding', 'task_classes', 'task_of', 'target_of', 'add_paths', 'select_balanced',
            'select_labelled', 'source_name', 'with_source', 'read_extra', 'read_sources']
@@ -69,6 +69,7 @@ COLUMNS = ['X_ray_image_name', 'Label', 'Dataset_type', 'Label_2_Virus_category'
 LABELS = ('Normal', 'Pnemonia')   # spelled as in the data
 SPLITS = ('TRAIN', 'TEST')
 RESERVED = ('path', 'target', 'split', 'group')   # columns covid_fastai makes; a CSV's own are dropped
+POSITIVE, NEGATIVE, PNEUMONIA = 'COVID-19', 'Normal', 'Pneumonia'   # the findings; COVID-19 as Label_2_Virus_category spells it
 
 # %% ../nbs/01_data.ipynb #48f77552
 def _rows(df, mask, n=5):
@@ -88,7 +89,7 @@ def read_metadata(csv:str|Path # `Chest_xray_Corona_Metadata.csv`, or a dataset 
     csv = Path(csv)
     if csv.is_dir(): csv = csv/METADATA_CSV
     if not csv.is_file(): raise DataNotFoundError(f"{csv} not found; {KAGGLE_HINT}")
-    try: df = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[''])
+    try: df = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[''], skip_blank_lines=False)   # blank lines kept: row i is line i+2
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise MetadataError(f"{csv} is not a readable CSV ({e}); use the metadata file from the CoronaHack dataset") from None
     missing = [c for c in COLUMNS if c not in df.columns]
@@ -96,15 +97,18 @@ def read_metadata(csv:str|Path # `Chest_xray_Corona_Metadata.csv`, or a dataset 
                                     "it must have the columns of Chest_xray_Corona_Metadata.csv")
     extra = [c for c in df.columns if c not in COLUMNS and c not in RESERVED and not str(c).startswith('Unnamed:')]
     df = df[COLUMNS + extra].copy()
-    for c in COLUMNS[:3]: df[c] = df[c].str.strip()
+    df = df.dropna(how='all')                           # blank lines, and rows of commas only
+    for c in COLUMNS: df[c] = df[c].str.strip().replace('', np.nan)
+    covid = df.Label_2_Virus_category.str.casefold() == POSITIVE.casefold()   # 'covid-19 ' is COVID-19 too, not another virus
+    df.loc[covid, 'Label_2_Virus_category'] = POSITIVE
     empty = df.X_ray_image_name.isna()
     if empty.any(): raise MetadataError(f"{csv}: empty X_ray_image_name at {_rows(df[['Label']], empty)}; give every row a file name")
     _check_values(csv, df, 'Label', LABELS)
     _check_values(csv, df, 'Dataset_type', SPLITS)
-    dup = df.duplicated(['Dataset_type', 'X_ray_image_name'], keep=False)
+    dup = df.assign(file=df.X_ray_image_name.map(os.path.normpath)).duplicated(['Dataset_type', 'file'], keep=False)   # 'a.jpg' is './a.jpg'
     if dup.any(): raise MetadataError(
         f"{csv}: image names used twice in one split at {_rows(df[['X_ray_image_name']], dup)}; keep one row per file")
-    return df
+    return df.reset_index(drop=True)
 
 # %% ../nbs/01_data.ipynb #063873a4
 def fill_unknown(df:pd.DataFrame)->pd.DataFrame:
@@ -116,7 +120,7 @@ def metadata_summary(df:pd.DataFrame # Checked metadata, from `read_metadata`
                     )->dict:
     "The seed article's figures: split sizes, nulls, COVID-19 cases and Label_2 shares."
     train, test = df[df.Dataset_type=='TRAIN'], df[df.Dataset_type=='TEST']
-    is_covid = lambda d: d.Label_2_Virus_category=='COVID-19'
+    is_covid = lambda d: d.Label_2_Virus_category==POSITIVE
     l2 = fill_unknown(train).Label_2_Virus_category.value_counts(normalize=True)*100
     return {'train_rows': len(train), 'test_rows': len(test),
             'train_nulls': {c: int(n) for c,n in train[COLUMNS].isna().sum().items()},
@@ -197,7 +201,6 @@ def image_path(folder:str|Path, # The image folder
     return folder/name
 
 # %% ../nbs/01_data.ipynb #1658f0ba
-POSITIVE, NEGATIVE, PNEUMONIA = 'COVID-19', 'Normal', 'Pneumonia'
 CLASSES = [NEGATIVE, POSITIVE]   # the default task's classes; index 1 is the positive class for metrics
 
 def finding(df:pd.DataFrame # Checked metadata, from `read_metadata`

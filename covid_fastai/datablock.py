@@ -180,8 +180,8 @@ class DecodeCache:
         path = self.entry(fn, size)
         try:
             with _NPY_LOCK: a = np.load(path)
-            return Image.fromarray(a)
-        except (OSError, ValueError): pass              # absent, or damaged: decode again
+            if a.shape[:2] == (size, size): return Image.fromarray(a)
+        except (OSError, ValueError, EOFError, TypeError): pass   # absent, or damaged (an empty file is an EOFError): decode again
         im = load_xray(fn, size)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,25 @@ def _group_split(df:pd.DataFrame, valid_pct:float, seed, col:str, group:str)->np
             if taken + sizes[g] <= want: chosen.append(g); taken += sizes[g]
             if taken == want: break
         valid += chosen or [order[0]]   # every group larger than the share: take one
-    return np.flatnonzero(df[group].isin(valid).to_numpy())
+    side = _cover_classes(df, df[group].isin(valid).to_numpy().astype(int), 2, rng, col, group)
+    return np.flatnonzero(side == 1)
+
+def _cover_classes(df:pd.DataFrame, part:np.ndarray, parts:int, rng, col:str, group:str)->np.ndarray:
+    "`part` (0 to `parts`-1 for each row, constant in each group), with whole groups moved until every part holds every class."
+    part, held, sizes = part.copy(), df.groupby(group)[col].agg(set), df.groupby(group).size()   # a class may be a minority in each of its groups
+    def classes_in(k): return set().union(*held[df[group][part == k].unique()])
+    for _ in range(len(held)):
+        short = [(k, c) for k in range(parts) for c in sorted(set(df[col]) - classes_in(k))]
+        if not short: return part
+        k, cls = short[0]
+        for g in sorted(rng.permutation(held.index[held.map(lambda s: cls in s)]), key=lambda g: sizes[g]):
+            mask = (df[group] == g).to_numpy(); donor = part[mask][0]
+            rest = held[df[group][(part == donor) & ~mask].unique()]
+            if donor != k and held[g] <= set().union(*rest): part[mask] = k; break   # the donor keeps every class it had
+        else: break
+    k, cls = short[0]
+    raise EmptySelectionError(f"Class {cls} cannot be on every side of the split without splitting a group: its rows share "
+                              f"groups (--group-col, near-duplicates) with other classes; use fewer folds, a larger --valid-pct, or more data")
 
 def StratifiedSplitter(valid_pct:float=0.1, # Fraction of each class for validation
                        seed:int|None=None, # Seed of the split
@@ -326,7 +344,7 @@ def stratified_folds(df:pd.DataFrame, # Rows with a class column, and a `group` 
         for g in sorted(rng.permutation(gs), key=lambda g: -sizes[g]):   # biggest first, at random among equals
             f = min(range(folds), key=lambda f: (counts[f], total[f], f))
             fold_of[g] = f + 1; counts[f] += sizes[g]; total[f] += sizes[g]
-    return df[group].map(fold_of).to_numpy()
+    return _cover_classes(df, df[group].map(fold_of).to_numpy() - 1, folds, rng, col, group) + 1
 
 def FoldSplitter(folds:int=5, # Number of folds
                  fold:int=1, # The fold to validate on, 1 to `folds`
