@@ -39,8 +39,16 @@ def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     "The balanced selection of `task` from a dataset root and any extra data, with only images that exist and decode."
     task_classes(task)                                  # an unknown task stops here, before anything is read
     root = find_data_root(data)
-    rows = select_balanced(read_sources(root, extra_data, strict), images_dir(root), ratio=ratio, seed=seed, strict=strict, task=task)
-    return check_images(rows, strict=strict, size=size, cache=cache)
+    df, folder, unreadable = read_sources(root, extra_data, strict), images_dir(root), 0
+    while True:   # an unreadable image gives its place to another of its class, as if it had never been listed
+        try: rows = select_balanced(df, folder, ratio=ratio, seed=seed, strict=strict, task=task)
+        except EmptySelectionError as e:
+            if not unreadable: raise
+            raise EmptySelectionError(f"{e}; {unreadable} of their images could not be decoded (listed above): replace them, or add data") from None
+        ok = check_images(rows, strict=strict, size=size, cache=cache)
+        if len(ok) == len(rows): return ok
+        unreadable += len(rows) - len(ok)
+        df = df.drop(rows.index.difference(ok.index))
 
 # %% ../nbs/07_train.ipynb #dae2b856
 SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'group', 'path']
@@ -62,6 +70,15 @@ def group_counts(rows:pd.DataFrame, # Rows with a `group` column, from `group_ro
 def _check_folds(folds:int, fold:int|None):
     if folds < 1: raise OptionError(f"--folds {folds}: give 1 (one split, no cross-validation) or more")
     if fold is not None and folds < 2: raise OptionError(f"--fold {fold} needs --folds K, the number of folds it is one of")
+    if fold is not None and not 1 <= fold <= folds: raise OptionError(f"--fold {fold}: choose a fold from 1 to {folds}")
+
+def _check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:int, unfrozen_epochs:int):
+    "Refuse numbers that would fail deep inside fastai, or train nothing, before anything is read or written."
+    if size < 32: raise OptionError(f"--size {size}: give 32 or more (the networks shrink an image 32 times)")
+    if process_batch(bs) < 2: raise OptionError(f"--bs {bs}: give each process at least 2 images a batch (batch norm cannot learn from one)")
+    if not (np.isfinite(ratio) and ratio > 0): raise OptionError(f"--ratio {ratio}: give a positive number of rows of each other class per COVID-19 row (1 balances them)")
+    if not 0 < valid_pct < 1: raise OptionError(f"--valid-pct {valid_pct}: give a fraction between 0 and 1 (0.1: a tenth of each class validates)")
+    if min(frozen_epochs, unfrozen_epochs) < 0: raise OptionError(f"--frozen-epochs {frozen_epochs} --unfrozen-epochs {unfrozen_epochs}: epochs cannot be negative")
 
 # %% ../nbs/07_train.ipynb #04ae2622
 def record_habits(learn:Learner, # After `fit_recipe`
@@ -115,6 +132,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), Path(out)
     _check_folds(folds, fold)
+    _check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)
     decoded = DecodeCache() if cache else None
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
     arch_fn(arch)                                       # and so does an unknown architecture
@@ -122,9 +140,12 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
     if folds > 1 and fold is None: return _cross_validate(rows, settings)
     set_seed(seed, reproducible=True)
-    splitter = FoldSplitter(folds, fold, seed) if fold else StratifiedSplitter(valid_pct, seed)
+    splitter = FoldSplitter(folds, fold, seed) if fold is not None else StratifiedSplitter(valid_pct, seed)
     dls = covid_dataloaders(rows, bs=process_batch(bs), size=size, device=get_device(cpu), num_workers=num_workers, cache=decoded,
                             task=task, splitter=splitter)
+    if not len(dls.train): raise OptionError(   # fastai drops a training batch that is not full
+        f"--bs {bs} is more than the {len(dls.train_ds)} training images{' (of this process)' if num_distrib() > 1 else ''}: "
+        f"no batch would train; use --bs {len(dls.train_ds) * max(num_distrib(), 1)} or less")
     # a resumed run takes every weight from its checkpoint, so it needs no pretrained file
     learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
                           wd=wd, clip=clip, optimizer=optimizer)
@@ -161,14 +182,16 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
 def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the folds before anything is written
                     settings:dict # `train`'s arguments
                    )->dict:
-    "Train each fold in `out/fold-<i>`, then write `cv.json` and `plots/cv.png` to `out`; return the summary."
+    "Train each fold in `out/fold-<i>`, then write `cv.json` and `plots/cv.png` to `out`; return the summary. Folds finished before an interruption are kept."
     out, folds = Path(settings['out']), settings['folds']
     stratified_folds(rows, folds, settings['seed'])   # a class with too few rows for the folds stops here
+    if not rank_distrib(): write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
     with warnings.catch_warnings():   # the selection's warnings (missing, unreadable files) were given once, above
         warnings.simplefilter('ignore', UserWarning)
-        results = [train(**{**settings, 'out': out/f'fold-{i}', 'fold': i}) for i in range(1, folds+1)]
+        results = [_fold_run(out/f'fold-{i}', {**settings, 'out': out/f'fold-{i}', 'fold': i}) for i in range(1, folds+1)]
     if rank_distrib(): return None
     cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)]}
+    write_json({'settings': settings, 'status': 'done'}, out/RUN_JSON)
     write_json(cv, out/CV_JSON)
     save_figure(plot_cv(cv), out/PLOTS_DIR/'cv.png')
     return cv
@@ -178,8 +201,17 @@ def resume_training(out:str|Path # The folder of the interrupted run
                    )->dict:
     "Finish the interrupted run in `out` from its last complete epoch, with its own settings."
     out = Path(out)
-    try: settings = json.loads((out/RUN_JSON).read_text())['settings']
-    except (OSError, ValueError, KeyError): raise DataNotFoundError(
+    try: run = json.loads((out/RUN_JSON).read_text()); settings = {'near_dups': False, **run['settings']}   # runs from before near-duplicates were grouped
+    except (OSError, ValueError, KeyError, TypeError): raise DataNotFoundError(
         f"{out/RUN_JSON} not found or unreadable: {out} is not the folder of a run that `covid-fastai train --out` started") from None
-    settings = {'near_dups': False, **settings}   # runs from before near-duplicates were grouped
+    if settings.get('folds', 1) > 1 and settings.get('fold') is None:   # cross-validation: each fold goes on where it stopped
+        if run.get('status') == 'done': raise DataNotFoundError(f"{out} holds finished cross-validation ({CV_JSON}): nothing to resume")
+        return train(**{**settings, 'out': out})
     return train(**{**settings, 'out': out}, resume=load_checkpoint(out/CHECKPOINT))
+
+def _fold_run(out:Path, settings:dict)->dict:
+    "The metrics of the fold run in `out`: read back when it finished, else trained (from its checkpoint, if it has one)."
+    try:
+        if json.loads((out/RUN_JSON).read_text())['status'] == 'done': return json.loads((out/METRICS_JSON).read_text())
+    except (OSError, ValueError, KeyError, TypeError): pass
+    return resume_training(out) if (out/CHECKPOINT).is_file() else train(**settings)
