@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_datablock.ipynb #7a0b4ae8
 from __future__ import annotations
-import os, re, hashlib, threading, warnings
+import os, re, stat, hashlib, threading, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -129,6 +129,8 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
              )->Image.Image:
     "Open `fn` as an RGB Pillow image; raise `UnreadableImageError` naming the file and the reason when it cannot be a radiograph."
     try:
+        if not stat.S_ISREG(os.stat(fn).st_mode):   # opening a pipe would wait for a writer for ever
+            raise UnreadableImageError(f"{fn}: not a regular file (a folder, pipe or device); give an image file")
         if is_dicom(fn): im = to_rgb(read_dicom(fn, max_pixels))
         else:
             with warnings.catch_warnings():

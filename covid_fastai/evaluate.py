@@ -251,6 +251,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     "Metrics of `model` on its validation images or on `csv`, with counts of the rows left out."
     if csv is not None and data is not None: raise CovidFastaiError("give --data (the run's validation images) or --csv, not both")
     if csv is not None and images is None: raise CovidFastaiError("--csv needs --images DIR, the folder that holds its image files")
+    check_prevalence(prevalence)   # before the model predicts every image
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
     if tta: clf.use_tta()
     if csv is not None: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)

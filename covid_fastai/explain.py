@@ -230,11 +230,12 @@ def save_overlays(files:list, # Image files
                   classes:list, # Class names, in the model's order
                   out_dir:str|Path, # Folder to write into (made if missing)
                   band:float=0.15, # Frame of the shortcut score
-                  dpi:int=110
+                  dpi:int=110,
+                  names:list|None=None # The PNG names, one per file; default `overlay_names(files)`
                  )->list[Path]:
     "Write one PNG per image into `out_dir`, the radiograph beside its heat map, titled; return the paths, in the order of `files`."
     files, paths = _files_of(files, cams), []
-    for i, (f, name) in enumerate(zip(files, overlay_names(files))):
+    for i, (f, name) in enumerate(zip(files, names or overlay_names(files))):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6.4, 3.6), layout='constrained')
         image = load_xray(f, size=cams.maps.shape[-1])
         ax1.imshow(_grey(image), cmap='gray'); ax1.set_axis_off()
@@ -286,12 +287,13 @@ def explain_predictions(clf:CovidClassifier, # From `load_model`
     "`preds` with `shortcut`, the shortcut score of each readable image's Grad-CAM map for its label; overlays in `out_dir`."
     preds = preds.assign(shortcut=np.nan)
     ok = preds.index[preds.error.isna()]
+    names = overlay_names(preds.loc[ok, 'file'])   # unique over all the images, not within each chunk
     for start in range(0, len(ok), chunk):
         idx = ok[start:start+chunk]
         files = preds.loc[idx, 'file'].tolist()
         cams = clf_cams(clf, files, cls=[clf.classes.index(l) for l in preds.loc[idx, 'label']], bs=bs)
         preds.loc[idx, 'shortcut'] = np.atleast_1d(shortcut_score(cams.maps))
-        if out_dir is not None: save_overlays(files, cams, clf.classes, out_dir)
+        if out_dir is not None: save_overlays(files, cams, clf.classes, out_dir, names=names[start:start+chunk])
     return preds
 
 def plot_top_losses(clf:CovidClassifier, # From `load_model`

@@ -168,9 +168,10 @@ def predict(self:CovidClassifier,
              workers:int=4 # Threads that decode images
             )->pd.DataFrame:
     "One row per file: `file`, `label`, `prob_covid`, `ood_score`, `out_of_distribution`, `error` (None, or why the file could not be read); `probs` with more than two classes; `tta` (True) after `use_tta`."
-    files, rows, many = [str(f) for f in files], [], len(self.classes) > 2
+    if bs < 1: raise OptionError(f"--bs {bs}: give 1 or more images per forward pass")
+    files, rows, many = [str(f) for f in ([files] if isinstance(files, (str, Path)) else files)], [], len(self.classes) > 2
     batches = [files[i:i+bs] for i in range(0, len(files), bs)]
-    if workers < 1: raise ValueError(f"workers must be at least 1, not {workers}")
+    if workers < 1: raise OptionError(f"workers must be at least 1, not {workers}")
     # The next batch is gathered in a thread of its own, which waits on its files' decoding in `pool`: were it one of
     # `pool`'s threads, a single worker would wait on itself for ever.
     with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as ahead:
@@ -188,6 +189,7 @@ def predict(self:CovidClassifier,
                 if many: row['probs'] = None if e else dict(zip(self.classes, map(float, p)))
                 rows.append(row)
     preds = pd.DataFrame(rows, columns=['file', 'label', 'prob_covid', 'ood_score', 'out_of_distribution', 'error'] + (['probs'] if many else []))
+    for c in ('label', 'error'): preds[c] = pd.Series([r[c] for r in rows], index=preds.index, dtype=object)   # None, as documented, not NaN
     return preds.assign(tta=True) if self.tta else preds
 
 # %% ../nbs/05_inference.ipynb #529eb6c2
@@ -200,7 +202,23 @@ def _read_meta(path:Path)->dict:
         "use the model.json written by `covid-fastai train`")
     try: arch_fn(meta['arch'])   # one of ARCHS, or a timm name that this timm knows
     except CovidFastaiError as e: raise ModelFileError(f"{path}: {e}") from None
+    for key, ok, what in _META_CHECKS:
+        if key in meta and not _holds(ok, meta[key]): raise ModelFileError(
+            f"{path}: {key} is {meta[key]!r}, not {what}; it was edited by hand or damaged: use the model.json written by `covid-fastai train`")
     return meta
+
+def _number(x)->bool: return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+def _holds(ok, v)->bool:
+    try: return bool(ok(v))
+    except Exception: return False
+_META_CHECKS = [   # (key, test, what it must be): values `CovidClassifier` relies on
+    ('size', lambda v: isinstance(v, int) and v > 0, 'a positive whole number of pixels'),
+    ('classes', lambda v: isinstance(v, list) and len(v) >= 2 and len(set(v)) == len(v) and all(isinstance(c, str) for c in v) and POSITIVE in v,
+     f'a list of two or more class names with {POSITIVE} among them'),
+    ('mean', lambda v: isinstance(v, list) and len(v) == 3 and all(map(_number, v)), 'three numbers'),
+    ('std', lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and x > 0 for x in v), 'three positive numbers'),
+    ('threshold', lambda v: _number(v) and 0 <= v <= 1, 'a number from 0 to 1'),
+    ('temperature', lambda v: _number(v) and v > 0, 'a positive number')]
 
 # %% ../nbs/05_inference.ipynb #a7d0c0d2
 def _ood_of(path:Path, tensors:dict, meta:dict)->OODDescription|None:
@@ -276,8 +294,13 @@ def image_files(paths:list # Image files, or folders of them
                )->list[Path]:
     "`paths` with each folder replaced by the image files directly inside it (DICOM ones by their marker too), sorted."
     files = []
-    for p in map(Path, paths):
-        files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(f)) if p.is_dir() else [p]
+    for p in ([paths] if isinstance(paths, (str, Path)) else paths):
+        if str(p) == '': raise OptionError("an empty image path (an unset shell variable?); give image files or folders")
+        p = Path(p)
+        if not p.is_dir(): files.append(p); continue
+        found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(f))
+        if not found: warnings.warn(f"{p} holds no image files ({', '.join(IMAGE_SUFFIXES)}, or DICOM by its marker)", stacklevel=2)
+        files += found
     return files
 
 # %% ../nbs/05_inference.ipynb #2bf82340

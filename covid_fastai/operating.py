@@ -11,8 +11,8 @@ from sklearn.metrics import roc_curve
 from .core import *
 
 # %% auto #0
-__all__ = ['OPERATING_THRESHOLDS', 'check_threshold_rule', 'choose_threshold', 'operating_table', 'expected_calibration_error',
-           'plot_reliability', 'fit_temperature']
+__all__ = ['OPERATING_THRESHOLDS', 'check_threshold_rule', 'check_prevalence', 'choose_threshold', 'operating_table',
+           'expected_calibration_error', 'plot_reliability', 'fit_temperature']
 
 # %% ../nbs/06a_operating.ipynb #87c50953
 _RULE = re.compile(r'^(sens|spec)=(0(\.\d+)?|1(\.0+)?)$')
@@ -27,6 +27,11 @@ def check_threshold_rule(rule:str|float)->str|float:
     except ValueError:
         if rule == 'youden' or _RULE.match(rule): return rule
     raise CovidFastaiError(f"--threshold {rule!r} is not a threshold: give a number in [0, 1], 'sens=0.95', 'spec=0.9' or 'youden'")
+
+def check_prevalence(prevalence:float|None)->float|None:
+    "`prevalence`, when it is None or a share of COVID-19 strictly between 0 and 1; a clear error for anything else."
+    if prevalence is None or (isinstance(prevalence, (int, float)) and 0 < prevalence < 1): return prevalence
+    raise OptionError(f"--prevalence {prevalence}: give the share of COVID-19 among the patients, between 0 and 1 (e.g. 0.05)")
 
 # %% ../nbs/06a_operating.ipynb #1e5e7e8f
 def choose_threshold(targets, # 1 for COVID-19, 0 for the rest
@@ -63,6 +68,7 @@ def operating_table(targets, probs, # As for `choose_threshold`
                     prevalence:float|None=None # Also PPV and NPV at this prevalence of COVID-19
                    )->pd.DataFrame:
     "Sensitivity, specificity, PPV and NPV at each threshold, on these predictions and, with `prevalence`, at that prevalence."
+    check_prevalence(prevalence)
     y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
     rows = []
     for t in thresholds:

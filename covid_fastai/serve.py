@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_serve.ipynb #945d9bcd
 from __future__ import annotations
-import base64, re, shutil, socket, tempfile, threading, warnings
+import base64, math, re, shutil, socket, tempfile, threading, warnings
 from pathlib import Path
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -244,6 +244,8 @@ def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or m
     "The ASGI app of `serve`: the page at `/`, the model's description at `/model`, and `POST /predict`."
     clf = model if isinstance(model, CovidClassifier) else load_model(model, trust_pickle=trust_pickle, device=get_device(cpu))
     if tta: clf.use_tta()
+    if not (isinstance(max_upload_mb, (int, float)) and 0 < max_upload_mb < math.inf): raise OptionError(
+        f"--max-upload-mb {max_upload_mb}: give a positive number of megabytes ({MAX_UPLOAD_MB} is the default)")
     max_bytes, lock = int(max_upload_mb*1e6), threading.Lock()
     app = FastAPI(title='covid_fastai', version=covid_fastai.__version__, docs_url=None, redoc_url=None)
     app.add_middleware(LimitUploads, max_bytes=max_bytes)
@@ -270,6 +272,7 @@ def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or m
 # %% ../nbs/11_serve.ipynb #ee6b8b76
 def _check_port(host:str, port:int):
     "Fail early, with the way out, when `host:port` cannot be listened on."
+    if not 0 <= port <= 65535: raise OptionError(f"--port {port}: give a port from 0 to 65535 (8000 is the default)")
     try:
         with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((host, port))

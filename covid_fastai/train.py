@@ -135,6 +135,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     _check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)
     decoded = DecodeCache() if cache else None
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
+    check_prevalence(prevalence)
     arch_fn(arch)                                       # and so does an unknown architecture
     rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded)
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
