@@ -355,9 +355,8 @@ def read_extra(spec:str, # 'CSV:IMAGES': a metadata CSV in CoronaHack's format a
     csv, images = map(Path, parts)
     if not csv.is_file(): raise DataNotFoundError(f"--extra-data {spec}: {csv} not found")
     if not images.is_dir(): raise DataNotFoundError(f"--extra-data {spec}: image folder {images} " + ("is a file, not a folder" if images.exists() else "not found"))
-    try: df = read_metadata(csv)
-    except MetadataError as e: raise MetadataError(f"--extra-data {spec}: {e}") from None
-    return add_paths(with_source(df, csv), images, strict=strict, by='Label')
+    try: return add_paths(with_source(read_metadata(csv), csv), images, strict=strict, by='Label')
+    except MetadataError as e: raise type(e)(f"--extra-data {spec}: {e}") from None   # which of the datasets, too
 
 def read_sources(root:str|Path, # A dataset root, from `find_data_root`
                  extra_data:list=(), # 'CSV:IMAGES' of each extra dataset

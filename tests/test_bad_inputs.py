@@ -335,3 +335,21 @@ def test_an_image_folder_that_is_a_file_is_named(metadata, tmp_path):
     res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--no-pretrained', check=False)
     assert res.returncode == 2 and f'{folder} is a file, not a folder' in res.stderr and 'Traceback' not in res.stderr
     with pytest.raises(DataNotFoundError, match=f'image folder {folder} is a file, not a folder'): read_extra(f'{root/METADATA_CSV}:{folder}')
+
+
+# Numbers out of range: one line naming the option, exit code 2, nothing written
+
+BAD_NUMBERS = [(('train', '--size', 8), '--size 8'), (('train', '--bs', 1), '--bs 1'), (('train', '--ratio', 'nan'), '--ratio nan'),
+               (('train', '--valid-pct', 0), '--valid-pct 0'), (('train', '--folds', 3, '--fold', 0), '--fold 0: choose a fold from 1 to 3'),
+               (('train', '--prevalence', 2), '--prevalence 2'), (('predict', '--bs', 0), '--bs 0'), (('evaluate', '--bs', -1), '--bs -1'),
+               (('evaluate', '--prevalence', 'nan'), '--prevalence nan'), (('serve', '--port', 70000), '--port 70000'),
+               (('serve', '--max-upload-mb', -1), '--max-upload-mb -1')]
+
+@pytest.mark.parametrize('args, says', BAD_NUMBERS, ids=[' '.join(map(str, a)) for a, _ in BAD_NUMBERS])
+def test_numbers_out_of_range_are_one_line_errors(args, says, small_run, images, tmp_path):
+    command, out = args[0], tmp_path/'out'
+    where = (['--out', out, '--no-pretrained'] if command == 'train' else ['--model', small_run[0]] + (['--out', out] if command == 'evaluate' else []))
+    files = [next(images.iterdir())] if command == 'predict' else []
+    res = run_cli(command, *where, *args[1:], *files, check=False, timeout=120)
+    assert res.returncode == 2 and says in res.stderr and 'Traceback' not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith('covid-fastai: error:') and not out.exists()
