@@ -139,7 +139,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     arch_fn(arch)                                       # and so does an unknown architecture
     rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded)
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
-    if folds > 1 and fold is None: return _cross_validate(rows, settings)
+    if folds > 1 and fold is None: return _cross_validate(rows, settings, keep_finished=resume is not None)
     set_seed(seed, reproducible=True)
     splitter = FoldSplitter(folds, fold, seed) if fold is not None else StratifiedSplitter(valid_pct, seed)
     dls = covid_dataloaders(rows, bs=process_batch(bs), size=size, device=get_device(cpu), num_workers=num_workers, cache=decoded,
@@ -181,15 +181,16 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
 
 # %% ../nbs/07_train.ipynb #8f7b0f06
 def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the folds before anything is written
-                    settings:dict # `train`'s arguments
+                    settings:dict, # `train`'s arguments
+                    keep_finished:bool=False # Going on after an interruption: keep the folds that finished, resume the one that did not
                    )->dict:
-    "Train each fold in `out/fold-<i>`, then write `cv.json` and `plots/cv.png` to `out`; return the summary. Folds finished before an interruption are kept."
+    "Train each fold in `out/fold-<i>`, then write `cv.json` and `plots/cv.png` to `out`; return the summary."
     out, folds = Path(settings['out']), settings['folds']
     stratified_folds(rows, folds, settings['seed'])   # a class with too few rows for the folds stops here
     if not rank_distrib(): write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
     with warnings.catch_warnings():   # the selection's warnings (missing, unreadable files) were given once, above
         warnings.simplefilter('ignore', UserWarning)
-        results = [_fold_run(out/f'fold-{i}', {**settings, 'out': out/f'fold-{i}', 'fold': i}) for i in range(1, folds+1)]
+        results = [_fold_run(out/f'fold-{i}', {**settings, 'out': out/f'fold-{i}', 'fold': i}, keep_finished) for i in range(1, folds+1)]
     if rank_distrib(): return None
     cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)]}
     write_json({'settings': settings, 'status': 'done'}, out/RUN_JSON)
@@ -207,11 +208,12 @@ def resume_training(out:str|Path # The folder of the interrupted run
         f"{out/RUN_JSON} not found or unreadable: {out} is not the folder of a run that `covid-fastai train --out` started") from None
     if settings.get('folds', 1) > 1 and settings.get('fold') is None:   # cross-validation: each fold goes on where it stopped
         if run.get('status') == 'done': raise DataNotFoundError(f"{out} holds finished cross-validation ({CV_JSON}): nothing to resume")
-        return train(**{**settings, 'out': out})
+        return train(**{**settings, 'out': out}, resume={})   # no checkpoint of its own: each fold has one
     return train(**{**settings, 'out': out}, resume=load_checkpoint(out/CHECKPOINT))
 
-def _fold_run(out:Path, settings:dict)->dict:
-    "The metrics of the fold run in `out`: read back when it finished, else trained (from its checkpoint, if it has one)."
+def _fold_run(out:Path, settings:dict, keep_finished:bool)->dict:
+    "The metrics of the fold run in `out`: trained afresh; or, going on after an interruption, read back when it finished, resumed when it began."
+    if not keep_finished: return train(**settings)   # a new job: the data may have changed since a fold of the same name was trained
     try:
         if json.loads((out/RUN_JSON).read_text())['status'] == 'done': return json.loads((out/METRICS_JSON).read_text())
     except (OSError, ValueError, KeyError, TypeError): pass
