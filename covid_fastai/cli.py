@@ -156,7 +156,8 @@ def _predict(a)->int:
         print(json.dumps(prediction_records(preds), indent=2))
     else:
         for r in preds.itertuples():
-            print(f"{r.file}\tERROR\t{r.error}" if isinstance(r.error, str) else f"{r.file}\t{r.label}\t{r.prob_covid:.4f}" + _ood_mark(r))
+            print(f"{r.file}\tERROR\t{r.error}" if isinstance(r.error, str)
+                  else f"{r.file}\t{r.label}\t{r.prob_covid:.4f}" + _ood_mark(r) + (_shortcut_mark(r) if 'shortcut' in preds else ''))
     failed = int(preds.error.notna().sum())
     if failed: print(f"covid-fastai: error: {failed} of {len(preds)} file(s) could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -164,6 +165,10 @@ def _predict(a)->int:
 def _serve(a): command_function('serve')(**_args_of(command_function('serve'), a))
 
 # %% ../nbs/08_cli.ipynb #b3c0a0e1
+def _shortcut_mark(r)->str:
+    "The last column of a line of `predict --heatmaps`: the shortcut score of the image's map (n/a where the map shows no evidence)."
+    return f"\tshortcut {'n/a' if r.shortcut is None or r.shortcut != r.shortcut else f'{r.shortcut:.2f}'}"   # None or NaN: no score
+
 def _ood_mark(r)->str:
     "What a line of `predict` adds for an image unlike the training images: a fourth column that says so; nothing for the others."
     if r.out_of_distribution != True: return ''   # None (no description), False, or numpy's False

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f5c0a959
 from __future__ import annotations
-import os, json, tempfile, contextlib
+import os, json, secrets, contextlib
 from pathlib import Path
 import pandas as pd, torch
 
@@ -39,8 +39,8 @@ def atomic_write(dest:str|Path): # The file to write
     "Yield a temporary path beside `dest`; move it onto `dest` only if the block succeeds."
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent)
-    os.close(fd)
+    tmp = dest.parent/f'.{dest.name}.{secrets.token_hex(6)}.tmp'
+    tmp.touch(exist_ok=False)   # created as `open` creates files, by the umask (mkstemp's would be 0600: unreadable to the team)
     try:
         yield Path(tmp)
         os.replace(tmp, dest)

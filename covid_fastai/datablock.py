@@ -83,7 +83,8 @@ def _dicom_pixels(ds)->Image.Image:
     a = ds.pixel_array
     if photometric in ('MONOCHROME1', 'MONOCHROME2'):
         a = apply_voi_lut(apply_modality_lut(a, ds), ds)   # rescale (or modality LUT), then VOI LUT or window if present
-        g = a if a.dtype == np.uint8 else _to_8bit(a)     # 8 bits as stored, like an 8-bit PNG; more by their range
+        as_stored = int(ds.get('BitsStored', 8)) <= 8 and a.min() >= 0 and a.max() <= 255   # an identity rescale makes floats of 8 bits
+        g = np.rint(a).astype(np.uint8) if as_stored else _to_8bit(a)   # 8 bits as stored, like an 8-bit PNG; more by their range
         return Image.fromarray(255 - g if photometric == 'MONOCHROME1' else g, mode='L')
     if photometric == 'PALETTE COLOR': a = apply_color_lut(a, ds)
     if a.ndim == 3 and a.shape[-1] == 3:                # RGB, or YBR that pydicom converted to RGB

@@ -134,7 +134,9 @@ def _no_weights(arch, why):
 
 def _read_checkpoint(path:Path)->dict:
     try: state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ModelFileError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e: raise ModelFileError(   # torch's own message suggests unpickling anyway: not here
+        f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); covid_fastai reads tensors only, never pickled code: "
+        "give weights saved with torch.save(model.state_dict(), path)") from None
     for key in ('state_dict', 'model'):   # checkpoints saved by training scripts often wrap the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict): state = state[key]
     if not isinstance(state, dict): raise ModelFileError(f"{path} holds no state dict")

@@ -109,15 +109,17 @@ def pretrain_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     left['task_selection'] = int(chosen.sum()); df = df[~chosen]
     same = seen_by(df, *image_record(sel, cache), cache=cache).notna() if len(sel) else pd.Series(False, index=df.index)
     left['same_image_as_selected'] = int(same.sum()); df = df[~same]
-    if max_per_class is not None:
+    if max_per_class is not None and max_per_class < 1: raise OptionError(
+        f"--max-per-class {max_per_class}: give 1 or more radiographs of each class, or leave it out for all of them")
+    if max_per_class is not None and len(df):
         n = len(df)
         df = pd.concat([g.sample(min(len(g), max_per_class), random_state=seed) for _, g in df.groupby('target')]).sort_index()
         left['over_max_per_class'] = n - len(df)
     n = len(df); df = check_images(df, strict=strict, size=size, cache=cache)
     left['unreadable'] = n - len(df)
     for c in PRETRAIN_CLASSES:
-        if (df.target == c).sum() < 2: raise EmptySelectionError(
-            f"{(df.target == c).sum()} {c} radiograph(s) left to pretrain on in {root} after leaving out the selection of "
+        if (n_c := int((df.target == c).sum()) if len(df) else 0) < 2: raise EmptySelectionError(   # nothing left: not even a target column
+            f"{n_c} {c} radiograph(s) left to pretrain on in {root} after leaving out the selection of "
             f"{', '.join(task_names(tasks)) or 'no task'} ({left}); pretraining needs both {' and '.join(PRETRAIN_CLASSES)}: "
             "pass --tasks with fewer tasks, a lower --ratio, or add --extra-data")
     return df, left
