@@ -19,10 +19,11 @@ __all__ = ['History', 'rng_states', 'set_rng_states', 'EpochCheckpoint', 'load_c
 class History(Callback):
     "Keep each epoch's losses and metrics, with the phase and learning rate, across fits, in `learn.history`."
     order = Recorder.order + 1
-    def __init__(self): self.rows, self.phase, self.skipped = [], 'fit', False
-    def after_cancel_epoch(self): self.skipped = True   # an epoch skipped on resume leaves no row
+    def __init__(self): self.rows, self.phase, self.trained = [], 'fit', False
+    def after_train(self): self.trained = True
     def after_epoch(self):
-        if self.skipped: self.skipped = False; return
+        trained, self.trained = self.trained, False
+        if not trained: return   # an epoch skipped on resume, or `validate` and `get_preds`, which end an "epoch" without training
         names = self.recorder.metric_names[1:-1]   # without 'epoch' and 'time'
         self.rows.append({'phase': self.phase, 'epoch': len(self.rows), **dict(zip(names, self.recorder.log[1:-1])),
                           'lr': self.opt.hypers[-1]['lr']})
@@ -60,10 +61,11 @@ def set_rng_states(dl, states:dict):
 class EpochCheckpoint(Callback):
     "After each complete epoch, save what `fit_recipe(resume=...)` needs to go on, atomically, to `path`."
     order = History.order + 1
-    def __init__(self, path:str|Path): self.path, self.skipped = Path(path), False
-    def after_cancel_epoch(self): self.skipped = True
+    def __init__(self, path:str|Path): self.path, self.trained = Path(path), False
+    def after_train(self): self.trained = True
     def after_epoch(self):
-        if self.skipped: self.skipped = False; return
+        trained, self.trained = self.trained, False
+        if not trained: return   # as `History`: a checkpoint is of trained epochs only
         state = {'model': _own(self.learn.model).state_dict(), 'opt': _plain(self.learn.opt.state_dict()),
                  'phase': self.learn.history.phase, 'epoch': self.epoch + 1, 'history': _plain(self.learn.history.rows),
                  'rng': rng_states(self.dls.train),

@@ -265,6 +265,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     if threshold is not None:
         k = clf.classes.index(POSITIVE)
         clf.threshold = choose_threshold((np.array(targets) == k).astype(int), probs[:, k], threshold)['threshold']
+        preds.loc[ok.index, 'label'] = [clf.classes[i] for i in predicted(probs, clf.threshold)]   # predictions.csv decides as metrics.json
     metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold),
                'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}, **ood_summary(preds)}
     metrics = add_operating_points(metrics, targets, probs, clf.classes, prevalence)

@@ -41,7 +41,7 @@ def _valley(rec:Recorder, num_it:int)->float|None:
     lrs, losses = tensor(rec.lrs[num_it//10:-5]), tensor(rec.losses[num_it//10:-5])
     nan = torch.nonzero(torch.isnan(losses.view(-1)))
     if len(nan): lrs, losses = lrs[:nan.min()], losses[:nan.min()]
-    return valley(lrs, losses, num_it)[0] if len(lrs) else None
+    return valley(lrs, losses, num_it)[0] if len(lrs) >= 3 else None   # fewer points make no curve: the first would be 'suggested'
 
 @patch
 def quiet_lr_find(self:Learner,

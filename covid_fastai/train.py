@@ -78,7 +78,8 @@ def _check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs
     if process_batch(bs) < 2: raise OptionError(f"--bs {bs}: give each process at least 2 images a batch (batch norm cannot learn from one)")
     if not (np.isfinite(ratio) and ratio > 0): raise OptionError(f"--ratio {ratio}: give a positive number of rows of each other class per COVID-19 row (1 balances them)")
     if not 0 < valid_pct < 1: raise OptionError(f"--valid-pct {valid_pct}: give a fraction between 0 and 1 (0.1: a tenth of each class validates)")
-    if min(frozen_epochs, unfrozen_epochs) < 0: raise OptionError(f"--frozen-epochs {frozen_epochs} --unfrozen-epochs {unfrozen_epochs}: epochs cannot be negative")
+    if min(frozen_epochs, unfrozen_epochs) < 0 or frozen_epochs + unfrozen_epochs == 0: raise OptionError(
+        f"--frozen-epochs {frozen_epochs} --unfrozen-epochs {unfrozen_epochs}: give epochs that are not negative, at least one in all")
 
 # %% ../nbs/07_train.ipynb #04ae2622
 def record_habits(learn:Learner, # After `fit_recipe`

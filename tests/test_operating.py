@@ -35,6 +35,9 @@ def test_evaluate_and_predict_follow_the_saved_rule(chosen_run, tmp_path):
     res = run_cli('evaluate', '--model', chosen_run, '--threshold', '1.0', '--out', tmp_path/'strict')
     strict = json.loads((tmp_path/'strict'/'metrics.json').read_text())
     assert strict['threshold'] == 1.0 and 'at threshold 1.0' in res.stdout
+    relabelled = pd.read_csv(tmp_path/'strict'/'predictions.csv')                            # its labels follow the new threshold too
+    assert ((relabelled.prob_covid >= 1.0) == (relabelled.label == 'COVID-19')).all()
+    assert (relabelled.label == 'COVID-19').sum() == strict['confusion_matrix'][0][1] + strict['confusion_matrix'][1][1]
 
 
 def test_a_bad_threshold_rule_is_one_line_and_writes_nothing(data_root, tmp_path):
