@@ -42,7 +42,7 @@ def atomic_write(dest:str|Path): # The file to write
     tmp = dest.parent/f'.{dest.name}.{secrets.token_hex(6)}.tmp'
     tmp.touch(exist_ok=False)   # created as `open` creates files, by the umask (mkstemp's would be 0600: unreadable to the team)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp): os.remove(tmp)

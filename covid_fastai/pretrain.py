@@ -95,6 +95,8 @@ def pretrain_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
                   cache:DecodeCache|None=None # ...and keep the decoded images here
                  )->tuple[pd.DataFrame, dict]:
     "The radiographs to pretrain on, with `target` (Normal or Pneumonia), `source` and `path`; and the counts of what was left out, by reason."
+    if max_per_class is not None and max_per_class < 1: raise OptionError(   # before anything is read
+        f"--max-per-class {max_per_class}: give 1 or more radiographs of each class, or leave it out for all of them")
     root = find_data_root(data)
     df = read_sources(root, extra_data, strict)
     left = {'test_rows': int((df.Dataset_type != 'TRAIN').sum())}
@@ -109,8 +111,6 @@ def pretrain_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     left['task_selection'] = int(chosen.sum()); df = df[~chosen]
     same = seen_by(df, *image_record(sel, cache), cache=cache).notna() if len(sel) else pd.Series(False, index=df.index)
     left['same_image_as_selected'] = int(same.sum()); df = df[~same]
-    if max_per_class is not None and max_per_class < 1: raise OptionError(
-        f"--max-per-class {max_per_class}: give 1 or more radiographs of each class, or leave it out for all of them")
     if max_per_class is not None and len(df):
         n = len(df)
         df = pd.concat([g.sample(min(len(g), max_per_class), random_state=seed) for _, g in df.groupby('target')]).sort_index()

@@ -39,16 +39,17 @@ def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     "The balanced selection of `task` from a dataset root and any extra data, with only images that exist and decode."
     task_classes(task)                                  # an unknown task stops here, before anything is read
     root = find_data_root(data)
-    df, folder, unreadable = read_sources(root, extra_data, strict), images_dir(root), 0
+    df, folder, readable, unreadable = read_sources(root, extra_data, strict), images_dir(root), set(), 0
     while True:   # an unreadable image gives its place to another of its class, as if it had never been listed
         try: rows = select_balanced(df, folder, ratio=ratio, seed=seed, strict=strict, task=task)
         except EmptySelectionError as e:
             if not unreadable: raise
             raise EmptySelectionError(f"{e}; {unreadable} of their images could not be decoded (listed above): replace them, or add data") from None
-        ok = check_images(rows, strict=strict, size=size, cache=cache)
-        if len(ok) == len(rows): return ok
-        unreadable += len(rows) - len(ok)
-        df = df.drop(rows.index.difference(ok.index))
+        new = rows[~rows.index.isin(readable)]   # each image is checked once, however many rounds it stays selected
+        bad = new.index.difference(check_images(new, strict=strict, size=size, cache=cache).index)
+        if not len(bad): return rows
+        readable |= set(new.index.difference(bad)); unreadable += len(bad)
+        df = df.drop(bad)
 
 # %% ../nbs/07_train.ipynb #dae2b856
 SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'group', 'path']
