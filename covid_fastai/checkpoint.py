@@ -104,7 +104,10 @@ def epochs_done(resume:dict|None, # A checkpoint from `load_checkpoint`, or None
 # %% ../nbs/03_checkpoint.ipynb #574889f6
 def resume_from(learn:Learner, resume:dict):
     "Put the weights and history of checkpoint `resume` into `learn`."
-    learn.model.load_state_dict(resume['model'])
+    try: learn.model.load_state_dict(resume['model'])
+    except RuntimeError as e:   # torch's first line says only that loading failed; the next says what did not fit
+        what = ([l.strip() for l in str(e).splitlines() if l.strip()][1:2] or [str(e)])[0]
+        raise ModelFileError(f"the checkpoint does not fit this run's model ({what}): it is another run's; train again without --resume") from None
     learn.history.rows = list(resume['history'])
 
 def restore_callbacks(learn:Learner, resume:dict, start:int)->list:

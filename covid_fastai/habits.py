@@ -4,11 +4,12 @@
 
 # %% ../nbs/03a_habits.ipynb #4f3a9675
 from __future__ import annotations
-import contextlib, tempfile, warnings
+import contextlib, warnings
 from pathlib import Path
 import numpy as np, torch
 import matplotlib.pyplot as plt
 from fastai.vision.all import *
+from copy import deepcopy   # after fastai's names, among which `copy` is a function
 from .core import *
 from .checkpoint import *
 from .checkpoint import _own
@@ -43,19 +44,35 @@ def _valley(rec:Recorder, num_it:int)->float|None:
     if len(nan): lrs, losses = lrs[:nan.min()], losses[:nan.min()]
     return valley(lrs, losses, num_it)[0] if len(lrs) >= 3 else None   # fewer points make no curve: the first would be 'suggested'
 
+class _KeptLRFinder(LRFinder):
+    "fastai's `LRFinder`, keeping the weights and the optimiser's state in memory, in every process, instead of a file that only the first process writes."
+    def before_fit(self):
+        ParamScheduler.before_fit(self)
+        self.kept, self.best_loss = (deepcopy(_own(self.model).state_dict()), deepcopy(self.opt.state_dict())), float('inf')
+    def after_fit(self):
+        self.opt.zero_grad()
+        _own(self.model).load_state_dict(self.kept[0]); self.opt.load_state_dict(self.kept[1])   # DDP has unwrapped it by now
+
+class _ProcessMeanLoss(Callback):
+    "Under DDP, each batch's loss averaged over the processes before `Recorder` (order 50) smooths it: one curve for all."
+    order = 49
+    def after_batch(self):
+        if not self.training or num_distrib() <= 1: return
+        loss = self.learn.loss.detach().clone(); torch.distributed.all_reduce(loss)
+        self.learn.loss = loss / num_distrib()
+
 @patch
 def quiet_lr_find(self:Learner,
                   num_it:int=100, # Batches to try, as for fastai's `lr_find`
                   seed:int=0, # Seed of its batches, so that the same weights give the same suggestion
                   **kwargs # More arguments for `Learner.lr_find` (start_lr, end_lr, stop_div)
                  )->dict:
-    "fastai's `lr_find`, leaving weights, optimiser, random generators, recording callbacks and the working directory as they were: its valley suggestion, and the rates and losses it saw."
-    path, hypers = self.path, [dict(h) for h in self.opt.hypers] if self.opt else None
+    "fastai's `lr_find`, leaving weights, optimiser, random generators, recording callbacks and the working directory as they were, in one process or several: its valley suggestion, and the rates and losses it saw."
+    hypers = [dict(h) for h in self.opt.hypers] if self.opt else None
+    batches = max(len(self.dls.train) // max(num_distrib(), 1), 1)   # a process's share, once DDP splits the loader
     for stop_div in (kwargs.pop('stop_div', True), False):
-        with tempfile.TemporaryDirectory() as tmp, kept_rng(self.dls.train, seed), self.removed_cbs(_recorders(self)):
-            self.path = Path(tmp)
-            try: self.lr_find(num_it=num_it, show_plot=False, suggest_funcs=None, stop_div=stop_div, **kwargs)
-            finally: self.path = path
+        with kept_rng(self.dls.train, seed), self.removed_cbs(_recorders(self)), self.no_logging():
+            self.fit(num_it // batches + 1, cbs=[_KeptLRFinder(num_it=num_it, stop_div=stop_div, **kwargs), _ProcessMeanLoss()])   # as `lr_find` does
         if (lr := _valley(self.recorder, num_it)) is not None or not stop_div: break
         warnings.warn(f"lr_find stopped after {len(self.recorder.lrs)} of {num_it} batches, when the smoothed loss rose fourfold "
                       "(noise, on a small training set): too few to suggest a rate, so it tries every batch")

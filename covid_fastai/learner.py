@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'is_timm',
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
            'pretrained_state', 'timm_weights_path', 'load_timm_body', 'covid_model', 'arch_builder', 'ClipGradValue',
-           'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner', 'process_batch', 'close_process_group',
+           'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner', 'process_batch', 'close_process_group', 'alone',
            'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
@@ -288,10 +288,14 @@ def load_body(model:nn.Module, # A model from `vision_learner`/`create_vision_mo
     model[0].load_state_dict(_body_of(arch, full).state_dict())
 
 # %% ../nbs/04_learner.ipynb #420c1e92
-def _set_normalize(dls:DataLoaders, stats:tuple):
-    "Make `dls` normalise its batches with `stats`, replacing the normalisation it had."
+def _set_normalize(dls:DataLoaders, stats:tuple)->DataLoaders:
+    "`dls` normalising with `stats` in place of what they had; a copy, when a learner already normalises through them otherwise."
+    if getattr(dls, 'normalized_for', stats) != stats:   # changing them would change what that learner sees, silently
+        dls = DataLoaders(*[dl.new() for dl in dls.loaders], path=dls.path, device=dls.device)
     for dl in dls.loaders: dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
     dls.add_tfms([Normalize.from_stats(*stats)], 'after_batch')
+    dls.normalized_for = stats
+    return dls
 
 @delegates(vision_learner, but=['arch', 'pretrained', 'weights', 'normalize', 'opt_func'])
 def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
@@ -306,7 +310,7 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
     if optimizer not in OPTIMIZERS: raise OptionError(f"--optimizer {optimizer}: choose one of {', '.join(OPTIMIZERS)}")
     state = pretrained_state(arch, weights) if pretrained or weights is not None else None
     cbs = L(kwargs.pop('cbs', None)) + L(ClipGradValue(clip) if clip else None)
-    _set_normalize(dls, arch_stats(arch))
+    dls = _set_normalize(dls, arch_stats(arch))
     learn = vision_learner(dls, arch_fn(arch), pretrained=False, normalize=False, opt_func=Adam, wd=wd,
                            metrics=kwargs.pop('metrics', covid_metrics(len(dls.vocab))), cbs=cbs, **kwargs)
     if optimizer == 'adamw':   # which parameters decay is known only once the model exists
@@ -336,6 +340,8 @@ def fit_recipe(self:Learner,
                save_best:bool=False, # End with the weights of the epoch with the lowest validation loss, of either phase (`BestEpoch`)
                cbs=None, **kwargs):
     "Freeze and `fit_one_cycle`, then unfreeze and `fit_one_cycle` again; the history is in `self.history`."
+    if not len(self.dls.train) and frozen_epochs + unfrozen_epochs: raise OptionError(   # fastai drops a batch that is not full
+        f"bs {self.dls.train.bs} is more than the {len(self.dls.train_ds)} training images: no batch would train; give a smaller bs")
     if not hasattr(self, 'history'): self.add_cb(History())
     if save_best and not hasattr(self, 'best_epoch'): self.add_cb(BestEpoch())
     if checkpoint is not None and not hasattr(self, 'epoch_checkpoint'): self.add_cb(EpochCheckpoint(checkpoint))
@@ -367,6 +373,11 @@ def _broadcast(self, t, rank):
     torch.distributed.broadcast(t, rank)
     return t.cpu().tolist()
 
+def _len(self)->int:
+    "`DistributedDL.__len__`, counted from the items each process gets: fastai's share of the whole loader's batches can be one too many, and the one-cycle schedule then never ends."
+    n = -(-self.dl.n // self.world_size)   # padded to a multiple of the processes, then shared
+    return n // self.bs if self.drop_last else -(-n // self.bs)
+
 def _wrap_dl(self, dl):
     "`DistributedTrainer._wrap_dl`, with the loader's own device (a CPU model in DDP has no `device`)."
     from fastai.distributed import DistributedDL
@@ -384,11 +395,19 @@ def close_process_group():
     if torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
 
 @contextmanager
+def alone():
+    "Within, fastai counts this process as the only one: for what the first process does after the others have finished, which fastai would try to gather from them."
+    world = os.environ.pop('WORLD_SIZE', None)   # all `num_distrib()` reads
+    try: yield
+    finally:
+        if world is not None: os.environ['WORLD_SIZE'] = world
+
+@contextmanager
 def distributed(learn:Learner):
     "Within, `learn` trains with DDP when the command was started by `torchrun` or `accelerate launch`; alone, as it is."
     if num_distrib() <= 1: yield learn; return
     from fastai.distributed import DistributedDL, DistributedTrainer   # imports Accelerate, which only distributed runs need
-    DistributedDL._broadcast, DistributedTrainer._wrap_dl = _broadcast, _wrap_dl
+    DistributedDL._broadcast, DistributedDL.__len__, DistributedTrainer._wrap_dl = _broadcast, _len, _wrap_dl
     gpu = learn.dls.device.type == 'cuda'
     atexit.unregister(close_process_group); atexit.register(close_process_group)   # once, and after every fold of a cross-validation
     with learn.distrib_ctx(sync_bn=gpu, cpu=not gpu), learn.added_cbs(_PrepareEachFit()): yield learn

@@ -146,19 +146,22 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     splitter = FoldSplitter(folds, fold, seed) if fold is not None else StratifiedSplitter(valid_pct, seed)
     dls = covid_dataloaders(rows, bs=process_batch(bs), size=size, device=get_device(cpu), num_workers=num_workers, cache=decoded,
                             task=task, splitter=splitter)
-    if not len(dls.train): raise OptionError(   # fastai drops a training batch that is not full
-        f"--bs {bs} is more than the {len(dls.train_ds)} training images{' (of this process)' if num_distrib() > 1 else ''}: "
-        f"no batch would train; use --bs {len(dls.train_ds) * max(num_distrib(), 1)} or less")
+    n, procs = len(dls.train_ds), max(num_distrib(), 1)
+    if -(-n // procs) < process_batch(bs): raise OptionError(   # fastai drops a training batch that is not full
+        f"--bs {bs} is more than the {n} training images{f' ({-(-n // procs)} a process)' if procs > 1 else ''}: "
+        f"no batch would train; use --bs {n // procs * procs} or less")
     # a resumed run takes every weight from its checkpoint, so it needs no pretrained file
     learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
                           wd=wd, clip=clip, optimizer=optimizer)
     lead = not rank_distrib()   # with several processes, the first one alone writes
-    if lead: write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
+    if lead:
+        if resume is None: (out/CHECKPOINT).unlink(missing_ok=True)   # an earlier run's, which `--resume` would take for this one's
+        write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
     with distributed(learn):
         hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT if lead else None,
                                 resume=resume, lr_find=lr_find, lr_find_its=lr_find_its, save_best=save_best)
-        logits, targs = learn.get_preds(dl=dls.valid, act=noop)   # each process its share, gathered
     if not lead: return None
+    with alone(): logits, targs = learn.get_preds(dl=dls.valid, act=noop)   # in the items' order: DDP's gathering interleaves the processes' batches
     classes, k = list(dls.vocab), list(dls.vocab).index(POSITIVE)
     temperature = fit_temperature(logits, targs) if calibrate else 1.0
     probs = torch.softmax(logits.float() / temperature, dim=1)
@@ -189,7 +192,10 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
     "Train each fold in `out/fold-<i>`, then write `cv.json` and `plots/cv.png` to `out`; return the summary."
     out, folds = Path(settings['out']), settings['folds']
     stratified_folds(rows, folds, settings['seed'])   # a class with too few rows for the folds stops here
-    if not rank_distrib(): write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
+    if not rank_distrib():
+        if not keep_finished:   # a new job: an earlier job's folds must not pass for this one's if it is resumed
+            for i in range(1, folds+1): (out/f'fold-{i}'/CHECKPOINT).unlink(missing_ok=True); (out/f'fold-{i}'/RUN_JSON).unlink(missing_ok=True)
+        write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
     with warnings.catch_warnings():   # the selection's warnings (missing, unreadable files) were given once, above
         warnings.simplefilter('ignore', UserWarning)
         results = [_fold_run(out/f'fold-{i}', {**settings, 'out': out/f'fold-{i}', 'fold': i}, keep_finished) for i in range(1, folds+1)]

@@ -14,7 +14,8 @@ LAUNCHERS = {'torchrun': [str(BIN/'torchrun'), '--nproc-per-node', '2'],
 def launch(launcher, *args, check=True):
     "`covid-fastai ARGS` in two processes started by `launcher`."
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}   # gloo on the CPU, also on a machine with a GPU
-    res = subprocess.run([*LAUNCHERS[launcher], '-m', 'covid_fastai.cli', *map(str, args)], capture_output=True, text=True, env=env)
+    res = subprocess.run([*LAUNCHERS[launcher], '-m', 'covid_fastai.cli', *map(str, args)], capture_output=True, text=True, env=env,
+                         timeout=900)   # a hang (processes waiting on each other) fails the test instead of the whole run
     if check and res.returncode: raise AssertionError(f"{launcher} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return res
 
@@ -25,25 +26,30 @@ def read(out): return (json.loads((out/'run.json').read_text()), json.loads((out
 
 @pytest.fixture(scope='module')
 def runs(data_root, tmp_path_factory):
-    "The tiny recipe in one process, and in two under each launcher, with the same global batch (8)."
+    """The tiny recipe in one process, and in two under each launcher, with the same global batch (10: on 98 training
+    images fastai's DistributedDL counted 10 batches a process where there are 9, and the one-cycle schedule never ended)."""
     top = tmp_path_factory.mktemp('distributed')
-    run_cli('train', '--out', top/'one', *TINY, env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
-    printed = {name: launch(name, 'train', '--out', top/name, *TINY).stdout for name in LAUNCHERS}
+    run_cli('train', '--out', top/'one', *TINY, '--bs', 10, env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    printed = {name: launch(name, 'train', '--out', top/name, *TINY, '--bs', 10).stdout for name in LAUNCHERS}
     return {name: (*read(top/name), top/name, printed.get(name)) for name in ['one', *LAUNCHERS]}
 
 
 def test_two_processes_train_on_the_same_split(runs):
     (run1, m1, h1, s1, *_), (run2, m2, h2, s2, *_) = runs['one'], runs['torchrun']
     assert run1['processes'] == 1 and run2['processes'] == 2
-    assert run2['settings']['bs'] == run1['settings']['bs'] == 8          # the global batch; each process took 4
+    assert run2['settings']['bs'] == run1['settings']['bs'] == 10         # the global batch; each process took 5
     pd.testing.assert_frame_equal(s1, s2)                                  # the same selection and validation split
     assert m2['n'] == (s2.split == 'valid').sum()                          # every process's validation images, gathered
     assert h2.phase.tolist() == ['frozen', 'unfrozen'] and set(m1) == set(m2)
     # the same recipe on the same data from the same weights: not the same numbers (each process normalises its own half
-    # batch), but the same first epoch within a fifth. Later figures are no yardstick: on 12 validation images after two
-    # tiny epochs from random weights, one rounding difference moved accuracy between 0.58 and 1.0.
-    assert abs(h1.train_loss[0] - h2.train_loss[0]) <= 0.2 * h1.train_loss[0]
+    # batch, here of 5 images, and the loss recorded is the first process's), but the same first epoch within a factor
+    # of two (0.80 against 1.32 on the shared copy; within a fifth at a batch of 8). Later figures are no yardstick: on
+    # 12 validation images after two tiny epochs from random weights, one rounding difference moved accuracy between
+    # 0.58 and 1.0. What must be equal is the schedule, below.
+    assert 0.5 < h2.train_loss[0] / h1.train_loss[0] < 2
     assert h2.valid_loss.notna().all() and h2.train_loss.notna().all()
+    # the same number of steps a phase, so the one-cycle schedule ends where it does in one process
+    assert h1.lr.tolist() == pytest.approx(h2.lr.tolist(), rel=1e-6)
 
 
 def test_torchrun_and_accelerate_launch_train_alike(runs):
@@ -57,6 +63,21 @@ def test_only_the_first_process_writes(runs):
     *_, out, printed = runs['torchrun']
     assert printed.count('Validation:') == 1
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in runs['one'][4].iterdir())
+def test_a_batch_over_a_process_share_is_refused(runs, tmp_path):
+    "Each process holds half the training images (rounded up): a batch whose half is more than that trains nothing."
+    n = (runs['one'][3].split == 'train').sum()
+    res = launch('torchrun', 'train', '--out', tmp_path/'run', *TINY, '--bs', 2 * (-(-n // 2) + 1), check=False)
+    assert res.returncode != 0 and f'use --bs {n // 2 * 2} or less' in res.stderr and not (tmp_path/'run').exists()
+
+
+def test_lr_find_runs_in_every_process(data_root, tmp_path):
+    "lr_find under DDP: before, the first process waited for the others to read a file only it had written, for ever."
+    out = tmp_path/'run'
+    launch('torchrun', 'train', '--out', out, *TINY, '--frozen-lr', 'auto', '--lr-find-its', 12)
+    run = json.loads((out/'run.json').read_text())
+    assert run['status'] == 'done' and run['lr']['frozen'] == run['lr_find']['frozen'] > 0
+
+
 def test_a_batch_the_processes_cannot_share_is_refused(data_root, tmp_path):
     res = launch('torchrun', 'train', '--out', tmp_path/'run', *TINY, '--bs', 5, check=False)
     assert res.returncode != 0 and '--bs 5 cannot be shared by 2 processes' in res.stderr

@@ -42,6 +42,21 @@ def test_resume_ends_where_an_uninterrupted_run_ends(sig, uninterrupted, data_ro
     assert not (out/'checkpoint.pth').exists() and json.loads((out/'run.json').read_text())['status'] == 'done'
 
 
+def test_a_new_run_drops_the_checkpoint_of_the_run_it_replaces(data_root, tmp_path):
+    "A new run in the folder of an interrupted one: the old checkpoint goes before the new run.json is written, or --resume would mix the two."
+    out = tmp_path/'run'
+    _interrupt_after_first_epoch(out, signal.SIGINT)
+    assert (out/'checkpoint.pth').exists()
+    proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL), '--seed', '7'], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while json.loads((out/'run.json').read_text())['settings']['seed'] != 7:   # run.json is replaced whole, never half-written
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+        assert not (out/'checkpoint.pth').exists()   # the new run's first epoch takes seconds: no checkpoint of its own yet
+    finally: proc.kill(); proc.communicate(timeout=60)
+
+
 def test_resume_without_a_run_says_so(tmp_path):
     res = run_cli('train', '--resume', tmp_path, check=False)
     assert res.returncode == 2 and 'is not the folder of a run' in res.stderr
