@@ -21,7 +21,7 @@ from .inference import CovidClassifier, predicted
 # %% auto #0
 __all__ = ['Cams', 'cam_layer', 'grad_cam', 'frame_mask', 'shortcut_score', 'shortcut_baseline', 'plot_cam', 'learner_cams',
            'clf_cams', 'show_cams', 'overlay_names', 'save_overlays', 'top_losses', 'plot_top_losses_cams',
-           'explain_predictions', 'plot_top_losses', 'overlay_png']
+           'record_probs', 'record_cams', 'explain_predictions', 'plot_top_losses', 'overlay_png']
 
 # %% ../nbs/09_explain.ipynb #a3602c2f
 def cam_layer(model:nn.Module # `Sequential(body, head)`, as `covid_learner`, `create_vision_model` and `load_model` build it
@@ -190,8 +190,8 @@ def _files_of(files, cams:Cams)->list:
     return files
 
 def _title(i, cams:Cams, classes, band)->str:
-    c = int(cams.cls[i])
-    return f"{classes[c]} {float(cams.probs[i, c]):.2f} · shortcut {shortcut_score(cams.maps[i], band):.2f}"
+    c, s = int(cams.cls[i]), float(shortcut_score(cams.maps[i], band))
+    return f"{classes[c]} {float(cams.probs[i, c]):.2f} · shortcut {'n/a' if math.isnan(s) else f'{s:.2f}'}"   # NaN: a map with no evidence
 
 def _grid(n, ncols, height=3.4):
     nrows = max(1, math.ceil(n/ncols))
@@ -278,6 +278,22 @@ def plot_top_losses_cams(files:list, # Image files
     return fig
 
 # %% ../nbs/09_explain.ipynb #ddd80e72
+def record_probs(clf:CovidClassifier, # From `load_model`
+                 preds:pd.DataFrame # Readable rows of `clf.predict`'s answer (or its records)
+                )->torch.Tensor:
+    "The class probabilities `predict` gave each row, (N, C) in `clf.classes` order: after TTA and calibration, as shown."
+    if 'probs' in preds: return torch.tensor([[float(p[c]) for c in clf.classes] for p in preds['probs']])
+    p = torch.tensor(preds['prob_covid'].astype(float).to_numpy(), dtype=torch.float32)
+    return torch.stack([p if i == clf.positive else 1 - p for i in range(len(clf.classes))], 1)
+
+def record_cams(clf:CovidClassifier, # From `load_model`
+                preds:pd.DataFrame, # Readable rows of `clf.predict`'s answer (or its records)
+                bs:int=16 # Images per batch
+               )->Cams:
+    "Grad-CAM of each row's file for the label `predict` gave it, carrying the probabilities it gave (not a plain pass's)."
+    cams = clf_cams(clf, preds['file'].tolist(), cls=[clf.classes.index(l) for l in preds['label']], bs=bs)
+    return cams._replace(probs=record_probs(clf, preds))
+
 def explain_predictions(clf:CovidClassifier, # From `load_model`
                         preds:pd.DataFrame, # From `clf.predict`: `file`, `label`, `error`...
                         out_dir:str|Path|None=None, # Write one overlay PNG per readable image here
@@ -291,7 +307,7 @@ def explain_predictions(clf:CovidClassifier, # From `load_model`
     for start in range(0, len(ok), chunk):
         idx = ok[start:start+chunk]
         files = preds.loc[idx, 'file'].tolist()
-        cams = clf_cams(clf, files, cls=[clf.classes.index(l) for l in preds.loc[idx, 'label']], bs=bs)
+        cams = record_cams(clf, preds.loc[idx], bs)
         preds.loc[idx, 'shortcut'] = np.atleast_1d(shortcut_score(cams.maps))
         if out_dir is not None: save_overlays(files, cams, clf.classes, out_dir, names=names[start:start+chunk])
     return preds
@@ -306,10 +322,13 @@ def plot_top_losses(clf:CovidClassifier, # From `load_model`
     sel = [files[i] for i in order]
     return plot_top_losses_cams(sel, clf_cams(clf, sel), [targets[i] for i in order], clf.classes, k=k)
 
-def overlay_png(clf:CovidClassifier, path:str|Path)->bytes:
-    "The radiograph with its Grad-CAM map for the label `predict` gives, one panel, as PNG bytes (what `covid-fastai serve` shows)."
+def overlay_png(clf:CovidClassifier, # From `load_model`
+                path:str|Path, # The image file
+                record:dict # Its record from `predict` (`prediction_records`): the label and probabilities to show
+               )->bytes:
+    "The radiograph with its Grad-CAM map for the label `predict` gave, one panel, as PNG bytes (what `covid-fastai serve` shows)."
     import io
-    cams = clf_cams(clf, [path])
+    cams = record_cams(clf, pd.DataFrame([{**record, 'file': str(path)}]))
     fig, ax = plt.subplots(figsize=(3.2, 3.2), layout='constrained')
     plot_cam(load_xray(path, size=cams.maps.shape[-1]), cams.maps[0], ax=ax, title=_title(0, cams, clf.classes, 0.15))
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100); plt.close(fig)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64, math, re, shutil, socket, tempfile, threading, warnings
 from pathlib import Path
 from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 import covid_fastai
@@ -14,29 +15,30 @@ from .core import *
 from .inference import CovidClassifier, load_model, prediction_records
 
 # %% auto #0
-__all__ = ['MAX_UPLOAD_MB', 'LOOPBACK', 'PAGE', 'LimitUploads', 'predict_uploads', 'make_app', 'serve']
+__all__ = ['MAX_UPLOAD_MB', 'FORM_SLACK', 'LOOPBACK', 'PAGE', 'LimitUploads', 'predict_uploads', 'make_app', 'serve']
 
 # %% ../nbs/11_serve.ipynb #160057ab
 MAX_UPLOAD_MB = 20   # the most one request to POST /predict may carry, in MB (10^6 bytes)
+FORM_SLACK = 16_384  # bytes a request's body may have beyond its files: multipart's part headers and file names
 LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 
 def _too_large(max_bytes:int)->str:
     return f"the upload is over the limit of {max_bytes/1e6:g} MB per request; send fewer or smaller files"
 
 class LimitUploads:
-    "ASGI middleware: a request body over `max_bytes` is answered 413, declared or counted as it arrives."
+    "ASGI middleware: a request body over `max_bytes` (and `FORM_SLACK` for the form around the files) is answered 413, declared or counted as it arrives."
     def __init__(self, app, max_bytes:int): self.app, self.max_bytes = app, max_bytes
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http': return await self.app(scope, receive, send)
         declared = dict(scope['headers']).get(b'content-length', b'')
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if declared.isdigit() and int(declared) > self.max_bytes + FORM_SLACK:
             return await JSONResponse({'detail': _too_large(self.max_bytes)}, 413)(scope, receive, send)
         seen = 0
         async def counted():
             nonlocal seen
             msg = await receive()
             seen += len(msg.get('body', b''))
-            if seen > self.max_bytes: raise HTTPException(413, _too_large(self.max_bytes))
+            if seen > self.max_bytes + FORM_SLACK: raise HTTPException(413, _too_large(self.max_bytes))
             return msg
         await self.app(scope, counted, send)
 
@@ -48,7 +50,7 @@ def _safe_suffix(name:str)->str:
 
 def predict_uploads(clf:CovidClassifier, # The model
                     uploads:list, # (name, binary file object) pairs
-                    heatmap=None, # Grad-CAM hook: f(clf, path) -> PNG bytes; None adds no heat maps
+                    heatmap=None, # Grad-CAM hook: f(clf, path, record) -> PNG bytes; None adds no heat maps
                     lock:threading.Lock|None=None # Held while the model runs, so requests take turns
                    )->list[dict]:
     "The `predict --json` records of uploaded files, `file` being the name each was sent with; nothing stays on disk."
@@ -61,13 +63,13 @@ def predict_uploads(clf:CovidClassifier, # The model
             recs = prediction_records(clf.predict(paths))
             for r, (name, _), p in zip(recs, uploads, paths):
                 r['file'] = name
-                if 'error' in r: r['error'] = r['error'].replace(str(p), name)   # name the upload, not the temporary file
-                elif heatmap is not None: r['heatmap'] = _heatmap_url(heatmap, clf, p)
+                if r['error']: r['error'] = r['error'].replace(str(p), name)   # name the upload, not the temporary file
+                elif heatmap is not None: r['heatmap'] = _heatmap_url(heatmap, clf, p, r)
     return recs
 
 # %% ../nbs/11_serve.ipynb #4de4d133
-def _heatmap_url(heatmap, clf, path)->str|None:
-    try: return 'data:image/png;base64,' + base64.b64encode(heatmap(clf, path)).decode()
+def _heatmap_url(heatmap, clf, path, record)->str|None:
+    try: return 'data:image/png;base64,' + base64.b64encode(heatmap(clf, path, record)).decode()
     except Exception as e:   # the prediction stands without its map
         warnings.warn(f"heat map of {path.name} failed: {type(e).__name__}: {e}")
         return None
@@ -234,9 +236,15 @@ drop.addEventListener('drop', e => add(e.dataTransfer.files));
 </html>'''
 
 # %% ../nbs/11_serve.ipynb #d806564f
+def _request_error(e:dict)->str:
+    "One of FastAPI's validation errors in words; `file` parts sent without a file name get the way to send them."
+    loc = [str(l) for l in e.get('loc', ()) if l != 'body']
+    if loc[:1] == ['file'] and e.get('type') != 'missing': return "each part named file must be a file, sent with a file name (curl -F file=@xray.png)"
+    return f"{'.'.join(loc) or 'the request'}: {e.get('msg', 'not valid')}"
+
 def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or model.safetensors, or a loaded `CovidClassifier`
              max_upload_mb:float=MAX_UPLOAD_MB, # The most one request may carry, in MB; more is answered 413
-             heatmap=None, # Grad-CAM hook: f(clf, path) -> PNG bytes of the overlay; None: the page shows none
+             heatmap=None, # Grad-CAM hook: f(clf, path, record) -> PNG bytes of the overlay of `record`'s label; None: the page shows none
              trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
              cpu:bool=False, # Predict on the CPU even if there is a GPU
              tta:bool=False # Test-time augmentation (`CovidClassifier.use_tta`), as `predict --tta`; False leaves a given classifier as it is
@@ -251,10 +259,15 @@ def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or m
     app.add_middleware(LimitUploads, max_bytes=max_bytes)
     app.state.classifier = clf
 
-    @app.get('/', response_class=HTMLResponse)
+    @app.exception_handler(RequestValidationError)
+    async def unreadable_request(request, exc):
+        "422, saying what is wrong in words, without echoing what was sent (it can be an image of megabytes)."
+        return JSONResponse({'detail': '; '.join(_request_error(e) for e in exc.errors())}, 422)
+
+    @app.api_route('/', methods=['GET', 'HEAD'], response_class=HTMLResponse)   # HEAD: health checks
     def page(): return PAGE
 
-    @app.get('/model')
+    @app.api_route('/model', methods=['GET', 'HEAD'])
     def model_info()->dict:
         "What the page shows of the model, and the upload limit."
         return {'arch': clf.meta['arch'], 'size': clf.size, 'classes': clf.classes, 'positive': clf.classes[clf.positive],
@@ -270,17 +283,18 @@ def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or m
     return app
 
 # %% ../nbs/11_serve.ipynb #ee6b8b76
-def _check_port(host:str, port:int):
-    "Fail early, with the way out, when `host:port` cannot be listened on."
-    if not 0 <= port <= 65535: raise OptionError(f"--port {port}: give a port from 0 to 65535 (8000 is the default)")
-    try:
-        with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((host, port))
-    except OSError as e: raise CovidFastaiError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from None
+def _listen(host:str, port:int)->socket.socket:
+    "A socket listening on `host:port`, before the model loads: a busy port fails early, with the way out; port 0 picks a free one."
+    if not 0 <= port <= 65535: raise OptionError(f"--port {port}: give a port from 0 to 65535 (8000 is the default; 0 picks a free one)")
+    s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)
+    try: s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((host, port)); s.listen(2048)
+    except OSError as e:
+        s.close(); raise CovidFastaiError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from None
+    return s
 
 def serve(model:str, # A run folder, its model.json or model.safetensors (or a trusted .pkl)
           host:str='127.0.0.1', # Address to listen on; the default, this machine only, is the safe one (the page has no login)
-          port:int=8000, # Port to listen on
+          port:int=8000, # Port to listen on; 0 picks a free one, and the printed address says which
           max_upload_mb:float=MAX_UPLOAD_MB, # The most one request may carry, in MB; more is answered 413
           trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
           cpu:bool=False, # Predict on the CPU even if there is a GPU
@@ -289,10 +303,11 @@ def serve(model:str, # A run folder, its model.json or model.safetensors (or a t
          ):
     "Serve the page and `POST /predict` for `model` until interrupted (Ctrl-C)."
     import uvicorn
-    _check_port(host, port)
-    from covid_fastai.explain import overlay_png
-    app = make_app(model, max_upload_mb=max_upload_mb, heatmap=overlay_png if heatmaps else None, trust_pickle=trust_pickle, cpu=cpu, tta=tta)
-    if host not in LOOPBACK: warnings.warn(f"listening on {host}: anyone who can reach it can send images to the model (there is no login)")
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    print(f"covid-fastai serve: {app.state.classifier} at {url} (POST {url}predict); Ctrl-C stops it", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level='warning')
+    with _listen(host, port) as sock:
+        from covid_fastai.explain import overlay_png
+        app = make_app(model, max_upload_mb=max_upload_mb, heatmap=overlay_png if heatmaps else None, trust_pickle=trust_pickle, cpu=cpu, tta=tta)
+        if host not in LOOPBACK: warnings.warn(f"listening on {host}: anyone who can reach it can send images to the model (there is no login)")
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{sock.getsockname()[1]}/"
+        print(f"covid-fastai serve: {app.state.classifier} at {url} (POST {url}predict); Ctrl-C stops it", flush=True)
+        try: uvicorn.Server(uvicorn.Config(app, log_level='warning')).run(sockets=[sock])
+        except KeyboardInterrupt: pass   # uvicorn raises Ctrl-C again once it has shut down; stopping is what it asked for
