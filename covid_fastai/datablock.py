@@ -4,13 +4,14 @@
 
 # %% ../nbs/02_datablock.ipynb #7a0b4ae8
 from __future__ import annotations
-import os, re, stat, hashlib, threading, warnings
+import io, os, re, stat, hashlib, threading, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageOps
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut, get_decoder
+from pydicom.encaps import generate_frames
 from fastai.vision.all import *
 from .core import *
 from .data import task_classes
@@ -64,6 +65,18 @@ def _line(e:Exception)->str:
     "The first line of an exception's message."
     return (str(e).strip().splitlines() or [''])[0]
 
+def _too_many_pixels(fn, e:Exception, max_pixels:int)->UnreadableImageError:
+    "The error for Pillow's decompression-bomb check, which came before ours: the pixels it counted, and the limit."
+    n = re.search(r'\((\d+) pixels\)', str(e))
+    return UnreadableImageError(f"{fn}: {f'{int(n[1]):,}' if n else 'too many'} pixels is over the limit of {max_pixels:,}; "
+                                "shrink the image or raise max_pixels")
+
+def _not_found(fn)->UnreadableImageError:
+    "The error for a file that is not there: a link to nothing, or a path mistyped, moved or deleted."
+    try: why = f"a symbolic link to {os.readlink(fn)}, which is not there"
+    except OSError: why = "mistyped, or moved or deleted since it was listed"
+    return UnreadableImageError(f"{fn}: file not found ({why})")
+
 def _undecodable(fn, ds, e:Exception)->UnreadableImageError:
     "The error for pixel data that pydicom could not decode: which syntax, and whether a decoder is missing."
     ts = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
@@ -92,6 +105,18 @@ def _dicom_pixels(ds)->Image.Image:
     raise ValueError(f"photometric interpretation {photometric} is not supported")
 
 # %% ../nbs/02_datablock.ipynb #1bda82d9
+def _frame_size(ds)->tuple[int, int]|None:
+    "Width and height in the header of a compressed frame, where Pillow reads that header (JPEG, JPEG 2000); else None."
+    ts = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
+    if ts is None or not ts.is_compressed: return None
+    try: frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception: return None   # the decoder says what is wrong with it
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)   # the size is all that is read here
+        try:
+            with Image.open(io.BytesIO(frame)) as im: return im.size   # over twice Pillow's own limit, it raises
+        except (OSError, SyntaxError, ValueError): return None
+
 def read_dicom(fn:str|Path, # A DICOM file
                max_pixels:int=MAX_PIXELS # Refuse images with more pixels than this, before decoding
               )->Image.Image:
@@ -106,6 +131,11 @@ def read_dicom(fn:str|Path, # A DICOM file
         raise UnreadableImageError(f"{fn}: DICOM file without a readable image size ({_line(e)})") from None
     check_shape(fn, w, h, max_pixels)
     if frames > 1: raise NotRadiographError(f"{fn}: a DICOM file of {frames} frames; a radiograph is one frame")
+    try: size = _frame_size(ds)
+    except Image.DecompressionBombError as e: raise _too_many_pixels(fn, e, max_pixels) from None
+    if size is not None and size != (w, h):   # the frame decodes to its own size, not the header's
+        check_shape(fn, *size, max_pixels)
+        raise UnreadableImageError(f"{fn}: the DICOM header says {w} x {h} pixels but its compressed frame holds {size[0]} x {size[1]}; re-export the file")
     try: return _dicom_pixels(ds)
     except Exception as e: raise _undecodable(fn, ds, e) from None   # pydicom's errors vary by decoder: any is one line
 
@@ -142,11 +172,9 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
                     im.load()
                     im = to_rgb(ImageOps.exif_transpose(im))
     except UnreadableImageError: raise
-    except FileNotFoundError: raise UnreadableImageError(f"{fn}: file not found (moved or deleted after it was listed)") from None
+    except FileNotFoundError: raise _not_found(fn) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:   # Pillow's own check, in `open`, came first
-        n = re.search(r'\((\d+) pixels\)', str(e))
-        raise UnreadableImageError(f"{fn}: {int(n[1]) if n else 'too many':,} pixels is over the limit of {max_pixels:,}; "
-                                   "shrink the image or raise max_pixels") from None
+        raise _too_many_pixels(fn, e, max_pixels) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: not a readable image ({type(e).__name__}: {e})") from None
     im = im if size is None else im.resize((size, size), Image.BILINEAR)
@@ -173,7 +201,7 @@ class DecodeCache:
     def entry(self, fn:str|Path, size:int)->Path:
         "Where the decoded `fn` at `size` is kept."
         try: st = os.stat(fn)
-        except FileNotFoundError: raise UnreadableImageError(f"{fn}: file not found (moved or deleted after it was listed)") from None
+        except FileNotFoundError: raise _not_found(fn) from None
         except OSError as e: raise UnreadableImageError(f"{fn}: cannot be read ({e.strerror or e})") from None
         key = f"{Path(fn).resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{_LOADER_VERSION}"
         return self.folder/f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
@@ -195,10 +223,15 @@ class DecodeCache:
 
 # %% ../nbs/02_datablock.ipynb #7768c3ed
 class OpenXRay(Transform):
-    "Open an image file as a `size` x `size` RGB `PILImage`, through `cache` when given."
+    "Open an image file as a `size` x `size` RGB `PILImage`, through `cache` when given; an image already open is greyed and squished alike."
+    input_types = (str, Path, Image.Image)   # what fastai's `test_dl` (and so `learn.predict`) lets through to it
     def __init__(self, size:int, cache:DecodeCache|None=None): store_attr()
-    def encodes(self, fn)->PILImage:
+    def encodes(self, fn:str)->PILImage:
         return PILImage(self.cache.load(fn, self.size) if self.cache else load_xray(fn, self.size))
+    def encodes(self, fn:Path)->PILImage: return self.encodes(str(fn))
+    # `learn.predict(PILImage.create(f))`: fastai drops the transforms before the first whose `input_types` take the
+    # item, so this one must take images, or they would reach the model at their own size and in colour
+    def encodes(self, im:Image.Image)->PILImage: return PILImage(to_rgb(im).resize((self.size, self.size), Image.BILINEAR))
 
 # %% ../nbs/02_datablock.ipynb #94cc8728
 def check_images(df:pd.DataFrame, # Rows with a `path` column
