@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_inference.ipynb #6c06f0e0
 from __future__ import annotations
-import json, hashlib, random, warnings
+import json, hashlib, random, threading, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torchvision
@@ -37,6 +37,11 @@ def _sha256(path:Path)->str:
     return h.hexdigest()
 
 # %% ../nbs/05_inference.ipynb #e4f296b6
+def _opener(learn:Learner)->OpenXRay|None:
+    "The `OpenXRay` of `learn`'s DataLoaders, which knows the size its images are squished to; None for other DataLoaders."
+    try: return next((t for t in learn.dls.train_ds.tls[0].tfms.fs if isinstance(t, OpenXRay)), None)
+    except (AttributeError, IndexError): return None
+
 def save_model(learn:Learner, # A learner from `covid_learner`
                dest:str|Path, # Folder to write `model.safetensors` and `model.json` into
                size:int, # Image side the model was trained on
@@ -45,6 +50,8 @@ def save_model(learn:Learner, # A learner from `covid_learner`
                ood:OODDescription|None=None # The description of the training images (see `learner_ood`), to flag what is unlike them
               )->Path:
     "Save `learn`'s model as safetensors weights and a JSON description; return the JSON's path."
+    if (opener := _opener(learn)) is not None and size != opener.size: raise OptionError(   # predictions would squish to the wrong size
+        f"size {size}: the learner's images are {opener.size} px; save it with size={opener.size}")
     dest = Path(dest)
     state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
              for k, v in learn.model.state_dict().items()}
@@ -169,7 +176,12 @@ def predict(self:CovidClassifier,
             )->pd.DataFrame:
     "One row per file: `file`, `label`, `prob_covid`, `ood_score`, `out_of_distribution`, `error` (None, or why the file could not be read); `probs` with more than two classes; `tta` (True) after `use_tta`."
     if bs < 1: raise OptionError(f"--bs {bs}: give 1 or more images per forward pass")
-    files, rows, many = [str(f) for f in ([files] if isinstance(files, (str, Path)) else files)], [], len(self.classes) > 2
+    rows, many = [], len(self.classes) > 2
+    try: files = [files] if isinstance(files, (str, Path)) else list(files)
+    except TypeError: files = [files]   # not a collection: one thing, checked below
+    if (odd := next((f for f in files if not isinstance(f, (str, Path))), None)) is not None: raise TypeError(
+        f"predict takes image files (paths, as str or Path), not {type(odd).__name__}: save an image in memory to a file first")
+    files = [str(f) for f in files]
     batches = [files[i:i+bs] for i in range(0, len(files), bs)]
     if workers < 1: raise OptionError(f"workers must be at least 1, not {workers}")
     # The next batch is gathered in a thread of its own, which waits on its files' decoding in `pool`: were it one of
@@ -224,8 +236,9 @@ _META_CHECKS = [   # (key, test, what it must be): values `CovidClassifier` reli
 def _ood_of(path:Path, tensors:dict, meta:dict)->OODDescription|None:
     "The description of the training images saved with the model at `path`; None, said once, for a model saved without one."
     if meta.get('ood') is not None: return OODDescription.from_saved(tensors, meta['ood'])
-    warnings.warn(f"{path} has no description of its training images (it was saved before covid_fastai flagged unfamiliar images): "
-                  "its predictions have ood_score null and are never flagged out of distribution; retrain it to get the flag", stacklevel=3)
+    warnings.warn(f"{path} has no description of its training images (saved without `ood=learner_ood(learn)`, or before "
+                  "covid_fastai flagged unfamiliar images): its predictions have ood_score null and are never flagged out of "
+                  "distribution; save it with `save_model(..., ood=learner_ood(learn))`, or train it with `covid-fastai train`", stacklevel=3)
     return None
 
 # %% ../nbs/05_inference.ipynb #eab0e22e
@@ -247,8 +260,7 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
 # %% ../nbs/05_inference.ipynb #fbbc228e
 def _load_pickle(path:Path, device, cache)->CovidClassifier:
     learn = load_learner(path, cpu=True)
-    opener = next((t for t in learn.dls.train_ds.tls[0].tfms.fs if isinstance(t, OpenXRay)), None)
-    if opener is None: raise ModelFileError(f"{path} is not a covid_fastai export: its DataLoaders do not open images with OpenXRay")
+    if (opener := _opener(learn)) is None: raise ModelFileError(f"{path} is not a covid_fastai export: its DataLoaders do not open images with OpenXRay")
     norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
     meta = {'format': 'fastai-pickle', 'arch': getattr(learn, 'arch_name', '?'), 'size': opener.size, 'task': task_of(learn.dls.vocab),
             'classes': list(learn.dls.vocab), 'mean': norm.mean.flatten().tolist(), 'std': norm.std.flatten().tolist(), 'threshold': 0.5}
@@ -326,9 +338,8 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
 # %% ../nbs/05_inference.ipynb #d2c302e8
 def prediction_records(preds:pd.DataFrame # As `CovidClassifier.predict` returns it
                       )->list[dict]:
-    "One JSON-ready record per row of `preds`: missing values as None, and no `error` key where there was none."
-    return [{k: v for k, v in r.items() if not (k == 'error' and v is None)}
-            for r in preds.astype(object).where(preds.notna(), None).to_dict('records')]
+    "One JSON-ready record per row of `preds`: missing values as None (`error` too, where the file was read)."
+    return preds.astype(object).where(preds.notna(), None).to_dict('records')
 
 # %% ../nbs/05_inference.ipynb #5335c521
 def tta_augment()->Pipeline:
@@ -345,6 +356,8 @@ def use_tta(self:CovidClassifier,
     self.tta, self._tta_tfms = ({'n': n, 'beta': beta, 'seed': seed}, tta_augment()) if n else (None, None)
     return self
 
+_AUGMENT_LOCK = threading.Lock()   # one thread's seeded draws at a time, or two threads' predictions would take each other's
+
 @patch
 def augment(self:CovidClassifier, x:torch.Tensor, # A `prepare`d image: uint8 (3, size, size)
             n:int=4, # Copies
@@ -353,8 +366,8 @@ def augment(self:CovidClassifier, x:torch.Tensor, # A `prepare`d image: uint8 (3
     "`n` copies of `x` augmented as in training: floats in [0, 1], (n, 3, size, size), on the model's device; the same draws for every image."
     tfms = self._tta_tfms or tta_augment()
     xb = TensorImage(x.to(self.device).float().div(255.).expand(n, -1, -1, -1).contiguous())
-    state = random.getstate()
-    with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
+    with _AUGMENT_LOCK, torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):   # seeds the process's generators
+        state = random.getstate()
         torch.manual_seed(seed); random.seed(seed)
         try: return tfms(xb).as_subclass(torch.Tensor)
         finally: random.setstate(state)

@@ -11,8 +11,8 @@ from sklearn.metrics import roc_curve
 from .core import *
 
 # %% auto #0
-__all__ = ['OPERATING_THRESHOLDS', 'check_threshold_rule', 'check_prevalence', 'choose_threshold', 'operating_table',
-           'expected_calibration_error', 'plot_reliability', 'fit_temperature']
+__all__ = ['OPERATING_THRESHOLDS', 'check_threshold_rule', 'check_prevalence', 'check_probs', 'choose_threshold',
+           'operating_table', 'expected_calibration_error', 'plot_reliability', 'fit_temperature']
 
 # %% ../nbs/06a_operating.ipynb #87c50953
 _RULE = re.compile(r'^(sens|spec)=(0(\.\d+)?|1(\.0+)?)$')
@@ -34,13 +34,22 @@ def check_prevalence(prevalence:float|None)->float|None:
     raise OptionError(f"--prevalence {prevalence}: give the share of COVID-19 among the patients, between 0 and 1 (e.g. 0.05)")
 
 # %% ../nbs/06a_operating.ipynb #1e5e7e8f
+def check_probs(probs # Probabilities, any shape
+               )->np.ndarray:
+    "`probs` as a float array, refused when some are not numbers (a model whose training diverged gives NaN)."
+    p = np.asarray(probs, dtype=float)
+    if (bad := int(np.isnan(p).sum())): raise CovidFastaiError(
+        f"{bad} of {p.size} probabilities are NaN: the model's outputs are not numbers (did training diverge? "
+        "its history.csv shows a NaN loss then); train again with a lower learning rate")
+    return p
+
 def choose_threshold(targets, # 1 for COVID-19, 0 for the rest
                      probs, # Probability of COVID-19
                      rule:str|float=0.5 # A number, 'sens=X', 'spec=X' or 'youden'
                     )->dict:
     "The threshold that `rule` picks on these predictions, with the rule and how many positives and negatives it rests on."
     rule = check_threshold_rule(rule)
-    y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
+    y, p = np.asarray(targets).astype(int), check_probs(probs)
     info = {'rule': rule if isinstance(rule, str) else 'fixed', 'n_positives': int(y.sum()), 'n_negatives': int((1-y).sum())}
     if isinstance(rule, float): return {'threshold': rule, **info}
     if not info['n_positives'] or not info['n_negatives']: raise EmptySelectionError(
@@ -100,7 +109,8 @@ def plot_reliability(targets, probs, bins:int=10, label:str='model')->plt.Figure
     mp = [p[idx==b].mean() for b in range(bins) if (idx==b).any()]; fy = [y[idx==b].mean() for b in range(bins) if (idx==b).any()]
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], ':', color='grey')
-    ax.plot(mp, fy, 'o-', label=f"{label} (ECE {expected_calibration_error(y, p, bins):.3f})")
+    ece = expected_calibration_error(y, p, bins)   # None without images
+    ax.plot(mp, fy, 'o-', label=f"{label} (ECE {'n/a' if ece is None else f'{ece:.3f}'})")
     ax.set(xlabel='mean predicted probability', ylabel='observed frequency of COVID-19', title='Reliability', xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc='upper left'); fig.tight_layout()
     return fig
