@@ -98,7 +98,7 @@ def read_metadata(csv:str|Path # `Chest_xray_Corona_Metadata.csv`, or a dataset 
     extra = [c for c in df.columns if c not in COLUMNS and c not in RESERVED and not str(c).startswith('Unnamed:')]
     df = df[COLUMNS + extra].copy()
     df = df.dropna(how='all')                           # blank lines, and rows of commas only
-    for c in COLUMNS: df[c] = df[c].str.strip().replace('', np.nan)
+    for c in df.columns: df[c] = df[c].str.strip().replace('', np.nan)   # every column: 'p0 ' is patient p0 for --group-col too
     covid = df.Label_2_Virus_category.str.casefold() == POSITIVE.casefold()   # 'covid-19 ' is COVID-19 too, not another virus
     df.loc[covid, 'Label_2_Virus_category'] = POSITIVE
     empty = df.X_ray_image_name.isna()
@@ -136,6 +136,8 @@ def format_summary(s:dict # From `metadata_summary`
                   )->str:
     "The summary as the lines that `covid-fastai summary` prints."
     l2 = s['label_2_pct']
+    others = sorted(k for k in l2 if k not in ('unknown', POSITIVE))   # CoronaHack's: ARDS, SARS, Streptococcus
+    others = ', '.join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else '')
     return '\n'.join([
         f"TRAIN rows: {s['train_rows']}   TEST rows: {s['test_rows']}",
         "Nulls in TRAIN: " + ', '.join(f"{k} {v}" for k,v in s['train_nulls'].items()),
@@ -144,7 +146,7 @@ def format_summary(s:dict # From `metadata_summary`
         f"Normal + COVID-19 (TRAIN): {s['normal_covid_train']}",
         f"COVID-19 in TEST: {s['covid_test']}",
         f"Label_2_Virus_category: unknown {l2.get('unknown', 0):.2f}% | COVID-19 {l2.get('COVID-19', 0):.2f}% | "
-        f"others (ARDS, SARS, Streptococcus) {s['label_2_other_pct']:.2f}%"])
+        f"others ({others or 'none'}) {s['label_2_other_pct']:.2f}%"])
 
 # %% ../nbs/01_data.ipynb #cdb39cca
 def plot_nulls(df:pd.DataFrame)->plt.Figure:
@@ -332,17 +334,19 @@ def select_labelled(df:pd.DataFrame, # Checked metadata
     return kept, {'other_labels': len(df)-len(labelled), 'missing_images': len(labelled)-len(kept)}
 
 # %% ../nbs/01_data.ipynb #d2849a1c
-def source_name(csv:str|Path # A metadata CSV
+def source_name(csv:str|Path, # A metadata CSV
+                extra:bool=False # An extra dataset's (`--extra-data`): never CoronaHack's, whatever the file's name
                )->str:
     "The `source` of a CSV's rows that do not name one: 'coronahack' for CoronaHack's own file, else the file's name."
-    return 'coronahack' if Path(csv).name == METADATA_CSV else Path(csv).stem
+    return 'coronahack' if Path(csv).name == METADATA_CSV and not extra else Path(csv).stem
 
 def with_source(df:pd.DataFrame, # Rows read from `csv`
-                csv:str|Path # The file they come from
+                csv:str|Path, # The file they come from
+                extra:bool=False # An extra dataset's (see `source_name`)
                )->pd.DataFrame:
-    "`df` with a `source` column: the rows' own value where they have one, else `source_name(csv)`."
+    "`df` with a `source` column: the rows' own value where they have one, else `source_name(csv, extra)`."
     own = df['source'] if 'source' in df else pd.Series(np.nan, index=df.index, dtype=object)
-    return df.assign(source=own.fillna(source_name(csv)))
+    return df.assign(source=own.fillna(source_name(csv, extra)))
 
 # %% ../nbs/01_data.ipynb #6fa4b506
 def read_extra(spec:str, # 'CSV:IMAGES': a metadata CSV in CoronaHack's format and the folder of its images
@@ -352,10 +356,14 @@ def read_extra(spec:str, # 'CSV:IMAGES': a metadata CSV in CoronaHack's format a
     parts = str(spec).split(':')
     if len(parts) != 2 or not all(p.strip() for p in parts): raise OptionError(
         f"--extra-data {spec!r} is not CSV:IMAGES; give a metadata CSV in CoronaHack's format and its image folder, joined by ':'")
-    csv, images = map(Path, parts)
+    csv, images = Path(parts[0]), Path(parts[1]).absolute()   # split.csv keeps the paths: `evaluate` may run from elsewhere
     if not csv.is_file(): raise DataNotFoundError(f"--extra-data {spec}: {csv} not found")
     if not images.is_dir(): raise DataNotFoundError(f"--extra-data {spec}: image folder {images} " + ("is a file, not a folder" if images.exists() else "not found"))
-    try: return add_paths(with_source(read_metadata(csv), csv), images, strict=strict, by='Label')
+    try:
+        df = with_source(read_metadata(csv), csv, extra=True)
+        if (df.source == 'coronahack').any(): raise MetadataError(   # `evaluate` looks for those rows' images under the dataset root
+            f"{csv}: source 'coronahack' at {_rows(df[['source']], df.source == 'coronahack')} is CoronaHack's own; give these rows another")
+        return add_paths(df, images, strict=strict, by='Label')
     except MetadataError as e: raise type(e)(f"--extra-data {spec}: {e}") from None   # which of the datasets, too
 
 def read_sources(root:str|Path, # A dataset root, from `find_data_root`

@@ -30,7 +30,7 @@ def binary_metrics(targets, # 1 for COVID-19, 0 for Normal
                    threshold:float=0.5 # Probability at or above which a prediction is COVID-19
                   )->dict:
     "Accuracy, sensitivity, specificity, precision, F1, ROC AUC and the confusion matrix."
-    y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
+    y, p = np.asarray(targets).astype(int), check_probs(probs)
     pred = (p >= threshold).astype(int)
     tp, tn = int(((pred==1) & (y==1)).sum()), int(((pred==0) & (y==0)).sum())
     fp, fn = int(((pred==1) & (y==0)).sum()), int(((pred==0) & (y==1)).sum())
@@ -219,7 +219,7 @@ def _run_valid_rows(model, data):
     if 'source' not in valid: valid = valid.assign(source='coronahack')   # runs from before extra data
     main = valid.source == 'coronahack'
     found = add_paths(valid[main].drop(columns='path', errors='ignore'), images_dir(find_data_root(data)))
-    return pd.concat([found, valid[~main]]).sort_index(), {'other_labels': 0}
+    return pd.concat([found, valid[~main]]).sort_index(), {'other_labels': 0, 'missing_images': int(main.sum()) - len(found)}
 
 def _prob_matrix(preds:pd.DataFrame, classes:list)->np.ndarray:
     "The probability of each class, one row per prediction of `CovidClassifier.predict`."
