@@ -12,6 +12,7 @@ import argparse, statistics, time, warnings
 import torch, torch.nn.functional as F
 from fastai.vision.all import create_vision_model
 from covid_fastai.learner import arch_fn
+from _common import machine_info, print_block
 
 
 def models(arch:str)->dict:
@@ -63,8 +64,8 @@ def main():
     p.add_argument('--rounds', type=int, default=3)
     a = p.parse_args()
     warnings.filterwarnings('ignore')
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.size} px; training step at batch {a.bs}, "
-          f"forward at batch {a.infer_bs}; medians of {a.rounds} rounds")
+    print_block('Settings', vars(a)); print_block('Machine', machine_info()); print()
+    print(f"{a.size} px; training step at batch {a.bs}, forward at batch {a.infer_bs}; medians of {a.rounds} rounds")
     print('| architecture | training step s: default / channels_last | ratio | forward s: default / channels_last | ratio | max logit difference |')
     print('| --- | --- | --- | --- | --- | --- |')
     for arch in a.archs.split(','):

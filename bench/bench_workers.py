@@ -12,7 +12,7 @@ import argparse, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import parse, make_dls, run_fastai
-from _common import quiet, balanced, stats, wait_for_quiet
+from _common import quiet, balanced, stats, wait_for_quiet, machine_info, print_block, md_table
 
 
 def main(argv=None):
@@ -24,6 +24,7 @@ def main(argv=None):
     p.add_argument('--rounds', type=int, default=3)
     p.add_argument('--epochs', type=int, default=3, help='epochs per run, the first is warm-up (default 3)')
     a = p.parse_args(argv)
+    print_block('Settings', vars(a)); print_block('Machine', machine_info()); print()
     from fastai.torch_core import set_seed
     from covid_fastai.datablock import DecodeCache
     rows, secs = balanced(a.data), {0: [], a.workers: []}
@@ -38,6 +39,8 @@ def main(argv=None):
                 print(f"round {r+1}, {w} workers: epochs " + ', '.join(f"{e.seconds:.1f}s" for e in epochs)
                       + "; other processes' load " + ', '.join(f"{e.load:.2f}" for e in epochs), flush=True)
     ratios = [b / z for z, b in zip(secs[0], secs[a.workers])]
+    print('\n' + md_table(['round', '0 workers, s/epoch', f'{a.workers} workers, s/epoch', 'ratio'],
+                          [[r+1, f'{z:.2f}', f'{b:.2f}', f'{x:.2f}'] for r, (z, b, x) in enumerate(zip(secs[0], secs[a.workers], ratios))]))
     print(f"\n{a.workers} workers ÷ 0 workers, s/epoch, pair by pair: {', '.join(f'{x:.2f}' for x in ratios)}; "
           f"median {stats(ratios)['median']:.2f}")
 
