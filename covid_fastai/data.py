@@ -372,4 +372,9 @@ def read_sources(root:str|Path, # A dataset root, from `find_data_root`
                 )->pd.DataFrame:
     "CoronaHack's rows of `root` and the rows of each extra dataset, in one frame with `source` (and `path` for the extra rows)."
     main = with_source(read_metadata(root), Path(root)/METADATA_CSV)
-    return pd.concat([main, *(read_extra(s, strict) for s in extra_data or [])], ignore_index=True)
+    extra = [read_extra(s, strict) for s in extra_data or []]
+    seen = {}   # the same dataset twice would weigh its rows double, and put copies on both sides of a split
+    for spec, rows in zip(extra_data or [], extra):
+        if (key := frozenset(rows.path)) in seen and key: raise OptionError(f"--extra-data {spec} gives the images of --extra-data {seen[key]} again; give each dataset once")
+        seen[key] = spec
+    return pd.concat([main, *extra], ignore_index=True)

@@ -3,7 +3,7 @@ the records of `predict --json`, the page works in headless Chromium, uploads ar
 
 The browser is Debian's Chromium (`apt-get install chromium`, as `.ci/run` does), driven by Playwright's Python client;
 Playwright's own browser download is never used."""
-import json, os, signal, socket, subprocess, time
+import json, os, re, signal, socket, subprocess, time
 from pathlib import Path
 import httpx, pytest
 from conftest import CLI, ctrl_c_reaches, run_cli
@@ -12,11 +12,6 @@ CHROMIUM = '/usr/bin/chromium'
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
                  '--disable-component-update', '--disable-sync', '--no-first-run']
 LIMIT_MB = 2   # the server's upload limit here: small, so that a request over it is cheap to send
-
-
-def free_port()->int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
@@ -34,18 +29,20 @@ def broken(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def server(small_run, tmp_path_factory):
-    "`covid-fastai serve` on a free port, with its own TMPDIR (to see what uploads leave behind); the URL, process and TMPDIR."
+    """`covid-fastai serve --port 0`, with its own TMPDIR (to see what uploads leave behind): the URL it prints (the port
+    the system gave it), the process and TMPDIR."""
     scratch, logs = tmp_path_factory.mktemp('server_tmp'), tmp_path_factory.mktemp('server_logs')
-    port = free_port()
     with open(logs/'out', 'w') as out, open(logs/'err', 'w') as err:
-        p = subprocess.Popen([*CLI, 'serve', '--model', str(small_run[0]), '--port', str(port), '--cpu',
+        p = subprocess.Popen([*CLI, 'serve', '--model', str(small_run[0]), '--port', '0', '--cpu',
                               '--max-upload-mb', str(LIMIT_MB)], stdout=out, stderr=err, env={**os.environ, 'TMPDIR': str(scratch)},
                              preexec_fn=ctrl_c_reaches)
-    url, deadline = f'http://127.0.0.1:{port}/', time.monotonic() + 180
+    url, deadline = None, time.monotonic() + 180
     while True:
         if p.poll() is not None: pytest.fail(f"serve exited with {p.returncode}:\n{(logs/'err').read_text()}")
+        if url is None and (printed := re.search(r' at (http://127\.0\.0\.1:(\d+)/) ', (logs/'out').read_text())):
+            url = printed[1]; assert int(printed[2]) > 0   # the port it listens on, not the 0 it was given
         try:
-            if httpx.get(url + 'model', timeout=5).status_code == 200: break
+            if url and httpx.get(url + 'model', timeout=5).status_code == 200: break
         except httpx.TransportError: pass
         if time.monotonic() > deadline: p.kill(); pytest.fail(f"serve did not answer in 180 s:\n{(logs/'err').read_text()}")
         time.sleep(0.5)
