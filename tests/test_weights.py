@@ -127,7 +127,7 @@ def test_export_and_load_learner_in_a_fresh_process(dls, tmp_path):
     learn = covid_learner(dls, 'efficientnet_lite0')
     learn.export(tmp_path/'export.pkl')
     files = dls.valid_ds.items.path.tolist()[:3]
-    probs = learn.get_preds(dl=dls.test_dl(files))[0][:, 1]
+    probs = learn.get_preds(dl=learn.dls.test_dl(files))[0][:, 1]   # its own loaders: `dls` still normalise for the ResNets above
     code = ("import sys, json, torch; from covid_fastai.inference import load_model; "
             f"print(json.dumps(load_model(sys.argv[1], trust_pickle=True, device=torch.device('cpu')).predict({files!r}).prob_covid.tolist()))")
     out = subprocess.run([sys.executable, '-c', code, str(tmp_path/'export.pkl')], capture_output=True, text=True)
