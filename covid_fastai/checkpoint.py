@@ -67,7 +67,7 @@ class EpochCheckpoint(Callback):
         trained, self.trained = self.trained, False
         if not trained: return   # as `History`: a checkpoint is of trained epochs only
         state = {'model': _own(self.learn.model).state_dict(), 'opt': _plain(self.learn.opt.state_dict()),
-                 'phase': self.learn.history.phase, 'epoch': self.epoch + 1, 'history': _plain(self.learn.history.rows),
+                 'phase': self.learn.history.phase, 'epoch': self.epoch + 1, 'processes': max(num_distrib(), 1), 'history': _plain(self.learn.history.rows),
                  'rng': rng_states(self.dls.train),
                  'lr_find': getattr(self.learn, 'lr_found', {}), 'best': self.learn.best_epoch.state() if hasattr(self.learn, 'best_epoch') else None,
                  'smooth_loss': {'count': self.recorder.smooth_loss.count, 'val': float(self.recorder.smooth_loss.val)}}

@@ -175,6 +175,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     habits = record_habits(learn, out, frozen_lr, unfrozen_lr)
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'in_memory': isinstance(dls.train, InMemoryDL),
                 'processes': max(num_distrib(), 1),
+                'resumed': {k: resume.get(k) for k in ('phase', 'epoch', 'processes')} if resume else None,   # where an interrupted run went on
                 'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
                 'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None,   # the images it saw
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},

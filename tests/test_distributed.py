@@ -97,3 +97,4 @@ def test_a_distributed_run_resumes(data_root, tmp_path):
     launch('accelerate', 'train', '--resume', out)
     run, m, h, _ = read(out)
     assert run['status'] == 'done' and run['processes'] == 2 and h.phase.tolist() == ['frozen', 'unfrozen']
+    assert run['resumed']['processes'] == 2 and run['resumed']['phase'] == 'frozen'   # the interrupted part's processes, too

@@ -39,7 +39,10 @@ def test_resume_ends_where_an_uninterrupted_run_ends(sig, uninterrupted, data_ro
     pd.testing.assert_frame_equal(pd.read_csv(out/'history.csv').drop(columns='lr'),
                                   pd.read_csv(uninterrupted/'history.csv').drop(columns='lr'))
     assert (out/'model.safetensors').read_bytes() == (uninterrupted/'model.safetensors').read_bytes()
-    assert not (out/'checkpoint.pth').exists() and json.loads((out/'run.json').read_text())['status'] == 'done'
+    run = json.loads((out/'run.json').read_text())
+    assert not (out/'checkpoint.pth').exists() and run['status'] == 'done'
+    assert run['resumed']['phase'] == 'frozen' and run['resumed']['epoch'] >= 1 and run['resumed']['processes'] == 1   # says where it went on
+    assert json.loads((uninterrupted/'run.json').read_text())['resumed'] is None
 
 
 def test_a_new_run_drops_the_checkpoint_of_the_run_it_replaces(data_root, tmp_path):
