@@ -93,7 +93,7 @@ def warm_latency(clf, file, repeats:int)->dict:
 
 def cold_latency(model_dir:Path, file:Path, repeats:int)->dict:
     "Wall seconds of `covid-fastai predict --cpu --model DIR IMAGE` in a new process, and of importing the library alone."
-    cmd = [covid_fastai_cli(), 'predict', '--cpu', '--model', str(model_dir), str(file)]
+    cmd = [covid_fastai_cli(), 'predict', '--cpu', '--no-cache', '--model', str(model_dir), str(file)]   # the user's decode cache keeps nothing of a temporary file
     imp = [sys.executable, '-c', 'import covid_fastai.inference']
     def run(c):
         r = subprocess.run(c, capture_output=True, text=True, env=child_env())

@@ -105,9 +105,8 @@ def epochs_done(resume:dict|None, # A checkpoint from `load_checkpoint`, or None
 def resume_from(learn:Learner, resume:dict):
     "Put the weights and history of checkpoint `resume` into `learn`."
     try: learn.model.load_state_dict(resume['model'])
-    except RuntimeError as e:   # torch's first line says only that loading failed; the next says what did not fit
-        what = ([l.strip() for l in str(e).splitlines() if l.strip()][1:2] or [str(e)])[0]
-        raise ModelFileError(f"the checkpoint does not fit this run's model ({what}): it is another run's; train again without --resume") from None
+    except RuntimeError as e:
+        raise ModelFileError(f"the checkpoint does not fit this run's model ({misfit(e)}): it is another run's; train again without --resume") from None
     learn.history.rows = list(resume['history'])
 
 def restore_callbacks(learn:Learner, resume:dict, start:int)->list:

@@ -119,9 +119,14 @@ def _args_of(func, a)->dict:
 def _summary(a): print(command_function('summary')(**_args_of(command_function('summary'), a)))
 
 def _train(a):
-    from covid_fastai.core import MODEL_JSON, METRICS_JSON, HISTORY_CSV, PLOTS_DIR
+    from covid_fastai.core import MODEL_JSON, METRICS_JSON, HISTORY_CSV, PLOTS_DIR, OptionError
     from covid_fastai.train import train, resume_training
-    if a.resume: a.out, metrics = a.resume, resume_training(a.resume)
+    if a.resume:
+        defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
+        if given := ['--' + ('no-' if defaults[k] is True else '') + k.replace('_', '-')
+                     for k, v in _args_of(train, a).items() if k not in ('out', 'resume') and v != defaults[k]]:
+            raise OptionError(f"--resume goes on with the run's own settings (its run.json), so {', '.join(given)} would be ignored: leave them out")
+        a.out, metrics = a.resume, resume_training(a.resume)
     else: metrics = train(**_args_of(train, a))
     out = Path(a.out)
     if metrics is None: return   # a process other than the first of a distributed run: the first one reports

@@ -12,7 +12,7 @@ import pandas as pd, torch
 __all__ = ['MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV', 'PREDICTIONS_CSV',
            'PLOTS_DIR', 'CV_JSON', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
            'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'NotRadiographError',
-           'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'atomic_write', 'write_json', 'write_csv',
+           'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'misfit', 'atomic_write', 'write_json', 'write_csv',
            'save_figure', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
@@ -32,6 +32,12 @@ class WeightsNotFoundError(CovidFastaiError, FileNotFoundError):
     exit_code = 3
 class ModelFileError(CovidFastaiError, ValueError): "A model file that is missing, damaged, or not trusted."
 class OptionError(CovidFastaiError, ValueError): "An option that names something that is not there: a task, a column, a malformed value."
+
+def misfit(e:RuntimeError # From `load_state_dict`
+          )->str:
+    "What did not fit, from torch's `load_state_dict` error: its first line says only that loading failed."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return (lines[1:2] or lines or ['?'])[0][:300]
 
 # %% ../nbs/00_core.ipynb #f30689ee
 @contextlib.contextmanager

@@ -38,11 +38,13 @@ def _say_once(msg:str):
 def find_data_root(data:str|Path|None=None # A dataset root; None looks in $COVID_FASTAI_DATA, then the usual places
                   )->Path:
     "The dataset root holding `Chest_xray_Corona_Metadata.csv`; the packaged sample when there is none."
+    given = '--data' if data is not None else f'${DATA_ENV}'
     if data is None: data = os.environ.get(DATA_ENV) or None
     if data is not None:
         root = Path(data).expanduser()
         if not (root/METADATA_CSV).is_file():
-            raise DataNotFoundError(f"{root/METADATA_CSV} not found: {root} is not a CoronaHack dataset root; {KAGGLE_HINT}")
+            fix = f"give the folder that holds it: {root.parent}" if root.name == METADATA_CSV and root.is_file() else KAGGLE_HINT
+            raise DataNotFoundError(f"{root/METADATA_CSV} not found: {root} ({given}) is not a CoronaHack dataset root; {fix}")
         return root
     for base in (Path('.'), Path('..')):
         for c in DATA_CANDIDATES:
@@ -198,8 +200,10 @@ def image_path(folder:str|Path, # The image folder
     folder = Path(folder)
     p = Path(os.path.realpath(folder/name))   # as `resolve`, but a link that loops is a missing file, not an error
     if not name or Path(name).is_absolute() or '\x00' in name or not p.is_relative_to(folder.resolve()) or p == folder.resolve():
-        raise UnsafeImageNameError(f"Image name {name!r} would resolve outside {folder}; "
-                                   "X_ray_image_name must be a file name inside the image folder")
+        link = bool(name) and os.path.basename(name) == name and os.path.islink(folder/name)
+        raise UnsafeImageNameError(f"Image name {name!r} would resolve outside {folder}; " + (
+            f"{folder/name} is a symbolic link to {os.readlink(folder/name)}: copy the image into the folder instead" if link else
+            "X_ray_image_name must be a file name inside the image folder"))
     return folder/name
 
 # %% ../nbs/01_data.ipynb #1658f0ba

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #4cece6eb
 from __future__ import annotations
-import math, re
+import json, math, re, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
@@ -45,9 +45,8 @@ def decision_rule(classes:list, # The model's classes, COVID-19 among them
                   threshold:float # Its threshold on the COVID-19 probability
                  )->str:
     "The rule behind every label and figure, in words, as `metrics.json` states it."
-    covid = f"COVID-19 when its probability is at least {threshold:g}"
-    if len(classes) == 2: return f"{covid}, else {next(c for c in classes if c != POSITIVE)}"
-    return f"label: the most probable class; COVID-19-against-the-rest figures: {covid}"
+    others = [c for c in classes if c != POSITIVE]
+    return f"COVID-19 when its probability is at least {threshold:g}, else " + (others[0] if len(others) == 1 else f"the most probable of {', '.join(others)}")
 
 # %% ../nbs/06_evaluate.ipynb #81615ca5
 def _per_class(y:np.ndarray, p:np.ndarray, cm:np.ndarray, classes:list)->dict:
@@ -103,7 +102,7 @@ def plot_confusion(metrics:dict, # From `class_metrics`
     for (i, j), n in np.ndenumerate(cm):
         pct = f"\n{100*n/cm[i].sum():.0f}%" if cm[i].sum() else ''
         ax.text(j, i, f"{n}{pct}", ha='center', va='center', color='white' if n > cm.max()/2 else 'black')
-    rule = f"threshold {metrics['threshold']}" if k == 2 else 'most probable class'
+    rule = f"threshold {metrics['threshold']:.3g}" + ('' if k == 2 else ', else the most probable')
     ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names, xlabel='predicted', ylabel='actual',
            title=f"Confusion matrix (n={metrics['n']}, {rule})")
     fig.tight_layout()
@@ -210,6 +209,15 @@ def plot_by(by:dict, # From `metrics_by`
     return fig
 
 # %% ../nbs/06_evaluate.ipynb #a5fa0939
+def _run_root(model)->str|None:
+    "The dataset root the run that wrote `model` was trained on, as its `run.json` records it (None for runs from before)."
+    run = run_folder(model)/RUN_JSON
+    try: root = json.loads(run.read_text())['settings']['data']
+    except (OSError, ValueError, KeyError, TypeError): return None
+    if root is not None and not (Path(root)/METADATA_CSV).is_file(): raise DataNotFoundError(
+        f"{root}, where {run} says the run's images are, is not a CoronaHack dataset root now; pass --data ROOT")
+    return root
+
 def _run_valid_rows(model, data):
     "The validation rows of the run that wrote `model`: CoronaHack's with their image paths under the dataset root `data`, extra data's where they were."
     split = run_folder(model)/SPLIT_CSV
@@ -218,7 +226,7 @@ def _run_valid_rows(model, data):
     valid = pd.read_csv(split, dtype={'X_ray_image_name': str}).query("split == 'valid'")
     if 'source' not in valid: valid = valid.assign(source='coronahack')   # runs from before extra data
     main = valid.source == 'coronahack'
-    found = add_paths(valid[main].drop(columns='path', errors='ignore'), images_dir(find_data_root(data)))
+    found = add_paths(valid[main].drop(columns='path', errors='ignore'), images_dir(find_data_root(data or _run_root(model))))
     return pd.concat([found, valid[~main]]).sort_index(), {'other_labels': 0, 'missing_images': int(main.sum()) - len(found)}
 
 def _prob_matrix(preds:pd.DataFrame, classes:list)->np.ndarray:
@@ -235,7 +243,7 @@ def _predictions_table(preds:pd.DataFrame)->pd.DataFrame:
 
 # %% ../nbs/06_evaluate.ipynb #b99d7a1d
 def evaluate(model:str|Path, # A run folder, its model.json or its model.safetensors
-             data:str|Path|None=None, # Dataset root: evaluate on the run's validation images
+             data:str|Path|None=None, # Dataset root of the run's validation images; default: the one the run was trained on (its run.json)
              csv:str|Path|None=None, # Or: a CSV in CoronaHack's format...
              images:str|Path|None=None, # ...and the folder of its images
              out:str|Path|None=None, # Where to write metrics.json, predictions.csv and plots; None writes nothing
@@ -262,11 +270,15 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     ok = preds[preds.error.isna()]
     if not len(ok): raise EmptySelectionError(f"None of the {len(preds)} images could be read; first error: {preds.error.iloc[0]}")
     targets, probs = [clf.classes.index(t) for t in ok.target], _prob_matrix(ok, clf.classes)
+    chosen = None
     if threshold is not None:
         k = clf.classes.index(POSITIVE)
-        clf.threshold = choose_threshold((np.array(targets) == k).astype(int), probs[:, k], threshold)['threshold']
+        chosen = {**choose_threshold((np.array(targets) == k).astype(int), probs[:, k], threshold), 'model_threshold': clf.threshold}
+        if chosen['rule'] != 'fixed': warnings.warn(f"--threshold {threshold} was chosen on the images it is judged on, so their sensitivity "
+            "and specificity flatter it; choose it on validation images (train --threshold) to test it on these", stacklevel=2)
+        clf.threshold = chosen['threshold']
         preds.loc[ok.index, 'label'] = [clf.classes[i] for i in predicted(probs, clf.threshold)]   # predictions.csv decides as metrics.json
-    metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold),
+    metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold), 'threshold_choice': chosen,
                'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}, **ood_summary(preds)}
     metrics = add_operating_points(metrics, targets, probs, clf.classes, prevalence)
     if tta: metrics['tta'] = clf.tta

@@ -97,11 +97,11 @@ def normalise(self:CovidClassifier, xb:torch.Tensor)->torch.Tensor:
 
 # %% ../nbs/05_inference.ipynb #3cda3aeb
 def predicted(probs, # Class probabilities, one row per image, COVID-19 last
-              threshold:float=0.5 # With two classes: COVID-19 when its probability is at least this
+              threshold:float=0.5 # COVID-19 when its probability is at least this
              )->np.ndarray:
-    "Index of the predicted class of each row: with two classes, COVID-19 at `threshold`; with more, the most probable."
+    "Index of the predicted class of each row: COVID-19 at `threshold`, else the most probable of the other classes."
     probs = np.asarray(probs, dtype=float)
-    return (probs[:, -1] >= threshold).astype(int) if probs.shape[1] == 2 else probs.argmax(1)
+    return np.where(probs[:, -1] >= threshold, probs.shape[1] - 1, probs[:, :-1].argmax(1))
 
 @patch
 def _load_batch(self:CovidClassifier, files, pool):
@@ -252,9 +252,9 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
     try: state = load_file(str(weights))
     except (SafetensorError, OSError) as e: raise ModelFileError(f"{weights} is not a readable safetensors file ({e})") from None
     ood = {k: state.pop(k) for k in [k for k in state if k.startswith('ood.')]}
-    model = covid_model(meta['arch'], len(meta['classes']))
+    model = covid_model(meta['arch'], len(meta['classes']), meta['size'])
     try: model.load_state_dict(state)
-    except RuntimeError as e: raise ModelFileError(f"{weights} does not fit {meta['arch']}: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e: raise ModelFileError(f"{weights} does not fit {meta['arch']}: {misfit(e)}") from None
     return CovidClassifier(model, meta, device, cache, _ood_of(path, ood, meta))
 
 # %% ../nbs/05_inference.ipynb #fbbc228e
@@ -311,7 +311,7 @@ def image_files(paths:list # Image files, or folders of them
         p = Path(p)
         if not p.is_dir(): files.append(p); continue
         found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(f))
-        if not found: warnings.warn(f"{p} holds no image files ({', '.join(IMAGE_SUFFIXES)}, or DICOM by its marker)", stacklevel=2)
+        if not found: warnings.warn(f"{p} holds no image files ({', '.join(IMAGE_SUFFIXES)}, or DICOM by its marker); subfolders are not searched", stacklevel=2)
         files += found
     return files
 
@@ -327,10 +327,12 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
                   gpu_decode:bool=False # On CUDA, decode JPEGs on the GPU (about 2x faster; not the same pixels: see bench/README.md); no cache then
                  )->pd.DataFrame:
     "Label and COVID-19 probability of image files: one row per file, with the error for files that cannot be read."
+    if not (files := image_files(images)): raise DataNotFoundError(   # nothing to predict is not a success a script should read as one
+        f"no image files in {', '.join(map(str, [images] if isinstance(images, (str, Path)) else images))}; subfolders are not searched: give the files, or their own folder")
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache and not gpu_decode else None)
     clf.gpu_decode = gpu_decode
     if tta: clf.use_tta()
-    preds = clf.predict(image_files(images), bs=bs)
+    preds = clf.predict(files, bs=bs)
     if heatmaps is None: return preds
     from covid_fastai.explain import explain_predictions   # explain builds on this module
     return explain_predictions(clf, preds, heatmaps)

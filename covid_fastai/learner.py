@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 # %% auto #0
 __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'is_timm',
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
-           'pretrained_state', 'timm_weights_path', 'load_timm_body', 'covid_model', 'arch_builder', 'ClipGradValue',
-           'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner', 'process_batch', 'close_process_group', 'alone',
-           'distributed']
+           'weights_file', 'pretrained_state', 'timm_weights_path', 'load_timm_body', 'timm_size', 'covid_model',
+           'arch_builder', 'ClipGradValue', 'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner',
+           'process_batch', 'check_options', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -142,6 +142,12 @@ def _read_checkpoint(path:Path)->dict:
     if not isinstance(state, dict): raise ModelFileError(f"{path} holds no state dict")
     return state
 
+def _read_weights(path:Path)->dict:
+    "A state dict from a safetensors file or a PyTorch checkpoint."
+    if path.suffix != '.safetensors': return _read_checkpoint(path)
+    try: return load_file(str(path))
+    except Exception as e: raise ModelFileError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+
 # %% ../nbs/04_learner.ipynb #ec4110ce
 def _download(arch, timeout):
     "torchvision's download, with a socket timeout so a closed network fails fast instead of hanging."
@@ -154,14 +160,24 @@ def _download(arch, timeout):
     finally: socket.setdefaulttimeout(old)
 
 # %% ../nbs/04_learner.ipynb #1a1677d4
+def weights_file(weights:str|Path # The path given to --weights
+                ):
+    "`weights` as a file to read, or one line that says what is wrong with the path and what to give instead."
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        inside = [p for p in (path/'backbone.pth', path/'model.safetensors') if p.is_file()]   # `pretrain`'s, a run's
+        raise WeightsNotFoundError(f"--weights {weights} is a folder; give the file of weights in it"
+                                   + (f": --weights {inside[0]}" if inside else ""))
+    if not path.is_file(): raise WeightsNotFoundError(
+        f"Weights file {weights} not found; check the path given to --weights (leave it out to start from ImageNet's weights)")
+    return path
+
 def pretrained_state(arch:str='resnet50', # One of `ARCHS`
                      weights:str|Path|None=None, # A checkpoint of your own; None uses the ImageNet weights
                      timeout:float=20. # Seconds a ResNet's download may wait on the network
                     )->dict:
     "The state dict of `arch`'s pretrained weights: from `weights`, the installed package (Lite), the torch hub cache or a download."
-    if weights is not None:
-        if not Path(weights).is_file(): raise WeightsNotFoundError(f"Weights file {weights} not found; check the path given to --weights")
-        return _read_checkpoint(Path(weights))
+    if weights is not None: return _read_weights(weights_file(weights))
     if arch in LITES: return _read_checkpoint(lite_weights_path(arch))
     if is_timm(arch): return _read_weights(timm_weights_path(arch))
     path = cached_weights_path(arch)
@@ -186,27 +202,30 @@ def timm_weights_path(arch:str # A timm model name
     raise WeightsNotFoundError(f"Pretrained weights for {arch} not found: timm takes them from {where}. covid_fastai downloads "
         "nothing: copy that cache from a machine with a network, pass --weights PATH, or train without pretrained weights (--no-pretrained)")
 
-def _read_weights(path:Path)->dict:
-    "A state dict from a safetensors file or a PyTorch checkpoint."
-    if path.suffix != '.safetensors': return _read_checkpoint(path)
-    try: return load_file(str(path))
-    except Exception as e: raise ModelFileError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
-
 def load_timm_body(model:nn.Module, # Sequential(TimmBody, head), from `vision_learner` on a timm name
                    arch:str, # Its timm name
                    state:dict # A full state dict of `arch`, as timm's pretrained weights come
                   ):
     "Copy `state` into the timm model in `model`'s body; the classifier's weights, which the body has not, are left out."
     body = model[0].model
+    adapt = getattr(sys.modules[type(body).__module__], 'checkpoint_filter_fn', None)   # what timm applies to its own downloads
+    if adapt is not None: state = adapt(state, body)   # e.g. a ViT's position table resized to this model's image size
     keep = {k: v for k, v in state.items() if k in body.state_dict()}
     try: body.load_state_dict(keep)
-    except RuntimeError as e: raise ModelFileError(f"These weights do not fit {arch}: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e: raise ModelFileError(f"These weights do not fit {arch}: {misfit(e)}") from None
+
+def timm_size(arch:str, # One of `ARCHS`, or a timm name
+              size:int # Side of the square images the model sees
+             )->dict:
+    "What timm needs to know of the images: their side, for a model built for one input size (a ViT's position table)."
+    return {'img_size': size} if is_timm(arch) and getattr(_timm_cfg(arch), 'fixed_input_size', False) else {}
 
 def covid_model(arch:str, # One of `ARCHS`, or a timm name
-                n_out:int # Number of classes
+                n_out:int, # Number of classes
+                size:int=224 # Side of the images, for a timm model built for one input size
                )->nn.Module:
     "The network `covid_learner` trains on `arch`, with random weights: `Sequential(body, head)`, as fastai builds it."
-    if is_timm(arch): return create_timm_model(timm_arch(arch), n_out, pretrained=False)[0]
+    if is_timm(arch): return create_timm_model(timm_arch(arch), n_out, pretrained=False, **timm_size(arch, size))[0]
     return create_vision_model(arch_fn(arch), n_out, pretrained=False)
 
 def arch_builder(arch:str)->dict:
@@ -228,11 +247,16 @@ def _covid_vs_rest(name:str, score, n_classes:int, **kwargs)->AccumMetric:
     f.__name__ = name
     return AccumMetric(f, to_np=True, invert_arg=True, **kwargs)
 
+def _accuracy()->AccumMetric:
+    "fastai's `accuracy` over the whole validation set at once: with several processes, gathered without the images `DistributedDL` repeats to pad each share."
+    def accuracy(targ, pred): return skm.accuracy_score(targ, pred)
+    return AccumMetric(accuracy, dim_argmax=-1, to_np=True, invert_arg=True)
+
 def covid_metrics(n_classes:int=2 # Classes of the task; COVID-19 is the last
                  )->list:
     "Accuracy; F1 and ROC AUC with COVID-19 as the positive class (against every other class when there are more than two)."
-    if n_classes == 2: return [accuracy, F1Score(pos_label=1), RocAucBinary()]
-    return [accuracy, _covid_vs_rest('f1_covid', lambda t, p: skm.f1_score(t, p == n_classes-1), n_classes, dim_argmax=-1),
+    if n_classes == 2: return [_accuracy(), F1Score(pos_label=1), RocAucBinary()]
+    return [_accuracy(), _covid_vs_rest('f1_covid', lambda t, p: skm.f1_score(t, p == n_classes-1), n_classes, dim_argmax=-1),
             _covid_vs_rest('roc_auc_covid', skm.roc_auc_score, n_classes, dim_argmax=-1, activation=ActivationType.BinarySoftmax)]
 
 # %% ../nbs/04_learner.ipynb #2784dcd6
@@ -279,12 +303,14 @@ def load_body(model:nn.Module, # A model from `vision_learner`/`create_vision_mo
               arch:str, # Its architecture
               state:dict # A full state dict of `arch`, as its ImageNet weights come
              ):
-    "Copy the backbone part of `state` into `model`'s body."
+    "Copy the backbone part of `state` into `model`'s body; `state` may also be a whole covid_fastai model of `arch` (`save_model`)."
+    own = {k[2:]: v for k, v in state.items() if k.startswith('0.')}   # the body is the model's part 0
+    if own and own.keys() == model[0].state_dict().keys(): return model[0].load_state_dict(own)
     if is_timm(arch): return load_timm_body(model, arch, state)
     full = _full_model(arch)
     if arch.startswith('densenet'): state = _densenet_keys(state)
     try: full.load_state_dict(state)
-    except RuntimeError as e: raise ModelFileError(f"These weights do not fit {arch}: {str(e).splitlines()[0]}") from None
+    except RuntimeError as e: raise ModelFileError(f"These weights do not fit {arch}: {misfit(e)}") from None
     model[0].load_state_dict(_body_of(arch, full).state_dict())
 
 # %% ../nbs/04_learner.ipynb #420c1e92
@@ -311,11 +337,16 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
     state = pretrained_state(arch, weights) if pretrained or weights is not None else None
     cbs = L(kwargs.pop('cbs', None)) + L(ClipGradValue(clip) if clip else None)
     dls = _set_normalize(dls, arch_stats(arch))
+    if is_timm(arch) and not {'img_size'} & set(kwargs): kwargs.update(timm_size(arch, dls.train_ds[0][0].shape[-1]))
     learn = vision_learner(dls, arch_fn(arch), pretrained=False, normalize=False, opt_func=Adam, wd=wd,
                            metrics=kwargs.pop('metrics', covid_metrics(len(dls.vocab))), cbs=cbs, **kwargs)
     if optimizer == 'adamw':   # which parameters decay is known only once the model exists
         learn.opt_func = partial(TorchAdamW, no_wd=norm_bias_params(learn.model), fused=dls.device.type == 'cuda')
-    if state is not None: load_body(learn.model, arch, state)
+    try:
+        if state is not None: load_body(learn.model, arch, state)
+    except ModelFileError as e:
+        if weights is None: raise
+        raise ModelFileError(f"{weights}: {e}; give --arch the architecture it was trained with") from None
     learn.arch_name, learn.pretrained = arch, state is not None
     # mixed precision on CUDA, in bfloat16 where the GPU has it: float16's largest value (65504) is within reach of a
     # network trained from random weights, whose validation (batch norm on running statistics) then overflows to NaN
@@ -366,6 +397,15 @@ def process_batch(bs:int # The global batch: images per optimizer step, over all
     if bs % n: raise OptionError(f"--bs {bs} cannot be shared by {n} processes: give a multiple of {n}")
     return bs // n
 
+def check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:int, unfrozen_epochs:int):
+    "Refuse numbers that would fail deep inside fastai, or train nothing, before anything is read or written."
+    if size < 32: raise OptionError(f"--size {size}: give 32 or more (the networks shrink an image 32 times)")
+    if process_batch(bs) < 2: raise OptionError(f"--bs {bs}: give each process at least 2 images a batch (batch norm cannot learn from one)")
+    if not (np.isfinite(ratio) and ratio > 0): raise OptionError(f"--ratio {ratio}: give a positive number of rows of each other class per COVID-19 row (1 balances them)")
+    if not 0 < valid_pct < 1: raise OptionError(f"--valid-pct {valid_pct}: give a fraction between 0 and 1 (0.1: a tenth of each class validates)")
+    if min(frozen_epochs, unfrozen_epochs) < 0 or frozen_epochs + unfrozen_epochs == 0: raise OptionError(
+        f"--frozen-epochs {frozen_epochs} --unfrozen-epochs {unfrozen_epochs}: give epochs that are not negative, at least one in all")
+
 def _broadcast(self, t, rank):
     "`DistributedDL._broadcast`, on the GPU for NCCL and on the CPU for gloo."
     t = LongTensor(t)
@@ -402,12 +442,27 @@ def alone():
     finally:
         if world is not None: os.environ['WORLD_SIZE'] = world
 
+def unused_parameters(model:nn.Module, # A network that takes images
+                      size:int # Their side
+                     )->list:
+    "Names of `model`'s parameters that its output does not depend on: parts of a timm model that fastai's body skips."
+    trainable, training = {n: p.requires_grad for n, p in model.named_parameters()}, model.training
+    x = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+    try: model.eval().requires_grad_(True)(x).float().sum().backward()   # eval: the batch-norm statistics stay as they are
+    finally: model.train(training)
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    for n, p in model.named_parameters(): p.grad = None; p.requires_grad_(trainable[n])
+    return unused
+
 @contextmanager
 def distributed(learn:Learner):
     "Within, `learn` trains with DDP when the command was started by `torchrun` or `accelerate launch`; alone, as it is."
     if num_distrib() <= 1: yield learn; return
     from fastai.distributed import DistributedDL, DistributedTrainer   # imports Accelerate, which only distributed runs need
+    from accelerate import DistributedDataParallelKwargs
     DistributedDL._broadcast, DistributedDL.__len__, DistributedTrainer._wrap_dl = _broadcast, _len, _wrap_dl
     gpu = learn.dls.device.type == 'cuda'
+    unused = unused_parameters(learn.model, learn.dls.train_ds[0][0].shape[-1])
     atexit.unregister(close_process_group); atexit.register(close_process_group)   # once, and after every fold of a cross-validation
-    with learn.distrib_ctx(sync_bn=gpu, cpu=not gpu), learn.added_cbs(_PrepareEachFit()): yield learn
+    with learn.distrib_ctx(sync_bn=gpu, cpu=not gpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(unused))]), \
+         learn.added_cbs(_PrepareEachFit()): yield learn

@@ -53,7 +53,7 @@ def choose_threshold(targets, # 1 for COVID-19, 0 for the rest
     info = {'rule': rule if isinstance(rule, str) else 'fixed', 'n_positives': int(y.sum()), 'n_negatives': int((1-y).sum())}
     if isinstance(rule, float): return {'threshold': rule, **info}
     if not info['n_positives'] or not info['n_negatives']: raise EmptySelectionError(
-        f"the threshold rule {rule!r} needs positives and negatives among the validation predictions "
+        f"the threshold rule {rule!r} needs positives and negatives among the predictions it is chosen on "
         f"({info['n_positives']} and {info['n_negatives']}); give a number instead")
     cands = np.unique(np.concatenate([p, [0., 1.]]))
     sens = np.array([(p[y==1] >= t).mean() for t in cands]); spec = np.array([(p[y==0] < t).mean() for t in cands])
@@ -61,6 +61,9 @@ def choose_threshold(targets, # 1 for COVID-19, 0 for the rest
     else:
         kind, target = rule.split('='); target = float(target)
         ok = np.flatnonzero((sens if kind == 'sens' else spec) >= target - 1e-12)
+        if not len(ok): raise OptionError(   # sensitivity reaches 1 at threshold 0; specificity not, if a negative scores 1.0
+            f"no threshold reaches a specificity of {target:g} on these predictions: {int((p[y==0] >= 1).sum())} negative(s) have a "
+            f"COVID-19 probability of 1.0, so {np.floor(spec.max()*1000)/1000:g} is the most any threshold gives; ask for that or less, or give a number")
         i = int(ok.max() if kind == 'sens' else ok.min())
     # every threshold in (cands[i-1], cands[i]] decides the validation images alike: take the middle, so that a
     # probability recomputed with float noise (another batch, another device) does not fall on the other side
@@ -127,4 +130,4 @@ def fit_temperature(logits:torch.Tensor, # Validation logits, (n, classes)
     def step():
         opt.zero_grad(); loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets); loss.backward(); return loss
     opt.step(step)
-    return float(log_t.exp().clamp(0.05, 20.))
+    return float(log_t.detach().exp().clamp(0.05, 20.))

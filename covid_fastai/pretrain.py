@@ -168,8 +168,13 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
              cache:bool=True # Keep decoded images in the decode cache (`default_cache_dir()`)
             )->dict:
     "Train `arch` to tell Normal from pneumonia on radiographs outside the COVID-19 task; write the backbone for `train --weights` and the record of every image it saw."
+    data = str(find_data_root(data).resolve())   # what it was pretrained on, recorded as the root itself
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     start, out = time.time(), Path(out)
+    check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)   # before anything is read or written
+    if (out/RUN_JSON).exists() or (out/MODEL_JSON).exists(): raise OptionError(
+        f"{out} holds a training run, whose files pretraining would overwrite; give --out a folder of its own")
+    for f in (PRETRAIN_JSON, BACKBONE_FILE, THUMBNAILS_FILE): (out/f).unlink(missing_ok=True)   # an earlier pretraining's: none pass for this one's
     decoded = DecodeCache() if cache else None
     rows, left = pretrain_rows(data, extra_data, tasks, ratio, seed, max_per_class, strict, size, decoded)
     set_seed(seed, reproducible=True)
@@ -202,6 +207,8 @@ def pretrain_record(weights:str|Path # A checkpoint given to `train --weights`
                    )->dict|None:
     "The `pretrain.json` beside `weights` with its thumbnails, checked against both files; None for a checkpoint that has no record."
     weights = Path(weights); path = weights.parent/PRETRAIN_JSON
+    if weights.name in (PRETRAIN_JSON, THUMBNAILS_FILE): raise OptionError(
+        f"{weights} is pretraining's record, not weights; give the backbone beside it: --weights {weights.parent/BACKBONE_FILE}")
     if not path.is_file(): return None
     try: rec = json.loads(path.read_text())
     except ValueError as e: raise ModelFileError(f"{path} is not readable JSON ({e}); pretrain again, or move it away from {weights}") from None
@@ -226,7 +233,7 @@ def leave_out_pretrained(rows:pd.DataFrame, # The selection, with `X_ray_image_n
     "`rows` without the images that the backbone in `weights` saw in pretraining, and what `run.json` records of it."
     rec, info = pretrain_record(weights), {'weights': str(weights), 'weights_sha256': file_sha256(weights)}
     if rec is None:
-        warnings.warn(f"{weights}: no {PRETRAIN_JSON} of `covid-fastai pretrain` beside it; nothing is known of the images it "
+        warnings.warn(f"{weights}: no {PRETRAIN_JSON} of `covid-fastai pretrain` beside it records it; nothing is known of the images it "
                       "was trained on, so the validation images cannot be shown to be unseen", stacklevel=2)
         return rows, {**info, 'record': None}
     if rec['arch'] != arch: raise OptionError(f"{weights} is an {rec['arch']} backbone ({rec['path']}); train with --arch {rec['arch']}")

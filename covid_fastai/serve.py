@@ -139,7 +139,7 @@ let info = null;
 const ready = fetch('model').then(r => r.json()).then(m => {
   info = m;
   document.getElementById('model').textContent =
-    `Model: ${m.arch} at ${m.size} px; classes ${m.classes.join(', ')}; ${m.positive} when its probability is at least ${m.threshold}. ` +
+    `Model: ${m.arch} at ${m.size} px; classes ${m.classes.join(', ')}; ${m.positive} when its probability is at least ${m.threshold}, else the most probable other class. ` +
     `Up to ${m.max_upload_mb} MB per file. ` +
     (m.ood ? 'Images unlike its training images are flagged.' : 'This model cannot flag images unlike its training images.');
 });
@@ -239,7 +239,9 @@ drop.addEventListener('drop', e => add(e.dataTransfer.files));
 def _request_error(e:dict)->str:
     "One of FastAPI's validation errors in words; `file` parts sent without a file name get the way to send them."
     loc = [str(l) for l in e.get('loc', ()) if l != 'body']
-    if loc[:1] == ['file'] and e.get('type') != 'missing': return "each part named file must be a file, sent with a file name (curl -F file=@xray.png)"
+    how = "(curl -F file=@xray.png, once per image)"
+    if loc[:1] == ['file'] and e.get('type') == 'missing': return f"no part named file: send each image as a part named file, with its file name {how}"
+    if loc[:1] == ['file']: return f"each part named file must be a file, sent with a file name {how}"
     return f"{'.'.join(loc) or 'the request'}: {e.get('msg', 'not valid')}"
 
 def make_app(model:str|Path|CovidClassifier, # A run folder, its model.json or model.safetensors, or a loaded `CovidClassifier`

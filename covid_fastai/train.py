@@ -19,7 +19,7 @@ from .habits import *
 from .evaluate import *
 from .operating import *
 from .inference import *
-from .pretrain import leave_out_pretrained, unseen_proof
+from .pretrain import file_sha256, leave_out_pretrained, unseen_proof
 from .ood import learner_ood
 
 
@@ -73,14 +73,6 @@ def _check_folds(folds:int, fold:int|None):
     if fold is not None and folds < 2: raise OptionError(f"--fold {fold} needs --folds K, the number of folds it is one of")
     if fold is not None and not 1 <= fold <= folds: raise OptionError(f"--fold {fold}: choose a fold from 1 to {folds}")
 
-def _check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:int, unfrozen_epochs:int):
-    "Refuse numbers that would fail deep inside fastai, or train nothing, before anything is read or written."
-    if size < 32: raise OptionError(f"--size {size}: give 32 or more (the networks shrink an image 32 times)")
-    if process_batch(bs) < 2: raise OptionError(f"--bs {bs}: give each process at least 2 images a batch (batch norm cannot learn from one)")
-    if not (np.isfinite(ratio) and ratio > 0): raise OptionError(f"--ratio {ratio}: give a positive number of rows of each other class per COVID-19 row (1 balances them)")
-    if not 0 < valid_pct < 1: raise OptionError(f"--valid-pct {valid_pct}: give a fraction between 0 and 1 (0.1: a tenth of each class validates)")
-    if min(frozen_epochs, unfrozen_epochs) < 0 or frozen_epochs + unfrozen_epochs == 0: raise OptionError(
-        f"--frozen-epochs {frozen_epochs} --unfrozen-epochs {unfrozen_epochs}: give epochs that are not negative, at least one in all")
 
 # %% ../nbs/07_train.ipynb #04ae2622
 def record_habits(learn:Learner, # After `fit_recipe`
@@ -131,10 +123,12 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           resume:dict|None=None # A checkpoint of this run to go on from; see `resume_training`
          )->dict:
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out` (with `folds`, a run per fold and `cv.json`); in a process other than the first of a distributed run, train and return None."
+    if weights is not None: weights = weights_file(weights).resolve()   # checked before anything is read; absolute, for --resume from anywhere
+    data = str(find_data_root(data).resolve())   # the root itself, so that --resume and evaluate read the same images wherever they run
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), Path(out)
     _check_folds(folds, fold)
-    _check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)
+    check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)
     decoded = DecodeCache() if cache else None
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
     check_prevalence(prevalence)
@@ -156,7 +150,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     lead = not rank_distrib()   # with several processes, the first one alone writes
     if lead:
         if resume is None: (out/CHECKPOINT).unlink(missing_ok=True)   # an earlier run's, which `--resume` would take for this one's
-        write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
+        started = {'weights_sha256': pretrained_on['weights_sha256']} if weights is not None else {}   # what `--resume` must start from again
+        write_json({'settings': settings, 'status': 'training', **started}, out/RUN_JSON)   # what `resume_training` reads
     with distributed(learn):
         hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT if lead else None,
                                 resume=resume, lr_find=lr_find, lr_find_its=lr_find_its, save_best=save_best)
@@ -215,6 +210,9 @@ def resume_training(out:str|Path # The folder of the interrupted run
     try: run = json.loads((out/RUN_JSON).read_text()); settings = {'near_dups': False, **run['settings']}   # runs from before near-duplicates were grouped
     except (OSError, ValueError, KeyError, TypeError): raise DataNotFoundError(
         f"{out/RUN_JSON} not found or unreadable: {out} is not the folder of a run that `covid-fastai train --out` started") from None
+    if settings.get('weights') and 'weights_sha256' in run and file_sha256(weights_file(settings['weights'])) != run['weights_sha256']:
+        raise ModelFileError(f"{settings['weights']} changed since this run started from it (its SHA-256 differs), so the checkpoint "
+                             "and the images left out would not match it: put the original file back, or train again without --resume")
     if settings.get('folds', 1) > 1 and settings.get('fold') is None:   # cross-validation: each fold goes on where it stopped
         if run.get('status') == 'done': raise DataNotFoundError(f"{out} holds finished cross-validation ({CV_JSON}): nothing to resume")
         return train(**{**settings, 'out': out}, resume={})   # no checkpoint of its own: each fold has one

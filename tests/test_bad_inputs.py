@@ -303,6 +303,7 @@ def test_an_image_name_that_links_outside_the_folder_is_refused(metadata, images
     with pytest.raises(UnsafeImageNameError, match=f"'{name}' would resolve outside"): add_paths(rows, folder)
     res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--no-pretrained', check=False)
     assert res.returncode == 2 and 'would resolve outside' in res.stderr and name in res.stderr and 'Traceback' not in res.stderr
+    assert f"is a symbolic link to {tmp_path/'elsewhere.jpeg'}: copy the image into the folder" in res.stderr   # says why, and the fix
     (folder/name).unlink(); (folder/name).symlink_to(folder/rows.X_ray_image_name.iloc[1])   # a link inside the folder is fine
     test = add_paths(rows, folder)
     assert len(test) == len(rows) and test.path.iloc[0] == str(folder/name)

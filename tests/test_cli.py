@@ -2,7 +2,8 @@
 
 Counts come from the CSV and the image folder, never from one copy of the data: the tests pass on the packaged sample,
 on the shared development copy and on a complete download."""
-import json, shutil
+import json, os, shutil
+from pathlib import Path
 import pandas as pd, pytest, torch
 from conftest import run_cli, with_files
 from covid_fastai.data import images_dir
@@ -52,6 +53,23 @@ def test_evaluate_on_the_run_validation_split_matches_train(small_run, tmp_path)
     assert (tmp_path/'predictions.csv').is_file() and (tmp_path/'plots'/'roc.png').is_file()
 
 
+def test_evaluate_reads_the_run_own_images_wherever_it_runs(small_run, tmp_path):
+    "The run records its dataset root itself; evaluate goes back to it, not to whatever $COVID_FASTAI_DATA or the folder finds now."
+    out, _ = small_run
+    root = json.loads((out/'run.json').read_text())['settings']['data']
+    assert Path(root).is_absolute()
+    env = {k: v for k, v in os.environ.items() if k != 'COVID_FASTAI_DATA'}
+    run_cli('evaluate', '--model', out, '--out', tmp_path/'e', env=env, cwd=tmp_path)
+    assert pd.read_csv(tmp_path/'e'/'predictions.csv').file.map(lambda f: f.startswith(root + os.sep)).all()
+
+
+def test_predict_on_folders_without_images_is_an_error(small_run, tmp_path):
+    out, _ = small_run
+    (tmp_path/'sub').mkdir(); (tmp_path/'notes.txt').write_text('not an image')
+    res = run_cli('predict', '--model', out, tmp_path, check=False)
+    assert res.returncode == 2 and f'no image files in {tmp_path}' in res.stderr and 'subfolders' in res.stderr and res.stdout == ''
+
+
 def test_evaluate_on_unseen_csv_counts_what_it_leaves_out(small_run, unseen, images, tmp_path):
     csv, rows = unseen
     if not with_files(rows[(rows.Label == 'Normal') | (rows.Label_2_Virus_category == 'COVID-19')], images).any():
@@ -96,6 +114,7 @@ def test_predict_reports_a_bad_file_and_predicts_the_rest(small_run, images, tmp
     (['summary', '--data', '/nonexistent'], '/nonexistent/Chest_xray_Corona_Metadata.csv not found'),
     (['predict', '--model', '/nonexistent', 'x.jpeg'], 'Model file /nonexistent not found'),
     (['evaluate', '--model', '/nonexistent', '--csv', 'x.csv'], '--csv needs --images'),
+    (['train', '--resume', '/nonexistent', '--size', '64', '--no-pretrained'], '--size, --no-pretrained would be ignored'),
 ])
 def test_failures_are_one_line_without_traceback(args, message, data_root):
     res = run_cli(*args, check=False)

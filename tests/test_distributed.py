@@ -98,3 +98,12 @@ def test_a_distributed_run_resumes(data_root, tmp_path):
     run, m, h, _ = read(out)
     assert run['status'] == 'done' and run['processes'] == 2 and h.phase.tolist() == ['frozen', 'unfrozen']
     assert run['resumed']['processes'] == 2 and run['resumed']['phase'] == 'frozen'   # the interrupted part's processes, too
+
+
+def test_a_timm_model_with_parameters_the_loss_never_reaches_trains(data_root, tmp_path):
+    "ConvNeXt keeps timm's `head.norm`, which fastai's body skips: DDP stopped at the first step waiting for its gradient."
+    pytest.importorskip('timm')
+    out = tmp_path/'cnx'
+    launch('torchrun', 'train', '--out', out, *TINY[2:], '--arch', 'convnext_atto', '--bs', 10)
+    run, m, h, _ = read(out)
+    assert run['status'] == 'done' and run['processes'] == 2 and h.phase.tolist() == ['frozen', 'unfrozen'] and m['n'] > 0

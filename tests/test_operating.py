@@ -38,6 +38,11 @@ def test_evaluate_and_predict_follow_the_saved_rule(chosen_run, tmp_path):
     relabelled = pd.read_csv(tmp_path/'strict'/'predictions.csv')                            # its labels follow the new threshold too
     assert ((relabelled.prob_covid >= 1.0) == (relabelled.label == 'COVID-19')).all()
     assert (relabelled.label == 'COVID-19').sum() == strict['confusion_matrix'][0][1] + strict['confusion_matrix'][1][1]
+    assert strict['threshold_choice'] == {'threshold': 1.0, 'rule': 'fixed', 'n_positives': sum(strict['confusion_matrix'][1]),
+                                          'n_negatives': sum(strict['confusion_matrix'][0]), 'model_threshold': threshold}
+    res = run_cli('evaluate', '--model', chosen_run, '--threshold', 'youden', '--out', tmp_path/'fitted')   # fitted to what it judges: says so
+    assert 'chosen on the images it is judged on' in res.stderr
+    assert json.loads((tmp_path/'fitted'/'metrics.json').read_text())['threshold_choice']['rule'] == 'youden'
 
 
 def test_a_bad_threshold_rule_is_one_line_and_writes_nothing(data_root, tmp_path):

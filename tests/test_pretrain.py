@@ -121,3 +121,42 @@ def test_seen_images_are_found_by_content_and_thumbnail_and_bad_records_refused(
         kept, info = leave_out_pretrained(probe, bare/'backbone.pth', 'efficientnet_lite0')
     assert len(kept) == len(probe) and info['record'] is None
     with pytest.raises(EmptySelectionError, match='--tasks'): pretrain_rows(root, tasks='covid-normal', ratio=1.0)
+
+
+def test_weights_paths_and_pretrain_options_that_cannot_work_are_one_line(mini, pretrained, tmp_path):
+    "A missing --weights file, a folder, pretraining's record; no epochs, or a run's folder for pretrain: one line each, nothing written."
+    root, _ = mini
+    pre, _, _ = pretrained
+    train = ('train', '--data', root, '--out', tmp_path/'run', '--arch', 'efficientnet_lite0', *TINY, '--frozen-epochs', 1, '--unfrozen-epochs', 0)
+    for weights, says, rc in [(tmp_path/'none.pth', 'check the path given to --weights', 3), (pre, f"--weights {pre/'backbone.pth'}", 3),
+                              (pre/'pretrain.json', f"--weights {pre/'backbone.pth'}", 2)]:
+        res = run_cli(*train, '--weights', weights, check=False, env=OFFLINE)
+        assert res.returncode == rc and says in res.stderr and 'Traceback' not in res.stderr, res.stderr
+    assert not (tmp_path/'run').exists()
+    res = run_cli('pretrain', '--data', root, '--out', tmp_path/'p0', *TINY, '--frozen-epochs', 0, '--unfrozen-epochs', 0, check=False, env=OFFLINE)
+    assert res.returncode == 2 and '--frozen-epochs 0 --unfrozen-epochs 0' in res.stderr and not (tmp_path/'p0').exists()
+    run = tmp_path/'a_run'; run.mkdir(); (run/'run.json').write_text('{}')
+    res = run_cli('pretrain', '--data', root, '--out', run, *TINY, check=False, env=OFFLINE)
+    assert res.returncode == 2 and 'holds a training run' in res.stderr and os.listdir(run) == ['run.json']
+
+
+def test_resume_refuses_weights_that_changed_since_the_run_started(mini, pretrained, tmp_path):
+    "The run records its --weights absolute, with their SHA-256; a resume from another backbone at that path would mix two runs."
+    import signal, subprocess, time
+    from conftest import CLI
+    root, _ = mini
+    pre, _, _ = pretrained
+    shutil.copytree(pre, tmp_path/'bb')
+    proc = subprocess.Popen([*CLI, 'train', '--data', str(root), '--out', 'run', '--arch', 'efficientnet_lite0', '--weights', 'bb/backbone.pth',
+                             '--ratio', '0.5', *map(str, TINY), '--frozen-epochs', '3', '--unfrozen-epochs', '0'],
+                            cwd=tmp_path, env=OFFLINE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_json = tmp_path/'run'/'run.json'
+    while not run_json.exists():   # written before the first epoch
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL); proc.communicate(timeout=60)
+    run = json.loads(run_json.read_text())
+    assert run['status'] == 'training' and run['settings']['weights'] == str(tmp_path/'bb'/'backbone.pth')   # absolute: --resume from anywhere
+    state = torch.load(tmp_path/'bb'/'backbone.pth'); state['_conv_stem.weight'] += 1; torch.save(state, tmp_path/'bb'/'backbone.pth')
+    res = run_cli('train', '--resume', tmp_path/'run', check=False, env=OFFLINE)
+    assert res.returncode == 2 and 'changed since this run started from it' in res.stderr and 'Traceback' not in res.stderr, res.stderr

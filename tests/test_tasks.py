@@ -88,9 +88,12 @@ def test_evaluate_and_predict_carry_the_three_classes(three_run, extra, tmp_path
     assert {k: b['n'] for k, b in v['by'].items()} == split.source.value_counts().sort_index().to_dict()
     files = [Path(folder)/n for n in rows.X_ray_image_name[:3]]
     recs = json.loads(run_cli('predict', '--model', out, *files, '--json').stdout)
-    for r in recs:
-        assert list(r['probs']) == THREE and abs(sum(r['probs'].values()) - 1) < 1e-5
-        assert r['label'] == max(r['probs'], key=r['probs'].get) and r['prob_covid'] == r['probs']['COVID-19']
+    threshold = json.loads((out/'model.json').read_text())['threshold']
+    for r in recs:   # the one rule: COVID-19 at the threshold, else the most probable other class
+        assert list(r['probs']) == THREE and abs(sum(r['probs'].values()) - 1) < 1e-5 and r['prob_covid'] == r['probs']['COVID-19']
+        assert r['label'] == ('COVID-19' if r['prob_covid'] >= threshold else max(THREE[:2], key=r['probs'].get))
+    called = preds.label == 'COVID-19'   # the labels are what the COVID-19 figures count
+    assert m['confusion_matrix'][0][1] + m['confusion_matrix'][1][1] == called.sum() == np.array(m['confusion_matrix_all'])[:, 2].sum()
 
 
 def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_path):
