@@ -48,8 +48,8 @@ def test_resume_ends_where_an_uninterrupted_run_ends(sig, uninterrupted, data_ro
 def test_a_new_run_drops_the_checkpoint_of_the_run_it_replaces(data_root, tmp_path):
     "A new run in the folder of an interrupted one: the old checkpoint goes before the new run.json is written, or --resume would mix the two."
     out = tmp_path/'run'
-    _interrupt_after_first_epoch(out, signal.SIGINT)
-    assert (out/'checkpoint.pth').exists()
+    rc, err = _interrupt_after_first_epoch(out, signal.SIGINT)
+    assert rc == 130 and (out/'checkpoint.pth').exists(), (rc, sorted(p.name for p in out.iterdir()), err[-2000:])
     proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL), '--seed', '7'], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
