@@ -70,6 +70,8 @@ def parse_args(argv=None)->argparse.Namespace:
     p.add_argument('--repeats', type=int, help='timed predict calls per figure (default 3; 1 on the CPU)')
     p.add_argument('--floor-iters', type=int, help='timed forward passes per floor figure (default 30; 2 on the CPU)')
     p.add_argument('--agree-n', type=int, default=20, help='images in the CUDA vs CPU agreement check (default 20)')
+    p.add_argument('--modes', nargs='+', metavar='MODE', help="training modes to run, each name quoted (default all; see MODES)")
+    p.add_argument('--no-compile', action='store_true', help="leave torch.compile out of the training step floor (it compiles for ~30 s)")
     p.add_argument('--parts', default='train,steps,floor,infer,agree,quality',
                    help="which parts to run, comma-separated (default all: train,steps,infer,agree,quality; agree needs train)")
     p.add_argument('--folds', type=int, default=3, help="folds of the optimizers' quality comparison (default 3; 0 leaves it out)")
@@ -81,6 +83,9 @@ def parse_args(argv=None)->argparse.Namespace:
     for k, on_gpu, on_cpu in smoke:
         if getattr(a, k) is None: setattr(a, k, on_gpu if gpu else on_cpu)
     if a.epochs < 2: p.error('--epochs must be at least 2: the first one is warm-up')
+    table = MODES if gpu else CPU_MODES
+    if unknown := [m for m in a.modes or [] if m not in table]: p.error(f"unknown --modes {unknown}; on this device: {list(table)}")
+    a.modes = a.modes or list(table)
     return a
 
 
@@ -181,8 +186,10 @@ def epoch_timer(device):
 # covid_learner's: bfloat16 where the GPU has it; in_memory None is covid_dataloaders' rule (InMemoryDL where the images
 # fit), False fastai's per-item TfmdDL with loader processes. 'AdamW, amp+channels_last' is what `covid-fastai train`
 # does on CUDA; '..., per item' what it did before InMemoryDL, 'fastai Adam, amp' before `TorchAdamW` (both issue 11);
-# '..., loss kept on the GPU' an experiment (`keep_smooth_loss_on_device`).
-MODES = {'fastai Adam, amp': ('fastai', True, False, None, False), 'AdamW, amp': ('adamw', True, False, None, False),
+# '..., loss kept on the GPU' an experiment (`keep_smooth_loss_on_device`); 'fastai Adam, amp, per item' is the library
+# before issue 11 (but in bfloat16, where it trained in float16), the baseline of the issue's "2x today's" at batch 8.
+MODES = {'fastai Adam, amp, per item': ('fastai', True, False, False, False),
+         'fastai Adam, amp': ('fastai', True, False, None, False), 'AdamW, amp': ('adamw', True, False, None, False),
          'AdamW, amp+channels_last': ('adamw', True, True, None, False),
          'AdamW, amp+channels_last, per item': ('adamw', True, True, False, False),
          'AdamW, amp+channels_last, loss kept on the GPU': ('adamw', True, True, None, True),
@@ -202,18 +209,25 @@ def keep_smooth_loss_on_device(learn):
     learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
 
 
-def train_once(rows, a, bs:int, mode:str, cache, device):
-    "Train one fresh covid_learner in `mode`; its learner and the figures (first epoch = warm-up, median of the rest)."
+def mode_learner(rows, a, bs:int, mode:str, cache, device, timer):
+    "A fresh, unfrozen covid_learner on the balanced rows, set up as `mode` says, with the callback `timer`."
     from covid_fastai.learner import covid_learner
     optimizer, amp, channels_last, in_memory, loss_on_device = {**MODES, **CPU_MODES}[mode]
     dls = make_dls(rows, a, bs, cache, device, in_memory)
-    timer = epoch_timer(device)
-    learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: to_fp16() already
+    learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: mixed precision already
     if loss_on_device: keep_smooth_loss_on_device(learn)
     if not amp: learn.to_fp32()
     learn.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)   # covid_learner: channels_last
-    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     learn.unfreeze()
+    return learn
+
+
+def train_once(rows, a, bs:int, mode:str, cache, device):
+    "Train one fresh covid_learner in `mode`; its learner and the figures (first epoch = warm-up, median of the rest)."
+    timer = epoch_timer(device)
+    learn = mode_learner(rows, a, bs, mode, cache, device, timer)
+    dls = learn.dls
+    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
     with learn.no_logging(), learn.no_bar(): learn.fit_one_cycle(a.epochs, 1e-3)
     timed = timer.rows[1:]
     train_s = [r['train_s'] for r in timed]
@@ -233,7 +247,7 @@ def training(rows, a, cache, device, model_dir:Path)->list[dict]:
     from covid_fastai.inference import save_model
     results = []
     for bs in a.bs:
-        for mode in (MODES if device.type == 'cuda' else CPU_MODES):
+        for mode in a.modes:
             learn, res = train_once(rows, a, bs, mode, cache, device)
             results.append(res)
             if not (model_dir/'model.json').exists(): save_model(learn, model_dir, size=a.size)
@@ -271,18 +285,18 @@ def phase_timer(device):
     return PhaseTimer()
 
 
+STEP_MODES = ('fastai Adam, amp, per item', 'AdamW, amp+channels_last')   # the library before issue 11, and now
+
+
 def breakdown(rows, a, cache, device)->list[dict]:
-    """Milliseconds per training step in each of PHASES (median over the second epoch), per batch size, with fastai's Adam
-    (which steps each parameter in Python) and with the library's default, torch's fused AdamW (`TorchAdamW`)."""
-    from covid_fastai.learner import covid_learner
+    """Milliseconds per training step in each of PHASES (median over the second epoch), per batch size, in the library's
+    mode before issue 11 (fastai's Adam, which steps each parameter in Python, and the per-item loader) and now (torch's
+    fused AdamW, `TorchAdamW`, channels_last, the images kept on the GPU), of those among --modes."""
     out = []
     for bs in a.bs:
-        for mode in (('fastai Adam, amp', 'AdamW, amp') if device.type == 'cuda' else tuple(CPU_MODES)):
-            optimizer, amp, *_ = {**MODES, **CPU_MODES}[mode]
+        for mode in [m for m in (STEP_MODES if device.type == 'cuda' else CPU_MODES) if m in a.modes]:
             timer = phase_timer(device)
-            learn = covid_learner(make_dls(rows, a, bs, cache, device), arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)
-            if not amp: learn.to_fp32()
-            learn.unfreeze()
+            learn = mode_learner(rows, a, bs, mode, cache, device, timer)
             with learn.no_logging(), learn.no_bar(): learn.fit_one_cycle(2, 1e-3)
             steps = timer.epochs[-1]
             if not steps:   # one batch per epoch: no step has a 'wait' to measure
@@ -305,7 +319,7 @@ def step_floor(a, device)->list[dict]:
     from covid_fastai.learner import arch_fn
     bs, out = max(a.bs), []
     amp = torch.bfloat16 if device.type == 'cuda' and torch.cuda.is_bf16_supported() else torch.float16
-    for how in ('eager', 'eager + cudnn.benchmark', 'torch.compile + cudnn.benchmark'):
+    for how in ('eager', 'eager + cudnn.benchmark', *([] if a.no_compile else ['torch.compile + cudnn.benchmark'])):
         torch.backends.cudnn.benchmark = how != 'eager'
         torch.manual_seed(SEED)
         model = create_vision_model(arch_fn(a.arch), 2, pretrained=False).to(device, memory_format=torch.channels_last)
@@ -341,10 +355,15 @@ def _ratio_line(results, bs, a, b, what):
 
 
 def verdicts(results:list[dict])->list[str]:
-    "For each batch size: what torch's AdamW, channels_last and fp32 change against the step before them, in this run."
+    "For each batch size: what each change (optimizer, layout, precision, loader, loss copy) does against the mode without it, in this run."
     pairs = [('AdamW, amp', 'fastai Adam, amp', "torch's fused AdamW in place of fastai's Adam"),
              ('AdamW, amp+channels_last', 'AdamW, amp', 'channels_last'), ('AdamW, amp', 'AdamW, fp32', 'mixed precision'),
-             ('AdamW, fp32', 'fastai Adam, fp32', "torch's AdamW in place of fastai's Adam")]
+             ('AdamW, fp32', 'fastai Adam, fp32', "torch's AdamW in place of fastai's Adam"),
+             ('AdamW, amp+channels_last', 'fastai Adam, amp, per item', 'the library now vs before issue 11'),
+             ('AdamW, amp+channels_last', 'AdamW, amp+channels_last, per item', 'images kept on the GPU vs the per-item loader'),
+             ('AdamW, fp32', 'AdamW, fp32, per item', 'images kept in memory vs the per-item loader'),
+             ('AdamW, amp+channels_last, loss kept on the GPU', 'AdamW, amp+channels_last', 'smoothed loss kept on the GPU'),
+             ('AdamW, fp32, loss kept on the device', 'AdamW, fp32', 'smoothed loss kept on the device')]
     return [l for bs in sorted({r['bs'] for r in results}) for a, b, what in pairs if (l := _ratio_line(results, bs, a, b, what))]
 
 
@@ -490,7 +509,7 @@ def md_table(headers:list[str], rows:list[list])->str:
     return '\n'.join([line(headers), line(['---'] * len(headers)), *map(line, rows)])
 
 
-def report(info:dict, a, train:list[dict], phases:list[dict], floor:list[dict], infer:list[dict], agree:list[dict], qual:list[dict])->str:
+def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list[dict], inference:list[dict], agreement:list[dict], quality:list[dict])->str:
     "The Markdown summary of every figure."
     gpu = info.get('gpu', 'CPU (smoke run, figures meaningless)')
     head = (f"**{gpu}**, torch {info['torch']} (CUDA {info['torch cuda']}, cuDNN {info.get('cudnn', '-')}), "
@@ -499,25 +518,25 @@ def report(info:dict, a, train:list[dict], phases:list[dict], floor:list[dict], 
                   'whole epoch s', 'warm-up epoch s', 'peak GPU GiB'],
                  [[r['bs'], r['mode'], r['images_per_epoch'], f"{r['train_s']:.2f}", f"{r['train_s_min']:.2f}-{r['train_s_max']:.2f}",
                    f"{r['images_per_s']:.1f}", f"{r['epoch_s']:.2f}", f"{r['warmup_s']:.2f}",
-                   '-' if r['peak_gpu_GiB'] is None else f"{r['peak_gpu_GiB']:.2f}"] for r in train])
+                   '-' if r['peak_gpu_GiB'] is None else f"{r['peak_gpu_GiB']:.2f}"] for r in training])
     ph = md_table(['batch', 'mode', *[f"{p} ms" for p in PHASES], 'total ms', 'steps'],
                   [[r['bs'], r['mode'], *[f"{r[p]:.1f}" for p in PHASES], f"{r['total']:.1f}", r['steps']] for r in phases])
     fl = md_table(['batch', 'how', 'ms/step', 'images/s', 'first step s'],
-                  [[r['bs'], r['how'], f"{r['step_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r['first_step_s']:.1f}"] for r in floor])
+                  [[r['bs'], r['how'], f"{r['step_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r['first_step_s']:.1f}"] for r in step_floor])
     i = md_table(['batch', 'precision', 'what', 'images/s', 'seconds (predict: one call on all files; floor: one batch)'],
-                 [[r['bs'], r['precision'], r['path'], f"{r['images_per_s']:.1f}", f"{r['seconds']:.4f}"] for r in infer])
+                 [[r['bs'], r['precision'], r['path'], f"{r['images_per_s']:.1f}", f"{r['seconds']:.4f}"] for r in inference])
     g = md_table(['comparison', 'images', 'max abs diff prob_covid', 'mean abs diff', 'labels differ', 'limit', 'verdict'],
                  [[r['label'], r['images'], f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}", r['labels_differ'],
-                   f"{r['limit']:g}", 'OK' if r['ok'] else 'FAIL'] for r in agree])
+                   f"{r['limit']:g}", 'OK' if r['ok'] else 'FAIL'] for r in agreement])
     q = md_table(['optimizer', 'folds', 'ROC AUC', 'sensitivity', 'specificity', 'accuracy', 'seconds'],
                  [[r['optimizer'], r['folds'], *[f"{r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" if k in r and r[k]['mean'] is not None else '-'
                                                  for k in ('roc_auc', 'sensitivity', 'specificity', 'accuracy')], f"{r['seconds']:.0f}"]
-                  for r in qual])
+                  for r in quality])
     over = (f"training rows repeated {a.oversample}x per epoch (validation rows not repeated); " if a.oversample > 1 else '')
     return '\n'.join([
         '## GPU check', '', head, '', '### Training', '',
         f"{over}{a.epochs} epochs per run, first left out; figures are the training phase only (validation excluded).", '',
-        t, '', *[f"* {v}" for v in verdicts(train)], '', '### Where a training step goes', '',
+        t, '', *[f"* {v}" for v in verdicts(training)], '', '### Where a training step goes', '',
         "Median milliseconds per step over a second epoch, the GPU synchronised at every boundary (which itself costs a "
         "little). 'wait for batch': from the end of one step to the next batch's arrival, loaded, moved to the GPU and "
         "augmented there; 'backward + clip' includes gradient clipping and, in amp, unscaling; 'rest': zeroing the "
@@ -543,27 +562,34 @@ def main(argv=None)->int:
     from covid_fastai.datablock import DecodeCache
     info = device_info(device)
     print('\n'.join(f"  {k}: {v}" for k, v in info.items()), flush=True)
+    figures = {'training': [], 'phases': [], 'step_floor': [], 'inference': [], 'agreement': [], 'quality': []}
+    def save(done=False):   # after every part, so that a run stopped by a time limit keeps what it measured
+        if not a.out: return
+        ok = all(r['ok'] for r in figures['agreement'])
+        Path(a.out).write_text(json.dumps({'device': info, 'settings': vars(a), **figures, 'ok': ok, 'complete': done,
+                                           'seconds': time.perf_counter() - T0, 'markdown': report(info, a, **figures)},
+                                          indent=2, default=str) + '\n')
     with tempfile.TemporaryDirectory(prefix='covid_gpu_check_') as tmp:
         tmp = Path(tmp)
         cache, model_dir = DecodeCache(tmp/'cache'), tmp/'model'
         rows, root = balanced_rows(a.data, a.size, cache)
         step(f"{len(rows)} balanced images from {root}, decoded at {a.size} px into a temporary DecodeCache")
-        parts = a.parts.split(',')
-        train = training(rows, a, cache, device, model_dir) if 'train' in parts else []
-        phases = breakdown(rows, a, cache, device) if 'steps' in parts else []
-        floor = step_floor(a, device) if 'floor' in parts else []
         files = (list(rows.path) * (a.infer_files // len(rows) + 1))[:a.infer_files]
-        infer = inference(model_dir, files, a, device, cache) if 'infer' in parts else []
-        agree = agreement(model_dir, rows, a, device) if 'agree' in parts else []
-        qual = quality(a, str(root), tmp) if 'quality' in parts and a.folds else []
-    md = report(info, a, train, phases, floor, infer, agree, qual)
+        parts = {'train': ('training', lambda: training(rows, a, cache, device, model_dir)),
+                 'steps': ('phases', lambda: breakdown(rows, a, cache, device)),
+                 'floor': ('step_floor', lambda: step_floor(a, device)),
+                 'infer': ('inference', lambda: inference(model_dir, files, a, device, cache)),
+                 'agree': ('agreement', lambda: agreement(model_dir, rows, a, device)),
+                 'quality': ('quality', lambda: quality(a, str(root), tmp) if a.folds else [])}
+        for part in a.parts.split(','):
+            key, run = parts[part]
+            figures[key] = run()
+            save()
+    md = report(info, a, **figures)
     print('\n' + md)
-    ok = all(r['ok'] for r in agree)
-    if a.out:
-        Path(a.out).write_text(json.dumps({'device': info, 'settings': vars(a), 'training': train, 'phases': phases, 'step_floor': floor, 'inference': infer,
-                                           'agreement': agree, 'quality': qual, 'ok': ok, 'seconds': time.perf_counter() - T0,
-                                           'markdown': md}, indent=2, default=str) + '\n')
-        print(f"\nWrote {a.out}")
+    save(done=True)
+    if a.out: print(f"\nWrote {a.out}")
+    ok = all(r['ok'] for r in figures['agreement'])
     step('done' if ok else "FAIL: CUDA and CPU predictions disagree (see above)")
     return 0 if ok else 1
 
