@@ -182,20 +182,24 @@ def epoch_timer(device):
     return EpochTimer()
 
 
-# name: (optimizer, mixed precision, channels_last, in_memory, smoothed loss kept on the device); mixed precision is
+# name: (optimizer, mixed precision, channels_last, in_memory, smoothed loss kept on the device, fastai's own affine
+# transform in place of covid_augment's `SameSizeAffine`, which reads nothing back from the GPU); mixed precision is
 # covid_learner's: bfloat16 where the GPU has it; in_memory None is covid_dataloaders' rule (InMemoryDL where the images
 # fit), False fastai's per-item TfmdDL with loader processes. 'AdamW, amp+channels_last' is what `covid-fastai train`
 # does on CUDA; '..., per item' what it did before InMemoryDL, 'fastai Adam, amp' before `TorchAdamW` (both issue 11);
 # '..., loss kept on the GPU' an experiment (`keep_smooth_loss_on_device`); 'fastai Adam, amp, per item' is the library
 # before issue 11 (but in bfloat16, where it trained in float16), the baseline of the issue's "2x today's" at batch 8.
-MODES = {'fastai Adam, amp, per item': ('fastai', True, False, False, False),
-         'fastai Adam, amp': ('fastai', True, False, None, False), 'AdamW, amp': ('adamw', True, False, None, False),
-         'AdamW, amp+channels_last': ('adamw', True, True, None, False),
-         'AdamW, amp+channels_last, per item': ('adamw', True, True, False, False),
-         'AdamW, amp+channels_last, loss kept on the GPU': ('adamw', True, True, None, True),
-         'AdamW, fp32': ('adamw', False, False, None, False)}
-CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False, None, False), 'AdamW, fp32': ('adamw', False, False, None, False),   # fastai's mixed precision needs CUDA
-             'AdamW, fp32, per item': ('adamw', False, False, False, False), 'AdamW, fp32, loss kept on the device': ('adamw', False, False, None, True)}
+MODES = {'fastai Adam, amp, per item': ('fastai', True, False, False, False, True),
+         'fastai Adam, amp': ('fastai', True, False, None, False, False), 'AdamW, amp': ('adamw', True, False, None, False, False),
+         'AdamW, amp+channels_last': ('adamw', True, True, None, False, False),
+         "AdamW, amp+channels_last, fastai's affine": ('adamw', True, True, None, False, True),
+         'AdamW, amp+channels_last, per item': ('adamw', True, True, False, False, False),
+         'AdamW, amp+channels_last, loss kept on the GPU': ('adamw', True, True, None, True, False),
+         'AdamW, fp32': ('adamw', False, False, None, False, False)}
+CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False, None, False, False), 'AdamW, fp32': ('adamw', False, False, None, False, False),   # fastai's mixed precision needs CUDA
+             'AdamW, fp32, per item': ('adamw', False, False, False, False, False),
+             'AdamW, fp32, loss kept on the device': ('adamw', False, False, None, True, False),
+             "AdamW, fp32, fastai's affine": ('adamw', False, False, None, False, True)}
 
 
 def keep_smooth_loss_on_device(learn):
@@ -209,11 +213,21 @@ def keep_smooth_loss_on_device(learn):
     learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
 
 
+def use_fastai_affine(dls):
+    "Put fastai's `AffineCoordTfm`, which reads the coordinates' range back from the GPU at every batch, back in place of `SameSizeAffine`."
+    from fastai.vision.augment import AffineCoordTfm
+    from covid_fastai.datablock import SameSizeAffine
+    for dl in dls.loaders:
+        for t in dl.after_batch.fs:
+            if isinstance(t, SameSizeAffine): t.__class__ = AffineCoordTfm   # the same state; only `encodes` differs
+
+
 def mode_learner(rows, a, bs:int, mode:str, cache, device, timer):
     "A fresh, unfrozen covid_learner on the balanced rows, set up as `mode` says, with the callback `timer`."
     from covid_fastai.learner import covid_learner
-    optimizer, amp, channels_last, in_memory, loss_on_device = {**MODES, **CPU_MODES}[mode]
+    optimizer, amp, channels_last, in_memory, loss_on_device, fastai_affine = {**MODES, **CPU_MODES}[mode]
     dls = make_dls(rows, a, bs, cache, device, in_memory)
+    if fastai_affine: use_fastai_affine(dls)
     learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: mixed precision already
     if loss_on_device: keep_smooth_loss_on_device(learn)
     if not amp: learn.to_fp32()
@@ -362,6 +376,8 @@ def verdicts(results:list[dict])->list[str]:
              ('AdamW, amp+channels_last', 'fastai Adam, amp, per item', 'the library now vs before issue 11'),
              ('AdamW, amp+channels_last', 'AdamW, amp+channels_last, per item', 'images kept on the GPU vs the per-item loader'),
              ('AdamW, fp32', 'AdamW, fp32, per item', 'images kept in memory vs the per-item loader'),
+             ('AdamW, amp+channels_last', "AdamW, amp+channels_last, fastai's affine", "SameSizeAffine vs fastai's affine transform"),
+             ('AdamW, fp32', "AdamW, fp32, fastai's affine", "SameSizeAffine vs fastai's affine transform"),
              ('AdamW, amp+channels_last, loss kept on the GPU', 'AdamW, amp+channels_last', 'smoothed loss kept on the GPU'),
              ('AdamW, fp32, loss kept on the device', 'AdamW, fp32', 'smoothed loss kept on the device')]
     return [l for bs in sorted({r['bs'] for r in results}) for a, b, what in pairs if (l := _ratio_line(results, bs, a, b, what))]

@@ -20,8 +20,8 @@ from .data import task_classes
 __all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_rgb',
            'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache',
            'OpenXRay', 'check_images', 'thumbnails', 'near_duplicates', 'group_rows', 'StratifiedSplitter',
-           'stratified_folds', 'FoldSplitter', 'covid_augment', 'covid_datablock', 'default_workers', 'InMemoryDL',
-           'free_memory', 'fits_in_memory', 'covid_dataloaders']
+           'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers',
+           'InMemoryDL', 'free_memory', 'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -399,9 +399,24 @@ def covid_augment(max_rotate:float=10., # Largest rotation, in degrees
                   max_lighting:float=0.2, # Largest change of brightness and contrast (0: none)
                  )->list:
     "Batch augmentation: flips, rotations, mild zoom and lighting, then ImageNet normalisation."
-    return [*aug_transforms(do_flip=True, flip_vert=False, max_rotate=max_rotate, max_zoom=max_zoom,
-                            max_lighting=max_lighting, max_warp=0., p_lighting=0.75 if max_lighting else 0.),
-            Normalize.from_stats(*imagenet_stats)]
+    tfms = aug_transforms(do_flip=True, flip_vert=False, max_rotate=max_rotate, max_zoom=max_zoom,
+                          max_lighting=max_lighting, max_warp=0., p_lighting=0.75 if max_lighting else 0.)
+    return [*(SameSizeAffine.from_tfm(t) if isinstance(t, AffineCoordTfm) else t for t in tfms), Normalize.from_stats(*imagenet_stats)]
+
+# %% ../nbs/02_datablock.ipynb #b81d4c2e
+class SameSizeAffine(AffineCoordTfm):
+    "fastai's `AffineCoordTfm` for images already at the output size: the same pixels, without reading from the GPU."
+    def encodes(self, x:TensorImage):
+        coords = affine_grid(self.mat, x.shape[:2] + x.shape[-2:], align_corners=self.align_corners)
+        if self.coord_fs and not self.split_idx: coords = compose_tfms(coords, self.coord_fs)   # as fastai: none on validation
+        return TensorImage(F.grid_sample(x, coords, mode=self.mode, padding_mode=self.pad_mode, align_corners=self.align_corners))
+
+    @classmethod
+    def from_tfm(cls, tfm:AffineCoordTfm):
+        "The same transform as `tfm` (e.g. `aug_transforms`' composed flip, rotation and zoom), which must keep the size."
+        if tfm.size is not None: raise ValueError(f"SameSizeAffine keeps the image's size; {tfm} resizes to {tfm.size}")
+        return cls(aff_fs=tfm.aff_fs, coord_fs=tfm.coord_fs, mode=tfm.mode, pad_mode=tfm.pad_mode, mode_mask=tfm.mode_mask,
+                   align_corners=tfm.align_corners, p=tfm.p)
 
 # %% ../nbs/02_datablock.ipynb #78309857
 @delegates(covid_augment)
