@@ -11,7 +11,9 @@
    (`TorchAdamW`, the default now) in mixed precision, mixed precision + channels_last, and fp32; all with the images
    kept on the GPU by `InMemoryDL` (the default where they fit); once more with fastai's per-item `TfmdDL` and its
    loader processes, the library's loader before (issue 11); and once with the Recorder's smoothed loss kept on the GPU
-   (an experiment: fastai copies it to the CPU after every step, which makes the CPU wait for the GPU). Each run trains
+   (an experiment: fastai copies it to the CPU after every step, which makes the CPU wait for the GPU); once with
+   fastai's own affine transform in place of covid_augment's `SameSizeAffine` (the library before 2026-11-28); and once
+   as the library was before issue 11 ('fastai Adam, amp, per item', the baseline). `--modes` picks some. Each run trains
    `--epochs` epochs with `fit_one_cycle` after `unfreeze`; the first epoch is warm-up and left out, the figure is the
    median of the others. Timed: the training phase of each epoch (a callback reads the clock, after
    `torch.cuda.synchronize`, at before_train and after_train), so validation is left out; the whole epoch is shown too.
@@ -19,7 +21,7 @@
    training rows are therefore repeated `--oversample` times (16: 1568 images, 196 batches of 8 or 24 of 64). The
    validation rows (12) are covid_dataloaders' own stratified split, not repeated.
    Then, per batch size, where a training step's time goes (waiting for the batch, forward, backward, optimizer step)
-   with each optimizer, from a second epoch with the GPU synchronised at every boundary; and the training step alone at
+   before issue 11 and now (of the --modes), from a second epoch with the GPU synchronised at every boundary; and the training step alone at
    the largest batch (a batch already on the device, no loader, no fastai loop): eager, with cudnn.benchmark, and
    through torch.compile, to show what the loop and the loader leave on the table and whether compiling helps.
 3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA, `--infer-files`
