@@ -13,7 +13,7 @@ __all__ = ['MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT
            'PLOTS_DIR', 'CV_JSON', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
            'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'NotRadiographError',
            'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'misfit', 'atomic_write', 'write_json', 'write_csv',
-           'save_figure', 'get_device']
+           'save_figure', 'out_folder', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -73,6 +73,18 @@ def save_figure(fig, # A matplotlib figure; it is closed once saved
     with atomic_write(path) as tmp: fig.savefig(tmp, format='png', dpi=dpi, bbox_inches='tight')
     plt.close(fig)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #e5a2b3c8
+def out_folder(path:str|Path, # A folder to write into; made when first written to
+               option:str='--out' # The option that named it, for the message
+              )->Path:
+    "`path`, checked before any work: a folder, or nothing yet, with no file in the way."
+    path = Path(path)
+    for p in (path, *path.parents):   # the nearest part that exists must be a folder
+        if p.exists():
+            if not p.is_dir(): raise OptionError(f"{option} {path}: {p} is a file, not a folder; give a folder to write into")
+            break
+    return path
 
 # %% ../nbs/00_core.ipynb #f853978b
 MODEL_JSON, WEIGHTS_FILE = 'model.json', 'model.safetensors'

@@ -139,16 +139,15 @@ def plot_predictions(paths, # Image files
                      threshold:float=0.5, max_n:int=12, ncols:int=4,
                      classes:list|None=None # The classes; default `CLASSES`
                     )->plt.Figure:
-    "A grid of images with true and predicted class, and the probability of COVID-19 (of the predicted class, with more); wrong ones in red."
+    "A grid of images with true and predicted class and its probability, as heat maps show them; wrong ones in red."
     classes, p = classes or CLASSES, np.asarray(probs, dtype=float)
     if p.ndim == 1: p = np.stack([1-p, p], 1)
     n = min(max_n, len(paths)); nrows = max(1, math.ceil(n/ncols))
     fig, axs = plt.subplots(nrows, ncols, figsize=(3*ncols, 3.2*nrows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, path, y, row, pred in zip(axs.flat, paths[:n], targets[:n], p[:n], predicted(p[:n], threshold)):
-        shown = row[classes.index(POSITIVE)] if len(classes) == 2 else row[pred]
         ax.imshow(load_xray(path, size=224).convert('L'), cmap='gray')
-        ax.set_title(f"true {classes[int(y)]}\npred {classes[pred]} (p={shown:.2f})", fontsize=9,
+        ax.set_title(f"true {classes[int(y)]}\npred {classes[pred]} (p={row[pred]:.2f})", fontsize=9,
                      color='black' if pred == int(y) else 'tab:red')
     fig.tight_layout()
     return fig
@@ -242,6 +241,11 @@ def _predictions_table(preds:pd.DataFrame)->pd.DataFrame:
     return preds.drop(columns='probs').join(probs)
 
 # %% ../nbs/06_evaluate.ipynb #b99d7a1d
+def _is_run_folder(out:Path, model)->bool:
+    "Whether `out` is the folder of `model`'s own training run (its metrics.json and plots are the run's validation results)."
+    run = run_folder(model).resolve()
+    return out.resolve() == run and ((run/METRICS_JSON).exists() or (run/RUN_JSON).exists())
+
 def evaluate(model:str|Path, # A run folder, its model.json or its model.safetensors
              data:str|Path|None=None, # Dataset root of the run's validation images; default: the one the run was trained on (its run.json)
              csv:str|Path|None=None, # Or: a CSV in CoronaHack's format...
@@ -259,6 +263,10 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     "Metrics of `model` on its validation images or on `csv`, with counts of the rows left out."
     if csv is not None and data is not None: raise CovidFastaiError("give --data (the run's validation images) or --csv, not both")
     if csv is not None and images is None: raise CovidFastaiError("--csv needs --images DIR, the folder that holds its image files")
+    if images is not None and csv is None: raise OptionError(
+        f"--images {images} needs --csv, the labels of its images; without both, the run's own validation images are evaluated")
+    if out is not None and _is_run_folder(out_folder(out), model): raise OptionError(
+        f"--out {out} is the model's run folder, whose metrics.json and plots are its validation results; give another folder, e.g. {Path(out)/'eval'}")
     check_prevalence(prevalence)   # before the model predicts every image
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
     if tta: clf.use_tta()

@@ -20,8 +20,8 @@ from .inference import CovidClassifier, predicted
 
 # %% auto #0
 __all__ = ['Cams', 'cam_layer', 'grad_cam', 'frame_mask', 'shortcut_score', 'shortcut_baseline', 'plot_cam', 'learner_cams',
-           'clf_cams', 'show_cams', 'overlay_names', 'save_overlays', 'top_losses', 'plot_top_losses_cams',
-           'record_probs', 'record_cams', 'explain_predictions', 'plot_top_losses', 'overlay_png']
+           'clf_cams', 'record_probs', 'record_cams', 'show_cams', 'overlay_names', 'save_overlays', 'top_losses',
+           'plot_top_losses_cams', 'explain_predictions', 'plot_top_losses', 'overlay_png']
 
 # %% ../nbs/09_explain.ipynb #a3602c2f
 def cam_layer(model:nn.Module # `Sequential(body, head)`, as `covid_learner`, `create_vision_model` and `load_model` build it
@@ -172,15 +172,34 @@ def learner_cams(learn:Learner, # A learner from `covid_learner` (its DataBlock 
 
 def clf_cams(clf:CovidClassifier, # From `load_model`
              files:list, # Image files, readable (those `clf.predict` gave no error for)
-             cls=None, # Class to explain: name, index, one per file, or None for the class `predict` labels it with
+             cls=None, # Class to explain: name, index, one per file, or None for the label `predict` gives, with its probabilities
              bs:int=16 # Images per batch
             )->Cams:
     "Grad-CAM of image files with a loaded model, preprocessed as `predict` does: maps (N, size, size), probabilities, classes."
     files = [str(f) for f in files]
-    if cls is None: cls = lambda p: torch.as_tensor(predicted(p.numpy(), clf.threshold))   # the rule `predict` labels by
+    if cls is None and files:   # predict's own label and probabilities, after calibration and test-time augmentation
+        preds = clf.predict(files, bs=bs)
+        if len(bad := preds[preds.error.notna()]): raise UnreadableImageError(f"clf_cams takes readable images: {bad.error.iloc[0]}")
+        return record_cams(clf, preds, bs)
     batches = (clf.normalise(torch.stack([clf.prepare(f) for f in files[i:i+bs]])) for i in range(0, len(files), bs))
     cams = _cams_of(clf.model, batches, _class_arg(cls, clf.classes))
     return cams if files else Cams(torch.zeros(0, clf.size, clf.size), torch.zeros(0, len(clf.classes)), cams.cls)
+
+def record_probs(clf:CovidClassifier, # From `load_model`
+                 preds:pd.DataFrame # Readable rows of `clf.predict`'s answer (or its records)
+                )->torch.Tensor:
+    "The class probabilities `predict` gave each row, (N, C) in `clf.classes` order: after TTA and calibration, as shown."
+    if 'probs' in preds: return torch.tensor([[float(p[c]) for c in clf.classes] for p in preds['probs']])
+    p = torch.tensor(preds['prob_covid'].astype(float).to_numpy(), dtype=torch.float32)
+    return torch.stack([p if i == clf.positive else 1 - p for i in range(len(clf.classes))], 1)
+
+def record_cams(clf:CovidClassifier, # From `load_model`
+                preds:pd.DataFrame, # Readable rows of `clf.predict`'s answer (or its records)
+                bs:int=16 # Images per batch
+               )->Cams:
+    "Grad-CAM of each row's file for the label `predict` gave it, carrying the probabilities it gave (not a plain pass's)."
+    cams = clf_cams(clf, preds['file'].tolist(), cls=[clf.classes.index(l) for l in preds['label']], bs=bs)
+    return cams._replace(probs=record_probs(clf, preds))
 
 # %% ../nbs/09_explain.ipynb #53ab6a1c
 def _files_of(files, cams:Cams)->list:
@@ -278,22 +297,6 @@ def plot_top_losses_cams(files:list, # Image files
     return fig
 
 # %% ../nbs/09_explain.ipynb #ddd80e72
-def record_probs(clf:CovidClassifier, # From `load_model`
-                 preds:pd.DataFrame # Readable rows of `clf.predict`'s answer (or its records)
-                )->torch.Tensor:
-    "The class probabilities `predict` gave each row, (N, C) in `clf.classes` order: after TTA and calibration, as shown."
-    if 'probs' in preds: return torch.tensor([[float(p[c]) for c in clf.classes] for p in preds['probs']])
-    p = torch.tensor(preds['prob_covid'].astype(float).to_numpy(), dtype=torch.float32)
-    return torch.stack([p if i == clf.positive else 1 - p for i in range(len(clf.classes))], 1)
-
-def record_cams(clf:CovidClassifier, # From `load_model`
-                preds:pd.DataFrame, # Readable rows of `clf.predict`'s answer (or its records)
-                bs:int=16 # Images per batch
-               )->Cams:
-    "Grad-CAM of each row's file for the label `predict` gave it, carrying the probabilities it gave (not a plain pass's)."
-    cams = clf_cams(clf, preds['file'].tolist(), cls=[clf.classes.index(l) for l in preds['label']], bs=bs)
-    return cams._replace(probs=record_probs(clf, preds))
-
 def explain_predictions(clf:CovidClassifier, # From `load_model`
                         preds:pd.DataFrame, # From `clf.predict`: `file`, `label`, `error`...
                         out_dir:str|Path|None=None, # Write one overlay PNG per readable image here
@@ -317,10 +320,13 @@ def plot_top_losses(clf:CovidClassifier, # From `load_model`
                     probs, # Their class probabilities (N, C), as `predict` gave them
                     k:int=9 # How many images
                    )->plt.Figure:
-    "The `k` worst-predicted images with the heat maps of the class they were given."
-    _, order = top_losses(torch.as_tensor(np.asarray(probs, dtype=np.float32)), list(targets), k, clf.classes)
-    sel = [files[i] for i in order]
-    return plot_top_losses_cams(sel, clf_cams(clf, sel), [targets[i] for i in order], clf.classes, k=k)
+    "The `k` worst-predicted images, labelled and titled with `probs` and `clf`'s threshold, with the heat maps of their labels."
+    probs = np.asarray(probs, dtype=np.float32)
+    _, order = top_losses(torch.as_tensor(probs), list(targets), k, clf.classes)
+    order = [int(i) for i in order]
+    cams = clf_cams(clf, [files[i] for i in order], cls=[int(c) for c in predicted(probs[order], clf.threshold)])
+    return plot_top_losses_cams([files[i] for i in order], cams._replace(probs=torch.as_tensor(probs[order])),
+                                [targets[i] for i in order], clf.classes, k=k)
 
 def overlay_png(clf:CovidClassifier, # From `load_model`
                 path:str|Path, # The image file

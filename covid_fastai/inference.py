@@ -327,6 +327,7 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
                   gpu_decode:bool=False # On CUDA, decode JPEGs on the GPU (about 2x faster; not the same pixels: see bench/README.md); no cache then
                  )->pd.DataFrame:
     "Label and COVID-19 probability of image files: one row per file, with the error for files that cannot be read."
+    if heatmaps is not None: out_folder(heatmaps, '--heatmaps')   # before every image is predicted
     if not (files := image_files(images)): raise DataNotFoundError(   # nothing to predict is not a success a script should read as one
         f"no image files in {', '.join(map(str, [images] if isinstance(images, (str, Path)) else images))}; subfolders are not searched: give the files, or their own folder")
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache and not gpu_decode else None)

@@ -170,7 +170,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
     "Train `arch` to tell Normal from pneumonia on radiographs outside the COVID-19 task; write the backbone for `train --weights` and the record of every image it saw."
     data = str(find_data_root(data).resolve())   # what it was pretrained on, recorded as the root itself
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
-    start, out = time.time(), Path(out)
+    start, out = time.time(), out_folder(out)
     check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)   # before anything is read or written
     if (out/RUN_JSON).exists() or (out/MODEL_JSON).exists(): raise OptionError(
         f"{out} holds a training run, whose files pretraining would overwrite; give --out a folder of its own")

@@ -126,7 +126,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     if weights is not None: weights = weights_file(weights).resolve()   # checked before anything is read; absolute, for --resume from anywhere
     data = str(find_data_root(data).resolve())   # the root itself, so that --resume and evaluate read the same images wherever they run
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
-    start, out = time.time(), Path(out)
+    start, out = time.time(), out_folder(out)
     _check_folds(folds, fold)
     check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)
     decoded = DecodeCache() if cache else None

@@ -63,6 +63,29 @@ def test_evaluate_reads_the_run_own_images_wherever_it_runs(small_run, tmp_path)
     assert pd.read_csv(tmp_path/'e'/'predictions.csv').file.map(lambda f: f.startswith(root + os.sep)).all()
 
 
+def test_evaluate_leaves_the_run_own_results_and_refuses_images_without_labels(small_run, images, tmp_path):
+    "The run's metrics.json and plots are its validation results: evaluate writes elsewhere; --images alone would be ignored."
+    out, _ = small_run
+    before = (out/'metrics.json').read_bytes()
+    res = run_cli('evaluate', '--model', out, '--out', out, check=False)
+    assert res.returncode == 2 and "is the model's run folder" in res.stderr and f"{out/'eval'}" in res.stderr
+    assert (out/'metrics.json').read_bytes() == before
+    res = run_cli('evaluate', '--model', out, '--images', images, check=False)
+    assert res.returncode == 2 and '--images' in res.stderr and 'needs --csv' in res.stderr and res.stdout == ''
+
+
+def test_a_file_where_a_folder_goes_is_refused_before_any_work(small_run, images, tmp_path):
+    out, _ = small_run
+    (tmp_path/'afile').touch()
+    img = sorted(images.iterdir())[0]
+    for args, option in [(['predict', '--model', out, '--heatmaps', tmp_path/'afile', img], '--heatmaps'),
+                         (['evaluate', '--model', out, '--out', tmp_path/'afile'/'eval'], '--out'),
+                         (['train', '--out', tmp_path/'afile', '--size', 32, '--no-pretrained'], '--out')]:
+        res = run_cli(*args, check=False)
+        assert res.returncode == 2 and f"{option} {args[args.index(option)+1]}" in res.stderr and 'is a file, not a folder' in res.stderr, res.stderr
+        assert res.stdout == '' and 'Traceback' not in res.stderr
+
+
 def test_predict_on_folders_without_images_is_an_error(small_run, tmp_path):
     out, _ = small_run
     (tmp_path/'sub').mkdir(); (tmp_path/'notes.txt').write_text('not an image')
