@@ -80,7 +80,8 @@ def _not_found(fn)->UnreadableImageError:
 def _undecodable(fn, ds, e:Exception)->UnreadableImageError:
     "The error for pixel data that pydicom could not decode: which syntax, and whether a decoder is missing."
     ts = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
-    if ts is None: return UnreadableImageError(f"{fn}: DICOM file without a transfer syntax; its pixel data cannot be decoded ({_line(e)})")
+    if ts is None: return UnreadableImageError(f"{fn}: DICOM file without a transfer syntax; its pixel data cannot be decoded ({_line(e)}); "
+                                                "export it again as a DICOM file with its file meta, or as PNG")
     syntax = f"{ts.name} ({ts})" if ts.name != str(ts) else str(ts)
     try: available = get_decoder(ts).is_available
     except NotImplementedError: available = False
@@ -117,6 +118,21 @@ def _frame_size(ds)->tuple[int, int]|None:
             with Image.open(io.BytesIO(frame)) as im: return im.size   # over twice Pillow's own limit, it raises
         except (OSError, SyntaxError, ValueError): return None
 
+def _check_pixel_header(fn, ds, w:int, h:int):
+    "Refuse, before decoding, a header that contradicts itself or its pixel data; a grey image without a photometric interpretation is read as MONOCHROME2."
+    n = int(ds.get('SamplesPerPixel', 1))
+    if 'PhotometricInterpretation' not in ds and n == 1: ds.PhotometricInterpretation = 'MONOCHROME2'   # the usual grey, as viewers read it
+    p = str(ds.get('PhotometricInterpretation', '')).strip()
+    want = 1 if p in ('MONOCHROME1', 'MONOCHROME2', 'PALETTE COLOR') else 3 if p == 'RGB' or p.startswith('YBR') else None
+    if want is not None and n != want: raise UnreadableImageError(
+        f"{fn}: the DICOM header contradicts itself: {p} has {want} sample(s) per pixel, the header says {n}; export the file again")
+    ts, bits = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None), int(ds.get('BitsAllocated', 8))
+    if ts is not None and not ts.is_compressed and bits % 8 == 0:   # pydicom would warn without the file's name and decode garbage
+        need, have = w * h * n * bits // 8, len(ds.PixelData)
+        if have > need + 1: raise UnreadableImageError(   # one byte of padding makes the length even
+            f"{fn}: the DICOM pixel data holds {have:,} bytes, more than the {need:,} of the header's {w} x {h} pixels; "
+            "the header's image size is wrong: export the file again")
+
 def read_dicom(fn:str|Path, # A DICOM file
                max_pixels:int=MAX_PIXELS # Refuse images with more pixels than this, before decoding
               )->Image.Image:
@@ -131,6 +147,7 @@ def read_dicom(fn:str|Path, # A DICOM file
         raise UnreadableImageError(f"{fn}: DICOM file without a readable image size ({_line(e)})") from None
     check_shape(fn, w, h, max_pixels)
     if frames > 1: raise NotRadiographError(f"{fn}: a DICOM file of {frames} frames; a radiograph is one frame")
+    _check_pixel_header(fn, ds, w, h)
     try: size = _frame_size(ds)
     except Image.DecompressionBombError as e: raise _too_many_pixels(fn, e, max_pixels) from None
     if size is not None and size != (w, h):   # the frame decodes to its own size, not the header's

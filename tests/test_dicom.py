@@ -199,3 +199,32 @@ def test_broken_dicom_files_say_why(make, words, tmp_path):
     f = tmp_path/'x.dcm'
     make(f)
     with pytest.raises(UnreadableImageError, match=words): load_xray(f)
+
+
+def edited(f, **elements):
+    "A readable DICOM radiograph at `f` whose header then gets `elements` (None deletes one), as a faulty export leaves it."
+    write_dicom(np.random.default_rng(0).integers(0, 256, (300, 400), dtype=np.uint8), f)
+    ds = pydicom.dcmread(f)
+    for k, v in elements.items():
+        if v is None: delattr(ds, k)
+        else: setattr(ds, k, v)
+    ds.save_as(f)
+    return f
+
+
+@pytest.mark.parametrize('elements, words', [
+    (dict(PhotometricInterpretation='RGB'), 'contradicts itself: RGB has 3 sample'),
+    (dict(PhotometricInterpretation='YBR_FULL'), 'contradicts itself: YBR_FULL has 3 sample'),
+    (dict(Rows=150), 'more than the 60,000 of the header'),     # the pixel data of 300 rows under a header of 150
+])
+def test_a_header_that_contradicts_its_pixels_says_so_and_the_fix(elements, words, tmp_path):
+    f = edited(tmp_path/'x.dcm', **elements)
+    with pytest.raises(UnreadableImageError) as e: load_xray(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}: ") and words in msg and 'export the file again' in msg and '\n' not in msg
+
+
+def test_a_grey_image_without_photometric_interpretation_reads_as_monochrome2(tmp_path):
+    plain, bare = edited(tmp_path/'plain.dcm'), edited(tmp_path/'bare.dcm', PhotometricInterpretation=None)
+    assert 'PhotometricInterpretation' not in pydicom.dcmread(bare)
+    assert np.array_equal(np.asarray(load_xray(bare, size=128)), np.asarray(load_xray(plain, size=128)))
