@@ -192,6 +192,16 @@ def _pretrain(a):
           f"Record: {out/PRETRAIN_JSON}\nHistory: {out/HISTORY_CSV}")
 
 # %% ../nbs/08_cli.ipynb #4ebf5200
+def _resume_hint(out:Path # The folder of the interrupted training
+                )->str:
+    "What to run after Ctrl-C of `train`: `--resume` where there is something to go on from, else the same command."
+    from covid_fastai.core import RUN_JSON, CHECKPOINT
+    try: run = json.loads((out/RUN_JSON).read_text()); settings = run['settings']
+    except (OSError, ValueError, KeyError, TypeError): return ''
+    cv = settings.get('folds', 1) > 1 and settings.get('fold') is None   # each fold goes on from its own checkpoint, or again
+    if run.get('status') == 'training' and (cv or (out/CHECKPOINT).exists()): return f"; go on with `covid-fastai train --resume {out}`"
+    return "; no epoch had finished, so there is nothing to resume: run the same command again"
+
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `covid-fastai` command."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -210,7 +220,7 @@ def main(argv:list[str]|None=None)->int:
         print(f"covid-fastai: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("covid-fastai: interrupted; finished outputs are complete, unfinished ones were not written"
-              + (f"; go on with `covid-fastai train --resume {a.out}`" if a.command == 'train' and a.out else ''), file=sys.stderr)
+              + (_resume_hint(Path(a.out or a.resume)) if a.command == 'train' else ''), file=sys.stderr)
         return 130
 
 # %% ../nbs/08_cli.ipynb #dce41951

@@ -16,7 +16,7 @@ __all__ = ['METADATA_CSV', 'IMAGES_SUBDIR', 'DATA_ENV', 'DATA_CANDIDATES', 'PACK
            'LABEL_COLUMNS', 'CLASSES', 'TASKS', 'find_data_root', 'images_dir', 'analysis_metadata', 'read_metadata',
            'fill_unknown', 'metadata_summary', 'format_summary', 'plot_nulls', 'plot_label_counts', 'analyse',
            'image_path', 'finding', 'task_classes', 'task_of', 'target_of', 'add_paths', 'select_balanced',
-           'select_labelled', 'source_name', 'with_source', 'read_extra', 'read_sources']
+           'select_labelled', 'source_name', 'with_source', 'absolute_extra', 'read_extra', 'read_sources']
 
 # %% ../nbs/01_data.ipynb #cd132858
 METADATA_CSV = 'Chest_xray_Corona_Metadata.csv'
@@ -353,14 +353,24 @@ def with_source(df:pd.DataFrame, # Rows read from `csv`
     return df.assign(source=own.fillna(source_name(csv, extra)))
 
 # %% ../nbs/01_data.ipynb #6fa4b506
+def _extra_parts(spec:str)->tuple[Path, Path]:
+    parts = str(spec).split(':')
+    if len(parts) != 2 or not all(p.strip() for p in parts): raise OptionError(
+        f"--extra-data {spec!r} is not CSV:IMAGES; give a metadata CSV in CoronaHack's format and its image folder, joined by ':'")
+    return Path(parts[0]), Path(parts[1])
+
+def absolute_extra(spec:str # 'CSV:IMAGES', as given
+                  )->str:
+    "`spec` with both paths absolute, as a run records it: `--resume` and `evaluate` read the same files from any folder."
+    csv, images = _extra_parts(spec)
+    return f"{csv.absolute()}:{images.absolute()}"
+
 def read_extra(spec:str, # 'CSV:IMAGES': a metadata CSV in CoronaHack's format and the folder of its images
                strict:bool=False # Raise if image files are missing, instead of dropping their rows
               )->pd.DataFrame:
     "The rows of an extra dataset, checked as `read_metadata` checks CoronaHack's, with `source` and `path`."
-    parts = str(spec).split(':')
-    if len(parts) != 2 or not all(p.strip() for p in parts): raise OptionError(
-        f"--extra-data {spec!r} is not CSV:IMAGES; give a metadata CSV in CoronaHack's format and its image folder, joined by ':'")
-    csv, images = Path(parts[0]), Path(parts[1]).absolute()   # split.csv keeps the paths: `evaluate` may run from elsewhere
+    csv, images = _extra_parts(spec)
+    images = images.absolute()   # split.csv keeps the paths: `evaluate` may run from elsewhere
     if not csv.is_file(): raise DataNotFoundError(f"--extra-data {spec}: {csv} not found")
     if not images.is_dir(): raise DataNotFoundError(f"--extra-data {spec}: image folder {images} " + ("is a file, not a folder" if images.exists() else "not found"))
     try:

@@ -19,8 +19,8 @@ from .explain import explain_predictions, plot_top_losses, shortcut_baseline
 
 # %% auto #0
 __all__ = ['CV_METRICS', 'binary_metrics', 'decision_rule', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc',
-           'plot_predictions', 'add_operating_points', 'save_evaluation', 'metrics_by', 'plot_by', 'evaluate',
-           'cv_summary', 'plot_cv']
+           'plot_predictions', 'add_operating_points', 'save_evaluation', 'metrics_by', 'plot_by', 'seen_in_training',
+           'evaluate', 'cv_summary', 'plot_cv']
 
 # %% ../nbs/06_evaluate.ipynb #163ca616
 def _ratio(a, b): return None if b == 0 else a / b
@@ -228,6 +228,16 @@ def _run_valid_rows(model, data):
     found = add_paths(valid[main].drop(columns='path', errors='ignore'), images_dir(find_data_root(data or _run_root(model))))
     return pd.concat([found, valid[~main]]).sort_index(), {'other_labels': 0, 'missing_images': int(main.sum()) - len(found)}
 
+def seen_in_training(model:str|Path, # A run folder, its model.json or model.safetensors
+                     paths # Image files about to be evaluated
+                    )->int|None:
+    "How many of `paths` the model trained on, by the training rows of its run's split.csv (None without one): their figures flatter it."
+    split = run_folder(model)/SPLIT_CSV
+    if not split.is_file(): return None
+    train = pd.read_csv(split, usecols=['path', 'split']).query("split == 'train'").path
+    trained = {str(Path(p).resolve()) for p in train}
+    return sum(str(Path(p).resolve()) in trained for p in paths)
+
 def _prob_matrix(preds:pd.DataFrame, classes:list)->np.ndarray:
     "The probability of each class, one row per prediction of `CovidClassifier.predict`."
     if 'probs' in preds: return np.array([[d[c] for c in classes] for d in preds.probs])
@@ -272,6 +282,9 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     if tta: clf.use_tta()
     if csv is not None: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
     else: rows, left_out = _run_valid_rows(model, data)
+    seen = seen_in_training(model, rows.path) if csv is not None else 0   # the run's own validation rows are unseen
+    if seen: warnings.warn(f"{seen} of the {len(rows)} images of {csv} are among the model's training images "
+                           f"({run_folder(model)/SPLIT_CSV}), so the figures flatter it; leave them out for an unbiased figure", stacklevel=2)
     if by is not None and by not in rows: raise OptionError(
         f"--by {by}: no such column in {csv or run_folder(model)/SPLIT_CSV} (columns: {', '.join(c for c in rows if c not in ('path', 'target'))})")
     preds = clf.predict(rows.path, bs=bs).assign(target=rows.target.values)
@@ -286,7 +299,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
             "and specificity flatter it; choose it on validation images (train --threshold) to test it on these", stacklevel=2)
         clf.threshold = chosen['threshold']
         preds.loc[ok.index, 'label'] = [clf.classes[i] for i in predicted(probs, clf.threshold)]   # predictions.csv decides as metrics.json
-    metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold), 'threshold_choice': chosen,
+    metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold), 'threshold_choice': chosen, 'seen_in_training': seen,
                'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}, **ood_summary(preds)}
     metrics = add_operating_points(metrics, targets, probs, clf.classes, prevalence)
     if tta: metrics['tta'] = clf.tta

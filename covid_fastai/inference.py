@@ -287,6 +287,8 @@ def load_model(path:str|Path, # A run folder, its `model.json` or `model.safeten
               )->CovidClassifier:
     "Load a model saved by `save_model` (or, if trusted, a fastai export) for prediction."
     path = model_description(path)
+    if (path.parent/CV_JSON).is_file() and not path.is_file(): raise ModelFileError(
+        f"{path.parent} holds a cross-validation: its models are in {path.parent/'fold-1'} ... (one per fold), its summary in {CV_JSON}; give one fold's folder")
     if not path.is_file(): raise ModelFileError(f"Model file {path} not found; give the folder that `covid-fastai train --out` wrote")
     if path.suffix in ('.pkl', '.pth', '.pt'):
         if not trust_pickle: raise ModelFileError(

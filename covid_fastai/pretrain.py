@@ -169,6 +169,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
             )->dict:
     "Train `arch` to tell Normal from pneumonia on radiographs outside the COVID-19 task; write the backbone for `train --weights` and the record of every image it saw."
     data = str(find_data_root(data).resolve())   # what it was pretrained on, recorded as the root itself
+    extra_data = [absolute_extra(s) for s in extra_data] if extra_data else extra_data   # and its extra datasets, likewise
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     start, out = time.time(), out_folder(out)
     check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)   # before anything is read or written

@@ -24,7 +24,8 @@ from .ood import learner_ood
 
 
 # %% auto #0
-__all__ = ['SPLIT_COLUMNS', 'balanced_rows', 'split_frame', 'group_counts', 'record_habits', 'train', 'resume_training']
+__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'balanced_rows', 'split_frame', 'group_counts', 'record_habits', 'train', 'clear_run',
+           'resume_training']
 
 # %% ../nbs/07_train.ipynb #3b714932
 def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
@@ -125,6 +126,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out` (with `folds`, a run per fold and `cv.json`); in a process other than the first of a distributed run, train and return None."
     if weights is not None: weights = weights_file(weights).resolve()   # checked before anything is read; absolute, for --resume from anywhere
     data = str(find_data_root(data).resolve())   # the root itself, so that --resume and evaluate read the same images wherever they run
+    extra_data = [absolute_extra(s) for s in extra_data] if extra_data else extra_data   # likewise
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), out_folder(out)
     _check_folds(folds, fold)
@@ -149,7 +151,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
                           wd=wd, clip=clip, optimizer=optimizer)
     lead = not rank_distrib()   # with several processes, the first one alone writes
     if lead:
-        if resume is None: (out/CHECKPOINT).unlink(missing_ok=True)   # an earlier run's, which `--resume` would take for this one's
+        if resume is None: clear_run(out)   # an earlier run's files: its checkpoint, which `--resume` would take for this one's, its model...
         started = {'weights_sha256': pretrained_on['weights_sha256']} if weights is not None else {}   # what `--resume` must start from again
         write_json({'settings': settings, 'status': 'training', **started}, out/RUN_JSON)   # what `resume_training` reads
     with distributed(learn):
@@ -181,6 +183,14 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     return metrics
 
 # %% ../nbs/07_train.ipynb #8f7b0f06
+RUN_FILES = (CHECKPOINT, MODEL_JSON, WEIGHTS_FILE, METRICS_JSON, HISTORY_CSV, SPLIT_CSV, CV_JSON)
+
+def clear_run(out:Path # A run folder about to hold a new run
+             ):
+    "Remove an earlier run's files and plots from `out`, so that none passes for the new run's; fold folders are runs of their own and stay."
+    for f in RUN_FILES: (out/f).unlink(missing_ok=True)
+    for p in (out/PLOTS_DIR).glob('*.png'): p.unlink()
+
 def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the folds before anything is written
                     settings:dict, # `train`'s arguments
                     keep_finished:bool=False # Going on after an interruption: keep the folds that finished, resume the one that did not
@@ -191,13 +201,15 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
     if not rank_distrib():
         if not keep_finished:   # a new job: an earlier job's folds must not pass for this one's if it is resumed
             for i in range(1, folds+1): (out/f'fold-{i}'/CHECKPOINT).unlink(missing_ok=True); (out/f'fold-{i}'/RUN_JSON).unlink(missing_ok=True)
-        write_json({'settings': settings, 'status': 'training'}, out/RUN_JSON)   # what `resume_training` reads
+            clear_run(out)
+        started = {'weights_sha256': file_sha256(settings['weights'])} if settings.get('weights') else {}   # folds not begun yet start from it too
+        write_json({'settings': settings, 'status': 'training', **started}, out/RUN_JSON)   # what `resume_training` reads
     with warnings.catch_warnings():   # the selection's warnings (missing, unreadable files) were given once, above
         warnings.simplefilter('ignore', UserWarning)
         results = [_fold_run(out/f'fold-{i}', {**settings, 'out': out/f'fold-{i}', 'fold': i}, keep_finished) for i in range(1, folds+1)]
     if rank_distrib(): return None
     cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)]}
-    write_json({'settings': settings, 'status': 'done'}, out/RUN_JSON)
+    write_json({'settings': settings, 'status': 'done', **started}, out/RUN_JSON)
     write_json(cv, out/CV_JSON)
     save_figure(plot_cv(cv), out/PLOTS_DIR/'cv.png')
     return cv

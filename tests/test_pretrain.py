@@ -140,15 +140,16 @@ def test_weights_paths_and_pretrain_options_that_cannot_work_are_one_line(mini, 
     assert res.returncode == 2 and 'holds a training run' in res.stderr and os.listdir(run) == ['run.json']
 
 
-def test_resume_refuses_weights_that_changed_since_the_run_started(mini, pretrained, tmp_path):
-    "The run records its --weights absolute, with their SHA-256; a resume from another backbone at that path would mix two runs."
+@pytest.mark.parametrize('folds', [[], ['--folds', 2]], ids=['one run', 'cross-validation'])
+def test_resume_refuses_weights_that_changed_since_the_run_started(mini, pretrained, folds, tmp_path):
+    "The run records its --weights absolute, with their SHA-256; a resume from another backbone at that path would mix two runs (or folds)."
     import signal, subprocess, time
     from conftest import CLI
     root, _ = mini
     pre, _, _ = pretrained
     shutil.copytree(pre, tmp_path/'bb')
     proc = subprocess.Popen([*CLI, 'train', '--data', str(root), '--out', 'run', '--arch', 'efficientnet_lite0', '--weights', 'bb/backbone.pth',
-                             '--ratio', '0.5', *map(str, TINY), '--frozen-epochs', '3', '--unfrozen-epochs', '0'],
+                             '--ratio', '0.5', *map(str, TINY), '--frozen-epochs', '3', '--unfrozen-epochs', '0', *map(str, folds)],
                             cwd=tmp_path, env=OFFLINE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_json = tmp_path/'run'/'run.json'
     while not run_json.exists():   # written before the first epoch

@@ -101,8 +101,13 @@ def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_pa
     csv, folder = spec.split(':')
     (rows.assign(patient=[f'p{i // 2}' for i in range(len(rows))])).to_csv(tmp_path/'patients.csv', index=False)
     out = tmp_path/'cv'
-    res = run_cli('train', '--task', 'covid-rest', '--extra-data', f"{tmp_path/'patients.csv'}:{folder}", '--folds', 2,
-                  '--group-col', 'patient', '--out', out, *TINY)
+    (out/'plots').mkdir(parents=True); (out/'model.json').write_text('{}'); (out/'plots'/'confusion.png').write_bytes(b'')   # an earlier single run's
+    res = run_cli('train', '--task', 'covid-rest', '--extra-data', f"patients.csv:{folder}", '--folds', 2,   # the CSV relative to the folder it runs in
+                  '--group-col', 'patient', '--out', out, *TINY, cwd=tmp_path)
+    assert json.loads((out/'run.json').read_text())['settings']['extra_data'] == [f"{tmp_path/'patients.csv'}:{folder}"]   # --resume from anywhere
+    assert not (out/'model.json').exists() and not (out/'plots'/'confusion.png').exists()   # nothing of the earlier run passes for this one's
+    res_eval = run_cli('evaluate', '--model', out, check=False)
+    assert res_eval.returncode == 2 and 'holds a cross-validation' in res_eval.stderr and str(out/'fold-1') in res_eval.stderr
     cv = json.loads((out/'cv.json').read_text())
     folds = [json.loads((out/f'fold-{i}'/'metrics.json').read_text()) for i in (1, 2)]
     assert cv['folds'] == 2 and cv['runs'] == ['fold-1', 'fold-2'] and cv['n'] == [f['n'] for f in folds]
@@ -120,6 +125,13 @@ def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_pa
     assert (counts[1] - counts[2]).abs().max() <= 2                                                    # stratified, up to a pair
     run = json.loads((out/'fold-2'/'run.json').read_text())
     assert run['settings']['fold'] == 2 and run['groups']['column'] == 'patient' and run['groups']['shared'] >= len(rows) // 2
+    # a fold judged on a CSV of images it trained on says so, and counts them
+    trained = {Path(p).resolve() for p in pd.read_csv(out/'fold-1'/'split.csv').query("split == 'train'").path}
+    expected = sum((Path(folder)/n).resolve() in trained for n in rows.X_ray_image_name)
+    assert expected > 0
+    res_eval = run_cli('evaluate', '--model', out/'fold-1', '--csv', tmp_path/'patients.csv', '--images', folder, '--out', tmp_path/'ev')
+    assert json.loads((tmp_path/'ev'/'metrics.json').read_text())['seen_in_training'] == expected
+    assert f"{expected} of the " in res_eval.stderr and "among the model's training images" in res_eval.stderr
 
 
 @pytest.mark.parametrize('args, message', [
