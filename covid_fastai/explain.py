@@ -179,7 +179,9 @@ def clf_cams(clf:CovidClassifier, # From `load_model`
     files = [str(f) for f in files]
     if cls is None and files:   # predict's own label and probabilities, after calibration and test-time augmentation
         preds = clf.predict(files, bs=bs)
-        if len(bad := preds[preds.error.notna()]): raise UnreadableImageError(f"clf_cams takes readable images: {bad.error.iloc[0]}")
+        if len(bad := preds[preds.error.notna()]):
+            clf.prepare(bad.file.iloc[0])   # raises the reading's own error, of its own type (a blank image: NotRadiographError)
+            raise UnreadableImageError(f"clf_cams takes readable images: {bad.error.iloc[0]}")
         return record_cams(clf, preds, bs)
     batches = (clf.normalise(torch.stack([clf.prepare(f) for f in files[i:i+bs]])) for i in range(0, len(files), bs))
     cams = _cams_of(clf.model, batches, _class_arg(cls, clf.classes))
