@@ -17,11 +17,11 @@ from .core import *
 from .data import task_classes
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_rgb',
-           'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache',
-           'OpenXRay', 'check_images', 'thumbnails', 'near_duplicates', 'group_rows', 'StratifiedSplitter',
-           'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers',
-           'InMemoryDL', 'free_memory', 'fits_in_memory', 'covid_dataloaders']
+__all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_grey',
+           'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray', 'default_cache_dir',
+           'DecodeCache', 'OpenXRay', 'check_images', 'thumbnails', 'near_duplicates', 'group_rows',
+           'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine',
+           'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -38,15 +38,19 @@ def _scale_to_8bit(im:Image.Image)->Image.Image:
     return Image.fromarray(_to_8bit(np.asarray(im)), mode='L')
 
 # %% ../nbs/02_datablock.ipynb #14d0e836
-def to_rgb(im:Image.Image)->Image.Image:
-    "Convert any Pillow image to grey RGB: 16-bit and float scaled by their range, transparency onto black, colour removed."
+def to_grey(im:Image.Image)->Image.Image:
+    "Convert any Pillow image to 8-bit grey ('L'): 16-bit and float scaled by their range, transparency onto black, colour removed."
     if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'): im = _scale_to_8bit(im)
     if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
     if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
         im = im.convert('RGBA')
         bg = Image.new('RGBA', im.size, (0, 0, 0, 255))
         im = Image.alpha_composite(bg, im)
-    return (im if im.mode == 'L' else im.convert('L')).convert('RGB')
+    return im if im.mode == 'L' else im.convert('L')
+
+def to_rgb(im:Image.Image)->Image.Image:
+    "`to_grey`, as the three equal channels that ImageNet networks take."
+    return to_grey(im).convert('RGB')
 
 # %% ../nbs/02_datablock.ipynb #1f62b7e7
 MIN_SIDE, MAX_ASPECT, MIN_STD = 64, 4.0, 2.0   # pixels; longer side / shorter side; grey levels (of 255)
@@ -173,13 +177,14 @@ def check_spread(fn, spread:float # The standard deviation of the decoded image'
 
 def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, or DICOM
               size:int|None=None, # Squish to `size` x `size` (bilinear); None keeps the image's own size
-              max_pixels:int=MAX_PIXELS # Refuse images with more pixels than this, before decoding
+              max_pixels:int=MAX_PIXELS, # Refuse images with more pixels than this, before decoding
+              grey:bool=False # The grey ('L') image itself, a third of the memory, rather than its three equal channels
              )->Image.Image:
-    "Open `fn` as an RGB Pillow image; raise `UnreadableImageError` naming the file and the reason when it cannot be a radiograph."
+    "Open `fn` as a grey RGB Pillow image; raise `UnreadableImageError` naming the file and the reason when it cannot be a radiograph."
     try:
         if not stat.S_ISREG(os.stat(fn).st_mode):   # opening a pipe would wait for a writer for ever
             raise UnreadableImageError(f"{fn}: not a regular file (a folder, pipe or device); give an image file")
-        if is_dicom(fn): im = to_rgb(read_dicom(fn, max_pixels))
+        if is_dicom(fn): im = to_grey(read_dicom(fn, max_pixels))
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter('error', Image.DecompressionBombWarning)
@@ -187,7 +192,7 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
                     check_shape(fn, *im.size, max_pixels)
                     if size: im.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `size`
                     im.load()
-                    im = to_rgb(ImageOps.exif_transpose(im))
+                    im = to_grey(ImageOps.exif_transpose(im))   # the orientation is read before the greying drops it
     except UnreadableImageError: raise
     except FileNotFoundError: raise _not_found(fn) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:   # Pillow's own check, in `open`, came first
@@ -195,8 +200,8 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: not a readable image ({type(e).__name__}: {e})") from None
     im = im if size is None else im.resize((size, size), Image.BILINEAR)
-    check_spread(fn, np.asarray(im)[..., 0].std())
-    return im
+    check_spread(fn, np.asarray(im).std())
+    return im if grey else im.convert('RGB')
 
 # %% ../nbs/02_datablock.ipynb #ee74c503
 CACHE_ENV = 'COVID_FASTAI_CACHE'
@@ -223,20 +228,20 @@ class DecodeCache:
         key = f"{Path(fn).resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{_LOADER_VERSION}"
         return self.folder/f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
-    def load(self, fn:str|Path, size:int)->Image.Image:
-        "`load_xray(fn, size)`, from the cache when it is there, stored in it when not."
+    def load(self, fn:str|Path, size:int, grey:bool=False)->Image.Image:
+        "`load_xray(fn, size, grey=grey)`, from the cache when it is there, stored in it when not."
         path = self.entry(fn, size)
         try:
             with _NPY_LOCK: a = np.load(path)
-            if a.shape[:2] == (size, size): return Image.fromarray(a)
+            if a.shape[:2] == (size, size): return Image.fromarray(a).convert('L' if grey else 'RGB')   # grey; RGB in entries written before it kept grey
         except (OSError, ValueError, EOFError, TypeError): pass   # absent, or damaged (an empty file is an EOFError): decode again
-        im = load_xray(fn, size)
+        im = load_xray(fn, size, grey=True)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as tmp:
-                with open(tmp, 'wb') as f: np.save(f, np.asarray(im))
+                with open(tmp, 'wb') as f: np.save(f, np.asarray(im))   # grey: a third of the disk and of the reading
         except OSError: pass                            # a read-only cache only costs speed
-        return im
+        return im if grey else im.convert('RGB')
 
 # %% ../nbs/02_datablock.ipynb #7768c3ed
 class OpenXRay(Transform):
@@ -248,7 +253,7 @@ class OpenXRay(Transform):
     def encodes(self, fn:Path)->PILImage: return self.encodes(str(fn))
     # `learn.predict(PILImage.create(f))`: fastai drops the transforms before the first whose `input_types` take the
     # item, so this one must take images, or they would reach the model at their own size and in colour
-    def encodes(self, im:Image.Image)->PILImage: return PILImage(to_rgb(im).resize((self.size, self.size), Image.BILINEAR))
+    def encodes(self, im:Image.Image)->PILImage: return PILImage(to_grey(im).resize((self.size, self.size), Image.BILINEAR).convert('RGB'))
 
 # %% ../nbs/02_datablock.ipynb #94cc8728
 def check_images(df:pd.DataFrame, # Rows with a `path` column
@@ -277,7 +282,7 @@ def thumbnails(paths, # Image files
               )->np.ndarray:
     "One row per image: its `side` x `side` grey thumbnail, standardised to mean 0 and standard deviation 1."
     def thumb(p):
-        im = (cache.load(p, 64) if cache else load_xray(p, 64)).convert('L').resize((side, side), Image.BOX)
+        im = (cache.load(p, 64, grey=True) if cache else load_xray(p, 64, grey=True)).resize((side, side), Image.BOX)
         a = np.asarray(im, dtype=np.float32).ravel()
         return (a - a.mean()) / (a.std() + 1e-6)
     with ThreadPoolExecutor(4) as pool: return np.stack(list(pool.map(thumb, paths))) if len(paths) else np.zeros((0, side*side), np.float32)
