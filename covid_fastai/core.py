@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f5c0a959
 from __future__ import annotations
-import os, json, secrets, contextlib
+import os, json, secrets, hashlib, contextlib
 from pathlib import Path
 import pandas as pd, torch
 
@@ -12,8 +12,8 @@ import pandas as pd, torch
 __all__ = ['MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV', 'PREDICTIONS_CSV',
            'PLOTS_DIR', 'CV_JSON', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
            'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'NotRadiographError',
-           'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'misfit', 'atomic_write', 'write_json', 'write_csv',
-           'save_figure', 'out_folder', 'get_device']
+           'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'misfit', 'atomic_write', 'file_sha256',
+           'write_json', 'write_csv', 'save_figure', 'out_folder', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -52,6 +52,15 @@ def atomic_write(dest:str|Path): # The file to write
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+
+# %% ../nbs/00_core.ipynb #ce4acd92
+def file_sha256(path:str|Path # A file
+               )->str:
+    "The SHA-256 of the file's bytes, as hexadecimal."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #2f5c20bf
 def write_json(obj, # Anything `json.dumps` takes; NaN is refused, write None for an undefined value

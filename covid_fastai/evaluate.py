@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #4cece6eb
 from __future__ import annotations
-import json, math, re, warnings
+import json, math, re, warnings, contextlib
 from pathlib import Path
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
@@ -146,7 +146,7 @@ def plot_predictions(paths, # Image files
     fig, axs = plt.subplots(nrows, ncols, figsize=(3*ncols, 3.2*nrows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, path, y, row, pred in zip(axs.flat, paths[:n], targets[:n], p[:n], predicted(p[:n], threshold)):
-        ax.imshow(load_xray(path, size=224).convert('L'), cmap='gray')
+        ax.imshow(load_xray(path, size=224, grey=True), cmap='gray')
         ax.set_title(f"true {classes[int(y)]}\npred {classes[pred]} (p={row[pred]:.2f})", fontsize=9,
                      color='black' if pred == int(y) else 'tab:red')
     fig.tight_layout()
@@ -231,12 +231,25 @@ def _run_valid_rows(model, data):
 def seen_in_training(model:str|Path, # A run folder, its model.json or model.safetensors
                      paths # Image files about to be evaluated
                     )->int|None:
-    "How many of `paths` the model trained on, by the training rows of its run's split.csv (None without one): their figures flatter it."
+    "How many of `paths` the model trained on, by path or by contents (a copy under another name), from the training rows of its run's split.csv (None without one): their figures flatter it."
     split = run_folder(model)/SPLIT_CSV
     if not split.is_file(): return None
-    train = pd.read_csv(split, usecols=['path', 'split']).query("split == 'train'").path
-    trained = {str(Path(p).resolve()) for p in train}
-    return sum(str(Path(p).resolve()) in trained for p in paths)
+    train = [Path(p) for p in pd.read_csv(split, usecols=['path', 'split']).query("split == 'train'").path]
+    trained, by_size, digests = {str(p.resolve()) for p in train}, {}, {}
+    for p in train:
+        with contextlib.suppress(OSError): by_size.setdefault(p.stat().st_size, []).append(p)   # a file since moved matches by path only
+    def digest(p):
+        if p not in digests:
+            try: digests[p] = file_sha256(p)
+            except OSError: digests[p] = None
+        return digests[p]
+    def seen(p):
+        p = Path(p)
+        if str(p.resolve()) in trained: return True
+        try: same_size = by_size.get(p.stat().st_size, [])   # only files of one size can have one content: most are never read
+        except OSError: return False
+        return digest(p) is not None and any(digest(q) == digest(p) for q in same_size)
+    return sum(map(seen, paths))
 
 def _prob_matrix(preds:pd.DataFrame, classes:list)->np.ndarray:
     "The probability of each class, one row per prediction of `CovidClassifier.predict`."

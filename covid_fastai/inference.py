@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_inference.ipynb #6c06f0e0
 from __future__ import annotations
-import json, hashlib, random, threading, warnings
+import json, random, threading, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torchvision
@@ -30,12 +30,6 @@ __all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'p
 # %% ../nbs/05_inference.ipynb #a085f4e6
 MODEL_FORMAT = 'covid_fastai.model/1'
 
-def _sha256(path:Path)->str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
-    return h.hexdigest()
-
 # %% ../nbs/05_inference.ipynb #e4f296b6
 def _opener(learn:Learner)->OpenXRay|None:
     "The `OpenXRay` of `learn`'s DataLoaders, which knows the size its images are squished to; None for other DataLoaders."
@@ -58,7 +52,7 @@ def save_model(learn:Learner, # A learner from `covid_learner`
     if ood is not None: state.update(ood.tensors())
     with atomic_write(dest/WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
     meta = {'format': MODEL_FORMAT, 'arch': learn.arch_name, 'size': size, 'task': task_of(learn.dls.vocab), 'classes': list(learn.dls.vocab),
             'mean': list(arch_stats(learn.arch_name)[0]), 'std': list(arch_stats(learn.arch_name)[1]), 'threshold': threshold, 'temperature': temperature,
             'builder': arch_builder(learn.arch_name), 'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE, 'sha256': digest}
@@ -247,7 +241,7 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
     weights = path.parent/meta['weights']
     if weights.parent != path.parent or not weights.is_file():
         raise ModelFileError(f"Weights file {weights} not found; keep {WEIGHTS_FILE} beside {path.name}")
-    if _sha256(weights) != meta['sha256']: raise ModelFileError(
+    if file_sha256(weights) != meta['sha256']: raise ModelFileError(
         f"{weights} does not match the checksum in {path}: it was changed or truncated after training; use the original files")
     try: state = load_file(str(weights))
     except (SafetensorError, OSError) as e: raise ModelFileError(f"{weights} is not a readable safetensors file ({e})") from None

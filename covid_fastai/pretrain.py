@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_pretrain.ipynb #6a95119c
 from __future__ import annotations
-import json, time, hashlib, platform, warnings
+import json, time, platform, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import fastai
@@ -18,21 +18,13 @@ from .learner import *
 from .learner import _full_model, _body_of
 
 # %% auto #0
-__all__ = ['PRETRAIN_JSON', 'BACKBONE_FILE', 'THUMBNAILS_FILE', 'PRETRAIN_CLASSES', 'file_sha256', 'task_names',
-           'task_selections', 'image_record', 'seen_by', 'pretrain_rows', 'body_state', 'pretrain', 'pretrain_record',
+__all__ = ['PRETRAIN_JSON', 'BACKBONE_FILE', 'THUMBNAILS_FILE', 'PRETRAIN_CLASSES', 'task_names', 'task_selections',
+           'image_record', 'seen_by', 'pretrain_rows', 'body_state', 'pretrain', 'pretrain_record',
            'leave_out_pretrained', 'unseen_proof']
 
 # %% ../nbs/07a_pretrain.ipynb #33ff85dc
 PRETRAIN_JSON, BACKBONE_FILE, THUMBNAILS_FILE = 'pretrain.json', 'backbone.pth', 'pretrain_thumbnails.npy'
 PRETRAIN_CLASSES = [NEGATIVE, PNEUMONIA]   # what a radiograph without COVID-19 shows, as `finding` reads CoronaHack's labels
-
-def file_sha256(path:str|Path # A file
-               )->str:
-    "The SHA-256 of the file's bytes."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
-    return h.hexdigest()
 
 # %% ../nbs/07a_pretrain.ipynb #8fe3db5e
 def task_names(tasks:str='all' # 'all', 'none', or task names joined by commas

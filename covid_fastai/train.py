@@ -19,7 +19,7 @@ from .habits import *
 from .evaluate import *
 from .operating import *
 from .inference import *
-from .pretrain import file_sha256, leave_out_pretrained, unseen_proof
+from .pretrain import leave_out_pretrained, unseen_proof
 from .ood import learner_ood
 
 

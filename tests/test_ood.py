@@ -122,12 +122,12 @@ def test_the_page_is_told_and_the_records_carry_it(clf, made, unseen_radiographs
 
 def _without_description(run, dest):
     "A copy of `run`'s model files as a model saved before the description: no `ood` in model.json, no ood.* tensors."
-    from covid_fastai.inference import _sha256
+    from covid_fastai.core import file_sha256
     dest.mkdir()
     state = {k: v for k, v in load_file(str(run/'model.safetensors')).items() if not k.startswith('ood.')}
     save_file(state, str(dest/'model.safetensors'))
     meta = json.loads((run/'model.json').read_text())
-    del meta['ood']; meta['sha256'] = _sha256(dest/'model.safetensors')
+    del meta['ood']; meta['sha256'] = file_sha256(dest/'model.safetensors')
     (dest/'model.json').write_text(json.dumps(meta))
     return dest
 

@@ -41,7 +41,7 @@ def pretrained(mini, tmp_path_factory):
 def test_pretrain_writes_a_backbone_and_the_record_of_what_it_saw(mini, pretrained):
     from covid_fastai.data import finding, POSITIVE
     from covid_fastai.learner import pretrained_state
-    from covid_fastai.pretrain import file_sha256
+    from covid_fastai.core import file_sha256
     root, rows = mini
     out, rec, res = pretrained
     assert 'Backbone:' in res.stdout and '--weights' in res.stdout
@@ -62,7 +62,7 @@ def test_pretrain_writes_a_backbone_and_the_record_of_what_it_saw(mini, pretrain
 def test_train_weights_uses_the_backbone_and_proves_the_validation_images_unseen(mini, pretrained, tmp_path):
     from covid_fastai.inference import load_model
     from covid_fastai.learner import pretrained_state
-    from covid_fastai.pretrain import file_sha256
+    from covid_fastai.core import file_sha256
     root, _ = mini
     pre, rec, _ = pretrained
     run = tmp_path/'run'
