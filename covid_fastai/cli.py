@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #10a1cd89
 from __future__ import annotations
-import argparse, importlib, inspect, json, sys, warnings
+import argparse, importlib, inspect, json, re, sys, warnings
 from pathlib import Path
 from fastcore.docments import docments
 from fastcore.imports import IN_IPYTHON
@@ -161,8 +161,8 @@ def _predict(a)->int:
         print(json.dumps(prediction_records(preds), indent=2))
     else:
         for r in preds.itertuples():
-            print(f"{r.file}\tERROR\t{r.error}" if isinstance(r.error, str)
-                  else f"{r.file}\t{r.label}\t{r.prob_covid:.4f}" + _ood_mark(r) + (_shortcut_mark(r) if 'shortcut' in preds else ''))
+            print(f"{_field(r.file)}\tERROR\t{_field(r.error)}" if isinstance(r.error, str)
+                  else f"{_field(r.file)}\t{r.label}\t{r.prob_covid:.4f}" + _ood_mark(r) + (_shortcut_mark(r) if 'shortcut' in preds else ''))
     failed = int(preds.error.notna().sum())
     if failed: print(f"covid-fastai: error: {failed} of {len(preds)} file(s) could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -170,6 +170,10 @@ def _predict(a)->int:
 def _serve(a): command_function('serve')(**_args_of(command_function('serve'), a))
 
 # %% ../nbs/08_cli.ipynb #b3c0a0e1
+def _field(s:str)->str:
+    "`s` as one field of a line of `predict`: tabs, line breaks and other control characters in file names written as Python escapes (`\\t`, `\\n`)."
+    return re.sub(r'[\x00-\x1f\x7f]', lambda m: repr(m[0])[1:-1], str(s))
+
 def _shortcut_mark(r)->str:
     "The last column of a line of `predict --heatmaps`: the shortcut score of the image's map (n/a where the map shows no evidence)."
     return f"\tshortcut {'n/a' if r.shortcut is None or r.shortcut != r.shortcut else f'{r.shortcut:.2f}'}"   # None or NaN: no score
