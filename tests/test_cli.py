@@ -133,6 +133,16 @@ def test_predict_reports_a_bad_file_and_predicts_the_rest(small_run, images, tmp
     assert '1 of 2 file(s) could not be read' in res.stderr
 
 
+def test_predict_lines_keep_their_columns_whatever_the_file_names(small_run, images, tmp_path):
+    good, bad = tmp_path/'tab\there.jpeg', tmp_path/'line\nbreak.jpeg'
+    shutil.copy(sorted(images.glob('IM-*.jpeg'))[0], good); bad.write_bytes(b'')
+    res = run_cli('predict', '--model', small_run[0], good, bad, check=False)
+    lines = [l.split('\t') for l in res.stdout.splitlines()]
+    assert res.returncode == 1 and len(lines) == 2
+    assert lines[0][0] == str(tmp_path/'tab\\there.jpeg') and lines[0][1] in ('Normal', 'COVID-19') and float(lines[0][2]) >= 0
+    assert lines[1][:2] == [str(tmp_path/'line\\nbreak.jpeg'), 'ERROR'] and 'line\\nbreak.jpeg' in lines[1][2] and len(lines[1]) == 3
+
+
 @pytest.mark.parametrize('args, message', [
     (['summary', '--data', '/nonexistent'], '/nonexistent/Chest_xray_Corona_Metadata.csv not found'),
     (['predict', '--model', '/nonexistent', 'x.jpeg'], 'Model file /nonexistent not found'),
