@@ -41,8 +41,8 @@ outputs: setup
 
 # The tests write models, checkpoints and caches (over 1 GB a run) under a temporary folder of their own, removed when
 # they end, pass or fail: repeated runs on one machine must not fill its disk. nbdev_test runs two notebooks at once,
-# each with one torch thread: two processes with a thread per core each made every notebook about 5x slower
-# (OpenMP threads spinning for cores the other holds). pytest prints its slowest tests, for CI's time.
+# each with one torch thread: two processes with a thread per core each were about 5x slower (OpenMP threads spinning
+# for cores the other holds). pytest prints its slowest tests, for CI's time.
 test: export-check
 	$(BIN)/python tools/readme.py --check
 	@scratch=$$(mktemp -d -t covid_fastai_test.XXXXXX); trap 'rm -rf "$$scratch"' EXIT; export TMPDIR="$$scratch"; \
