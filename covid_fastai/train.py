@@ -208,7 +208,8 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
         warnings.simplefilter('ignore', UserWarning)
         results = [_fold_run(out/f'fold-{i}', {**settings, 'out': out/f'fold-{i}', 'fold': i}, keep_finished) for i in range(1, folds+1)]
     if rank_distrib(): return None
-    cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)]}
+    cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)],
+          'arch': settings['arch'], 'pretrained': settings['pretrained'] or bool(settings.get('weights')), 'weights': settings.get('weights'), **started}   # what every fold started from
     write_json({'settings': settings, 'status': 'done', **started}, out/RUN_JSON)
     write_json(cv, out/CV_JSON)
     save_figure(plot_cv(cv), out/PLOTS_DIR/'cv.png')

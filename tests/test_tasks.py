@@ -111,6 +111,7 @@ def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_pa
     cv = json.loads((out/'cv.json').read_text())
     folds = [json.loads((out/f'fold-{i}'/'metrics.json').read_text()) for i in (1, 2)]
     assert cv['folds'] == 2 and cv['runs'] == ['fold-1', 'fold-2'] and cv['n'] == [f['n'] for f in folds]
+    assert (cv['arch'], cv['pretrained'], cv['weights']) == ('resnet18', False, None) and 'weights_sha256' not in cv   # what every fold started from
     for k in ('accuracy', 'sensitivity', 'specificity', 'roc_auc', 'threshold'):   # each fold's own threshold, and its spread
         s = cv['metrics'][k]
         assert s['folds'] == [f[k] for f in folds]
