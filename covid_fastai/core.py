@@ -47,8 +47,10 @@ def atomic_write(dest:str|Path): # The file to write
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent/f'.{dest.name}.{secrets.token_hex(6)}.tmp'
     tmp.touch(exist_ok=False)   # created as `open` creates files, by the umask (mkstemp's would be 0600: unreadable to the team)
+    mode = os.stat(tmp).st_mode & 0o777
     try:
         yield tmp
+        os.chmod(tmp, mode)   # a writer that replaced the file (safetensors' `save_file` writes 0600) does not choose who reads it
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp): os.remove(tmp)

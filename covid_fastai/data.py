@@ -32,8 +32,8 @@ KAGGLE_HINT = ("get it with `kaggle datasets download -d praveengovi/coronahack-
 # %% ../nbs/01_data.ipynb #aaedf03b
 _said = set()
 def _say_once(msg:str):
-    "Print `msg` on stderr, once per process."
-    if msg not in _said: _said.add(msg); print(f"covid-fastai: {msg}", file=sys.stderr)
+    "Print `msg` on stderr, once per process, and of the processes of a distributed run only in the first (torchrun and Accelerate number them in `RANK`)."
+    if msg not in _said and os.environ.get('RANK', '0') == '0': _said.add(msg); print(f"covid-fastai: {msg}", file=sys.stderr)
 
 def find_data_root(data:str|Path|None=None # A dataset root; None looks in $COVID_FASTAI_DATA, then the usual places
                   )->Path:

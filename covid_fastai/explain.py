@@ -88,7 +88,7 @@ def grad_cam(model:nn.Module, # `Sequential(body, head)`, as `covid_learner` and
         grads, = torch.autograd.grad(logits.gather(1, idx[:, None]).sum(), hook.acts)
     if min(hook.acts.shape[-2:]) < 3: warnings.warn(
         f"The heat maps have {' x '.join(map(str, hook.acts.shape[-2:]))} cells: too coarse to say where the model looks, and "
-        "every such map has the same shortcut score; use larger images (size 96 or more for the architectures here)", stacklevel=2)
+        "a map that coarse is flat, so its shortcut score says nothing (one value for every image, or n/a); use larger images (size 96 or more for the architectures here)", stacklevel=2)
     return Cams(_maps(hook.acts.detach(), grads, x.shape[-2:]).cpu(), probs.cpu(), idx.cpu())
 
 # %% ../nbs/09_explain.ipynb #98bf82bf

@@ -136,7 +136,7 @@ def _save_array(a:np.ndarray, path:Path)->Path:
     return path
 
 # %% ../nbs/07a_pretrain.ipynb #9e6183dc
-def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, ../input/coronahack-chest-xraydataset, else the packaged sample)
+def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, ../input/ or ../shared/data/coronahack-chest-xraydataset, else the packaged sample)
              out:str|Path='runs/pretrain', # Folder for backbone.pth, pretrain.json and the history
              extra_data:list|None=None, # More labelled radiographs to pretrain on: 'CSV:IMAGES' of each dataset in CoronaHack's format
              arch:str='efficientnet_lite0', # The architecture

@@ -88,7 +88,7 @@ def record_habits(learn:Learner, # After `fit_recipe`
             'best_epoch': learn.best_epoch.where if hasattr(learn, 'best_epoch') else None}
 
 # %% ../nbs/07_train.ipynb #ad9fa1ea
-def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, ../input/coronahack-chest-xraydataset, else the packaged sample)
+def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, ../input/ or ../shared/data/coronahack-chest-xraydataset, else the packaged sample)
           out:str|Path='runs/latest', # Folder for the model, metrics and plots
           task:str='covid-normal', # The classes to learn: covid-normal, covid-rest (COVID-19 against every other row) or three-class (Normal, Pneumonia, COVID-19)
           extra_data:list|None=None, # More labelled data: 'CSV:IMAGES' of each dataset in CoronaHack's format

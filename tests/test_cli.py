@@ -169,6 +169,8 @@ def test_model_is_the_run_folder_or_either_of_its_files(small_run, images):
     files = sorted(images.glob('IM-*.jpeg'))[:2]
     answers = [json.loads(run_cli('predict', '--model', m, *files, '--json').stdout) for m in (out, out/'model.json', out/'model.safetensors')]
     assert answers[0] == answers[1] == answers[2] and all(r['label'] for r in answers[0])
+    mode = lambda f: (out/f).stat().st_mode & 0o777
+    assert mode('model.safetensors') == mode('model.json') == mode('metrics.json')   # by the umask, readable by whoever may read the run (safetensors alone wrote 0600)
 
 
 @pytest.fixture(scope='module')

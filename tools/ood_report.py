@@ -6,7 +6,8 @@
 Sets: the run's validation images; the dataset's TRAIN images the run did not use, Normal ones and those of other
 pneumonias (bacterial, viral, ARDS, SARS, Streptococcus: findings the covid-normal task never sees); the adult
 negatives (adult radiographs without COVID-19, from the source of CoronaHack's COVID-19 images); and, for scale,
-made-up images: noise, photo-like pictures, and unseen radiographs turned 90 degrees. Prints a Markdown table."""
+made-up images: noise, photo-like pictures, and unseen radiographs turned 90 degrees. Prints a Markdown table; a set
+with no images on this copy (the packaged sample leaves no Normal image unused) is left out."""
 import argparse, tempfile, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -15,7 +16,7 @@ from covid_fastai.core import SPLIT_CSV
 from covid_fastai.data import find_data_root, images_dir, read_metadata, read_extra, add_paths
 from covid_fastai.inference import load_model
 
-ADULT = Path('/work/shared/data/adult-negatives')
+ADULT = Path('../shared/data/adult-negatives')   # beside the development checkout; elsewhere give --adult-negatives, or the set is left out
 
 
 def _photo_like(path, seed):
@@ -45,9 +46,10 @@ def sets(run:Path, root:Path, adult:Path, tmp:Path, n_made:int=20)->dict:
     for i in range(n_made):
         Image.fromarray(rng.integers(0, 256, (400, 400), dtype=np.uint8)).save(tmp/f'noise{i}.png'); made['noise'].append(tmp/f'noise{i}.png')
         made['photo-like'].append(_photo_like(tmp/f'photo{i}.png', i))
-        Image.open(out['unseen Normal'][i]).rotate(90, expand=True).save(tmp/f'turned{i}.png')
+    for i, f in enumerate(out['unseen Normal'][:n_made]):
+        Image.open(f).rotate(90, expand=True).save(tmp/f'turned{i}.png')
         made['unseen Normal turned 90°'].append(tmp/f'turned{i}.png')
-    return {**out, **made}
+    return {k: v for k, v in {**out, **made}.items() if v}
 
 
 def report(run:Path, root:Path, adult:Path=ADULT)->pd.DataFrame:
