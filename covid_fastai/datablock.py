@@ -225,7 +225,9 @@ class DecodeCache:
         try: st = os.stat(fn)
         except FileNotFoundError: raise _not_found(fn) from None
         except OSError as e: raise UnreadableImageError(f"{fn}: cannot be read ({e.strerror or e})") from None
-        key = f"{Path(fn).resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{_LOADER_VERSION}"
+        # The inode and ctime too: a file replaced by one of the same size whose mtime was kept (`cp -p`, `rsync -a`,
+        # unzip) has a new inode or ctime, and no user can set ctime back
+        key = f"{Path(fn).resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}|{size}|{_LOADER_VERSION}"
         return self.folder/f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
     def load(self, fn:str|Path, size:int, grey:bool=False)->Image.Image:

@@ -219,8 +219,8 @@ def _holds(ok, v)->bool:
     except Exception: return False
 _META_CHECKS = [   # (key, test, what it must be): values `CovidClassifier` relies on
     ('size', lambda v: isinstance(v, int) and v > 0, 'a positive whole number of pixels'),
-    ('classes', lambda v: isinstance(v, list) and len(v) >= 2 and len(set(v)) == len(v) and all(isinstance(c, str) for c in v) and POSITIVE in v,
-     f'a list of two or more class names with {POSITIVE} among them'),
+    ('classes', lambda v: isinstance(v, list) and len(v) >= 2 and len(set(v)) == len(v) and all(isinstance(c, str) for c in v) and v[-1] == POSITIVE,
+     f'a list of two or more class names, {POSITIVE} last (as the model was trained: `predicted` reads the last column as COVID-19)'),
     ('mean', lambda v: isinstance(v, list) and len(v) == 3 and all(map(_number, v)), 'three numbers'),
     ('std', lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and x > 0 for x in v), 'three positive numbers'),
     ('threshold', lambda v: _number(v) and 0 <= v <= 1, 'a number from 0 to 1'),
