@@ -107,6 +107,14 @@ def _load_batch(self:CovidClassifier, files, pool):
         except CovidFastaiError as e: out.append((f, None, str(e)))
     return self._decode_jpegs(out, pool) if gpu else out
 
+CovidClassifier.half = None   # float16 autocast: None, on CUDA; True or False to choose
+
+@patch
+def _forward(self:CovidClassifier, x:torch.Tensor, half:bool)->tuple:
+    "The model's features (None without an OOD description) and logits of the normalised batch `x`, under float16 autocast when `half`."
+    with torch.autocast(self.device.type, dtype=torch.float16, enabled=half):
+        return features_and_logits(self.model, x) if self.ood is not None else (None, self.model(x))
+
 @patch
 @torch.inference_mode()
 def _probs(self:CovidClassifier, xs:list[torch.Tensor], tta:bool=True)->tuple[np.ndarray, np.ndarray|None]:
@@ -116,8 +124,9 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor], tta:bool=True)->tuple[np
         return self._tta_probs(xs, plain), scores
     x = self.normalise(torch.stack([x.to(self.device) for x in xs]))   # decoded on the CPU, or on the GPU
     x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(self.device.type, enabled=self.device.type == 'cuda'):
-        feats, logits = features_and_logits(self.model, x) if self.ood is not None else (None, self.model(x))
+    half = self.device.type == 'cuda' if self.half is None else self.half
+    feats, logits = self._forward(x, half)
+    if half and not torch.isfinite(logits).all(): feats, logits = self._forward(x, False)   # float16 overflowed: this batch again in float32
     return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy(), None if feats is None else self.ood.score(feats)
 
 # %% ../nbs/05_inference.ipynb #1841113f
