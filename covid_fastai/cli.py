@@ -206,10 +206,15 @@ def _resume_hint(out:Path # The folder of the interrupted training
     if run.get('status') == 'training' and (cv or (out/CHECKPOINT).exists()): return f"; go on with `covid-fastai train --resume {out}`"
     return "; no epoch had finished, so there is nothing to resume: run the same command again"
 
+_warned = set()
+def _warn_once(message, category, filename, lineno, file=None, line=None):
+    "The command's warnings: one line each, and each once (Python's own once-per-place is undone whenever a filter changes)."
+    if str(message) not in _warned: _warned.add(str(message)); print(f"covid-fastai: warning: {message}", file=sys.stderr)
+
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `covid-fastai` command."
     argv = sys.argv[1:] if argv is None else list(argv)
-    warnings.formatwarning = lambda msg, cat, *args, **kw: f"covid-fastai: warning: {msg}\n"
+    warnings.showwarning = _warn_once
     warnings.filterwarnings('ignore', category=FutureWarning)
     warnings.filterwarnings('ignore', message='.*insecure pickle.*')
     a = _parse(argv)
