@@ -248,7 +248,7 @@ def seen_in_training(model:str|Path, # A run folder, its model.json or model.saf
         if str(p.resolve()) in trained: return True
         try: same_size = by_size.get(p.stat().st_size, [])   # only files of one size can have one content: most are never read
         except OSError: return False
-        return digest(p) is not None and any(digest(q) == digest(p) for q in same_size)
+        return bool(same_size) and digest(p) is not None and any(digest(q) == digest(p) for q in same_size)
     return sum(map(seen, paths))
 
 def _prob_matrix(preds:pd.DataFrame, classes:list)->np.ndarray:
