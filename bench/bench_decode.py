@@ -12,6 +12,10 @@ measure it. Each method turns every image of the balanced selection into the `si
   (kept here as the baseline, `rgb_first`);
 * **grey first**: `load_xray` now: resized and checked in grey, the three channels made last;
 * **cache, RGB entries / grey entries**: `DecodeCache.load` reading entries of each kind back;
+* **prepare from the cache, through a PILImage (before) / as an array**: `CovidClassifier.prepare` reading the grey
+  entries back, the way it did (`OpenXRay`'s RGB `PILImage`, made a (3, size, size) tensor) and the way it does now
+  (`DecodeCache.array` made a (1, size, size) tensor, the channels left to `normalise`): what `predict` pays per image
+  from a warm cache, where the GPU waited at 757 images/s against the model's 9,005 (bench/README);
 * **N threads / N processes**: `load_xray` on `--workers` threads (prediction's way) and in as many processes.
   Threads that scale less than processes are waiting for the interpreter's lock: `predict` can then gain from more
   cores only through processes.
@@ -49,7 +53,13 @@ def methods(files, size:int, workers:int, tmp:Path)->dict:
     "Name -> a function that decodes all `files` once."
     import numpy as np
     from covid_fastai.datablock import load_xray, DecodeCache
+    import torch
+    from covid_fastai.datablock import OpenXRay
+    from covid_fastai.inference import CovidClassifier
     rgb_cache, grey_cache = DecodeCache(tmp/'rgb'), DecodeCache(tmp/'grey')
+    meta = dict(size=size, threshold=0.5, classes=['Normal', 'COVID-19'], mean=[0.5]*3, std=[0.25]*3, arch='none')
+    clf, via_pil = CovidClassifier(torch.nn.Identity(), meta, torch.device('cpu'), grey_cache), OpenXRay(size, grey_cache)
+    def prepare_before(f): return torch.from_numpy(np.asarray(via_pil(f), dtype=np.uint8).copy()).permute(2, 0, 1)
     for f in files:   # fill both caches: grey entries as `DecodeCache` writes them, RGB ones as it wrote them before
         grey_cache.load(f, size)
         e = rgb_cache.entry(f, size); e.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +70,8 @@ def methods(files, size:int, workers:int, tmp:Path)->dict:
             'grey first (load_xray)': lambda: [load_xray(f, size) for f in files],
             'cache, RGB entries (before)': lambda: [rgb_cache.load(f, size) for f in files],
             'cache, grey entries': lambda: [grey_cache.load(f, size) for f in files],
+            'prepare from the cache, through a PILImage (before)': lambda: [prepare_before(f) for f in files],
+            'prepare from the cache, as an array': lambda: [clf.prepare(f) for f in files],
             f'load_xray, {workers} threads': lambda: list(threads.map(lambda f: load_xray(f, size), files)),
             f'load_xray, {workers} processes': lambda: list(procs.map(_decode, [(f, size) for f in files], chunksize=8))}
 

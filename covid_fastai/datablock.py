@@ -230,19 +230,24 @@ class DecodeCache:
         key = f"{Path(fn).resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}|{size}|{_LOADER_VERSION}"
         return self.folder/f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
-    def load(self, fn:str|Path, size:int, grey:bool=False)->Image.Image:
-        "`load_xray(fn, size, grey=grey)`, from the cache when it is there, stored in it when not."
+    def array(self, fn:str|Path, size:int)->np.ndarray:
+        "The grey `load_xray(fn, size)` as a writable `uint8` array (size, size), from the cache when it is there, stored in it when not."
         path = self.entry(fn, size)
         try:
             with _NPY_LOCK: a = np.load(path)
-            if a.shape[:2] == (size, size): return Image.fromarray(a).convert('L' if grey else 'RGB')   # grey; RGB in entries written before it kept grey
+            if a.shape[:2] == (size, size) and a.dtype == np.uint8: return a if a.ndim == 2 else a[..., 0].copy()   # RGB in entries written before it kept grey: equal channels
         except (OSError, ValueError, EOFError, TypeError): pass   # absent, or damaged (an empty file is an EOFError): decode again
-        im = load_xray(fn, size, grey=True)
+        a = np.array(load_xray(fn, size, grey=True))
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as tmp:
-                with open(tmp, 'wb') as f: np.save(f, np.asarray(im))   # grey: a third of the disk and of the reading
+                with open(tmp, 'wb') as f: np.save(f, a)   # grey: a third of the disk and of the reading
         except OSError: pass                            # a read-only cache only costs speed
+        return a
+
+    def load(self, fn:str|Path, size:int, grey:bool=False)->Image.Image:
+        "`load_xray(fn, size, grey=grey)`, from the cache when it is there, stored in it when not."
+        im = Image.fromarray(self.array(fn, size))
         return im if grey else im.convert('RGB')
 
 # %% ../nbs/02_datablock.ipynb #7768c3ed

@@ -18,7 +18,7 @@ from fastai.vision.all import Learner, Normalize, Pipeline, TensorImage, create_
 import covid_fastai
 from .core import *
 from .data import POSITIVE, task_of
-from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread, covid_augment
+from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread, covid_augment, load_xray
 from .learner import arch_fn, arch_stats, ARCHS, covid_model, arch_builder
 from .ood import OODDescription, features_and_logits
 
@@ -81,12 +81,14 @@ class CovidClassifier:
 # %% ../nbs/05_inference.ipynb #aca802e9
 @patch
 def prepare(self:CovidClassifier, fn)->torch.Tensor:
-    "Image file `fn` decoded and squished to the model's size: a `uint8` tensor of shape (3, size, size)."
-    return torch.from_numpy(np.asarray(self.open(fn), dtype=np.uint8).copy()).permute(2, 0, 1)
+    "Image file `fn` decoded in grey and squished to the model's size, as `OpenXRay` does: a `uint8` tensor of shape (1, size, size)."
+    cache = self.open.cache
+    a = cache.array(fn, self.size) if cache else np.array(load_xray(fn, self.size, grey=True))
+    return torch.from_numpy(a)[None]
 
 @patch
 def normalise(self:CovidClassifier, xb:torch.Tensor)->torch.Tensor:
-    "A `uint8` batch of `prepare`d images as the network's input: on its device, scaled to [0, 1], normalised."
+    "A `uint8` batch of `prepare`d images (B, 1 or 3, size, size) as the network's input: on its device, scaled to [0, 1], normalised, 3 channels."
     return (xb.to(self.device, non_blocking=True).float().div_(255.) - self.mean) / self.std
 
 # %% ../nbs/05_inference.ipynb #3cda3aeb
@@ -122,7 +124,8 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor], tta:bool=True)->tuple[np
     if tta and self.tta:
         plain, scores = self._probs(xs, tta=False)
         return self._tta_probs(xs, plain), scores
-    x = self.normalise(torch.stack([x.to(self.device) for x in xs]))   # decoded on the CPU, or on the GPU
+    same_device = len({x.device for x in xs}) == 1   # one copy of the whole batch, unless some were decoded on the GPU
+    x = self.normalise(torch.stack(xs if same_device else [x.to(self.device) for x in xs]))
     x = x.contiguous(memory_format=torch.channels_last)
     half = self.device.type == 'cuda' if self.half is None else self.half
     feats, logits = self._forward(x, half)
@@ -143,10 +146,13 @@ def _jpeg_bytes(fn)->torch.Tensor|None:
     check_shape(fn, w, h)
     return torchvision.io.read_file(str(fn))
 
+_LUMA = (0.299, 0.587, 0.114)   # Pillow's RGB to 'L' (ITU-R 601-2), which `to_grey` uses
+
 @patch
 def _squish(self:CovidClassifier, im:torch.Tensor)->torch.Tensor:
-    "A decoded (3, h, w) `uint8` image on the GPU, squished to the model's size as `prepare` does."
-    x = F.interpolate(im[None].float(), (self.size, self.size), mode='bilinear', antialias=True, align_corners=False)
+    "A decoded (3, h, w) `uint8` image on the GPU, greyed and squished to the model's size as `prepare` does: (1, size, size)."
+    grey = torch.einsum('chw,c->hw', im.float(), im.new_tensor(_LUMA, dtype=torch.float32))   # a colour figure's colour must not reach the model
+    x = F.interpolate(grey[None, None], (self.size, self.size), mode='bilinear', antialias=True, align_corners=False)
     return x[0].round_().clamp_(0, 255).byte()
 
 @patch
@@ -367,13 +373,13 @@ def use_tta(self:CovidClassifier,
 _AUGMENT_LOCK = threading.Lock()   # one thread's seeded draws at a time, or two threads' predictions would take each other's
 
 @patch
-def augment(self:CovidClassifier, x:torch.Tensor, # A `prepare`d image: uint8 (3, size, size)
+def augment(self:CovidClassifier, x:torch.Tensor, # A `prepare`d image: uint8 (1 or 3, size, size)
             n:int=4, # Copies
             seed:int=0 # Seed of the draws
            )->torch.Tensor:
     "`n` copies of `x` augmented as in training: floats in [0, 1], (n, 3, size, size), on the model's device; the same draws for every image."
     tfms = self._tta_tfms or tta_augment()
-    xb = TensorImage(x.to(self.device).float().div(255.).expand(n, -1, -1, -1).contiguous())
+    xb = TensorImage(x.to(self.device).float().div(255.).expand(n, 3, -1, -1).contiguous())   # fastai's lighting takes 3 channels
     with _AUGMENT_LOCK, torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):   # seeds the process's generators
         state = random.getstate()
         torch.manual_seed(seed); random.seed(seed)
