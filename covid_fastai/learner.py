@@ -21,9 +21,10 @@ from safetensors.torch import load_file
 # %% auto #0
 __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'is_timm',
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
-           'weights_file', 'pretrained_state', 'timm_weights_path', 'load_timm_body', 'timm_size', 'covid_model',
-           'arch_builder', 'ClipGradValue', 'covid_metrics', 'TorchAdamW', 'load_body', 'covid_learner',
-           'process_batch', 'check_options', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
+           'weights_file', 'pretrained_state', 'pretrained_file', 'weights_record', 'timm_weights_path',
+           'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'covid_metrics', 'TorchAdamW',
+           'load_body', 'covid_learner', 'process_batch', 'check_options', 'close_process_group', 'alone',
+           'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -177,11 +178,25 @@ def pretrained_state(arch:str='resnet50', # One of `ARCHS`
                      timeout:float=20. # Seconds a ResNet's download may wait on the network
                     )->dict:
     "The state dict of `arch`'s pretrained weights: from `weights`, the installed package (Lite), the torch hub cache or a download."
-    if weights is not None: return _read_weights(weights_file(weights))
-    if arch in LITES: return _read_checkpoint(lite_weights_path(arch))
-    if is_timm(arch): return _read_weights(timm_weights_path(arch))
+    path = pretrained_file(arch, weights)
+    return _read_weights(path) if path is not None else _download(arch, timeout)
+
+def pretrained_file(arch:str='resnet50', # One of `ARCHS`
+                    weights:str|Path|None=None # A checkpoint of your own; None: the ImageNet weights
+                   )->Path|None:
+    "The file `pretrained_state` reads: `weights`, the installed package's (Lite), timm's or the torch hub's cached file; None where a ResNet's must be downloaded first."
+    if weights is not None: return weights_file(weights)
+    if arch in LITES: return lite_weights_path(arch)
+    if is_timm(arch): return timm_weights_path(arch)
     path = cached_weights_path(arch)
-    return _read_checkpoint(path) if path.is_file() else _download(arch, timeout)
+    return path if path.is_file() else None
+
+def weights_record(arch:str='resnet50', # One of `ARCHS`
+                   weights:str|Path|None=None # As for `pretrained_file`
+                  )->dict|None:
+    "Which file `arch`'s pretrained weights come from, and its SHA-256, as a run records them; None before a ResNet's download."
+    path = pretrained_file(arch, weights)
+    return {'file': str(path.resolve()), 'sha256': file_sha256(path)} if path is not None else None
 
 # %% ../nbs/04_learner.ipynb #24cfd2b8
 def timm_weights_path(arch:str # A timm model name

@@ -153,6 +153,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     if lead:
         if resume is None: clear_run(out)   # an earlier run's files: its checkpoint, which `--resume` would take for this one's, its model...
         started = {'weights_sha256': pretrained_on['weights_sha256']} if weights is not None else {}   # what `--resume` must start from again
+        started['pretrained_weights'] = (json.loads((out/RUN_JSON).read_text()).get('pretrained_weights') if resume is not None
+                                         else weights_record(arch, weights) if pretrained or weights is not None else None)   # the file it started from
         write_json({'settings': settings, 'status': 'training', **started}, out/RUN_JSON)   # what `resume_training` reads
     with distributed(learn):
         hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT if lead else None,
@@ -173,7 +175,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'in_memory': isinstance(dls.train, InMemoryDL),
                 'processes': max(num_distrib(), 1),
                 'resumed': {k: resume.get(k) for k in ('phase', 'epoch', 'processes')} if resume else None,   # where an interrupted run went on
-                'pretrained': pretrained or weights is not None, 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
+                'pretrained': pretrained or weights is not None, 'pretrained_weights': started['pretrained_weights'],
+                'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
                 'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None,   # the images it saw
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
                 'groups': group_counts(rows, group_col, near_dups), **habits, 'seconds': round(time.time()-start, 1),

@@ -36,7 +36,7 @@ def test_train_writes_model_metrics_history_and_plots(small_run, metadata, image
     assert hist.phase.tolist() == ['frozen', 'unfrozen'] and hist.train_loss.notna().all()
     assert {p.name for p in (out/'plots').iterdir()} == {'history.png', 'confusion.png', 'roc.png', 'predictions.png', 'reliability.png'}
     run = json.loads((out/'run.json').read_text())
-    assert run['settings']['size'] == 64 and run['pretrained'] is False and run['device'] == 'cpu'
+    assert run['settings']['size'] == 64 and run['pretrained'] is False and run['pretrained_weights'] is None and run['device'] == 'cpu'
     assert run['in_memory'] is True   # a balanced selection fits: InMemoryDL made the batches
     assert str(out/'model.json') in res.stdout
     labelled = metadata[(metadata.Dataset_type == 'TRAIN') & ((metadata.Label == 'Normal') | (metadata.Label_2_Virus_category == 'COVID-19'))]

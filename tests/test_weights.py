@@ -85,6 +85,9 @@ def test_lite0_trains_from_its_package_weights_offline(torch_home, data_root, tm
             '--unfrozen-epochs', 1, '--num-workers', 0, env={**__import__('os').environ, 'COVID_FASTAI_OFFLINE': '1'})
     run = json.loads((out/'run.json').read_text()); meta = json.loads((out/'model.json').read_text())
     assert run['pretrained'] is True and meta['arch'] == 'efficientnet_lite0'
+    from covid_fastai.core import file_sha256
+    assert run['pretrained_weights'] == {'file': str(lite_weights_path('efficientnet_lite0').resolve()),   # what it started from
+                                         'sha256': file_sha256(lite_weights_path('efficientnet_lite0'))}
     assert meta['mean'] == pytest.approx(LITE_STATS[0]) and meta['std'] == pytest.approx(LITE_STATS[1])
     again = tmp_path/'again'
     run_cli('evaluate', '--model', out/'model.safetensors', '--out', again)           # rebuilt from model.json alone
