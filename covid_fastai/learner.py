@@ -196,7 +196,7 @@ def weights_record(arch:str='resnet50', # One of `ARCHS`
                   )->dict|None:
     "Which file `arch`'s pretrained weights come from, and its SHA-256, as a run records them; None before a ResNet's download."
     path = pretrained_file(arch, weights)
-    return {'file': str(path.resolve()), 'sha256': file_sha256(path)} if path is not None else None
+    return {'file': str(path.absolute()), 'sha256': file_sha256(path)} if path is not None else None   # not resolved: the hub cache's name, not its blob's
 
 # %% ../nbs/04_learner.ipynb #24cfd2b8
 def timm_weights_path(arch:str # A timm model name
