@@ -153,8 +153,10 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     if lead:
         if resume is None: clear_run(out)   # an earlier run's files: its checkpoint, which `--resume` would take for this one's, its model...
         started = {'weights_sha256': pretrained_on['weights_sha256']} if weights is not None else {}   # what `--resume` must start from again
-        started['pretrained_weights'] = (json.loads((out/RUN_JSON).read_text()).get('pretrained_weights') if resume is not None
-                                         else weights_record(arch, weights) if pretrained or weights is not None else None)   # the file it started from
+        if resume is not None: began = json.loads((out/RUN_JSON).read_text()).get('pretrained_weights')   # the file it started from
+        elif weights is not None: began = {'file': str(weights), 'sha256': pretrained_on['weights_sha256']}   # hashed once, when it was read
+        else: began = weights_record(arch) if pretrained else None
+        started['pretrained_weights'] = began
         write_json({'settings': settings, 'status': 'training', **started}, out/RUN_JSON)   # what `resume_training` reads
     with distributed(learn):
         hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT if lead else None,
