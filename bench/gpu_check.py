@@ -24,6 +24,10 @@
    before issue 11 and now (of the --modes), from a second epoch with the GPU synchronised at every boundary; and the training step alone at
    the largest batch (a batch already on the device, no loader, no fastai loop): eager, with cudnn.benchmark, and
    through torch.compile, to show what the loop and the loader leave on the table and whether compiling helps.
+   CUDA graphs (part 'graphs'): one training step on the same batch and weights, eager and replayed from the graphs
+   `CudaGraphs` trains with (`graph_model`), dropout off: the loss and gradients must agree (exit status 1 if the
+   gradients differ by more than 2e-2 of the largest); and the bare step each way. The training modes run with
+   `CudaGraphs` (covid_learner's default on CUDA) except '..., eager' and the baseline.
 3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA, `--infer-files`
    files per call: the library's `predict` (autocast on CUDA) decoding JPEGs on the CPU (Pillow, in predict's default
    4 threads and in one thread per core up to 16), on the GPU (nvJPEG, `--gpu-decode`), and reading a warm DecodeCache;
@@ -74,8 +78,8 @@ def parse_args(argv=None)->argparse.Namespace:
     p.add_argument('--agree-n', type=int, default=20, help='images in the CUDA vs CPU agreement check (default 20)')
     p.add_argument('--modes', nargs='+', metavar='MODE', help="training modes to run, each name quoted (default all; see MODES)")
     p.add_argument('--no-compile', action='store_true', help="leave torch.compile out of the training step floor (it compiles for ~30 s)")
-    p.add_argument('--parts', default='train,steps,floor,infer,agree,quality',
-                   help="which parts to run, comma-separated (default all: train,steps,infer,agree,quality; agree needs train)")
+    p.add_argument('--parts', default='train,steps,floor,graphs,infer,agree,quality',
+                   help="which parts to run, comma-separated (default all: train,steps,floor,graphs,infer,agree,quality; infer and agree need train)")
     p.add_argument('--folds', type=int, default=3, help="folds of the optimizers' quality comparison (default 3; 0 leaves it out)")
     p.add_argument('--quality-epochs', type=int, help='epochs per phase in the quality comparison (default 5, the recipe; 1 on the CPU)')
     a = p.parse_args(argv)
@@ -185,23 +189,26 @@ def epoch_timer(device):
 
 
 # name: (optimizer, mixed precision, channels_last, in_memory, smoothed loss kept on the device, fastai's own affine
-# transform in place of covid_augment's `SameSizeAffine`, which reads nothing back from the GPU); mixed precision is
-# covid_learner's: bfloat16 where the GPU has it; in_memory None is covid_dataloaders' rule (InMemoryDL where the images
-# fit), False fastai's per-item TfmdDL with loader processes. 'AdamW, amp+channels_last' is what `covid-fastai train`
-# does on CUDA; '..., per item' what it did before InMemoryDL, 'fastai Adam, amp' before `TorchAdamW` (both issue 11);
-# '..., loss kept on the GPU' an experiment (`keep_smooth_loss_on_device`); 'fastai Adam, amp, per item' is the library
-# before issue 11 (but in bfloat16, where it trained in float16), the baseline of the issue's "2x today's" at batch 8.
-MODES = {'fastai Adam, amp, per item': ('fastai', True, False, False, False, True),
-         'fastai Adam, amp': ('fastai', True, False, None, False, False), 'AdamW, amp': ('adamw', True, False, None, False, False),
-         'AdamW, amp+channels_last': ('adamw', True, True, None, False, False),
-         "AdamW, amp+channels_last, fastai's affine": ('adamw', True, True, None, False, True),
-         'AdamW, amp+channels_last, per item': ('adamw', True, True, False, False, False),
-         'AdamW, amp+channels_last, loss kept on the GPU': ('adamw', True, True, None, True, False),
-         'AdamW, fp32': ('adamw', False, False, None, False, False)}
-CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False, None, False, False), 'AdamW, fp32': ('adamw', False, False, None, False, False),   # fastai's mixed precision needs CUDA
-             'AdamW, fp32, per item': ('adamw', False, False, False, False, False),
-             'AdamW, fp32, loss kept on the device': ('adamw', False, False, None, True, False),
-             "AdamW, fp32, fastai's affine": ('adamw', False, False, None, False, True)}
+# transform in place of covid_augment's `SameSizeAffine`, which reads nothing back from the GPU, CUDA graphs); mixed
+# precision is covid_learner's: bfloat16 where the GPU has it; in_memory None is covid_dataloaders' rule (InMemoryDL
+# where the images fit), False fastai's per-item TfmdDL with loader processes; CUDA graphs None is covid_learner's
+# default (`CudaGraphs` on CUDA), False eager. 'AdamW, amp+channels_last' is what `covid-fastai train` does on CUDA;
+# '..., eager' what it did before `CudaGraphs`, '..., per item' before InMemoryDL, 'fastai Adam, amp' before
+# `TorchAdamW` (all issue 11); '..., loss kept on the GPU' an experiment (`keep_smooth_loss_on_device`); 'fastai Adam,
+# amp, per item' is the library before issue 11 (but in bfloat16, where it trained in float16), the baseline of the
+# issue's "2x today's" at batch 8.
+MODES = {'fastai Adam, amp, per item': ('fastai', True, False, False, False, True, False),
+         'fastai Adam, amp': ('fastai', True, False, None, False, False, None), 'AdamW, amp': ('adamw', True, False, None, False, False, None),
+         'AdamW, amp+channels_last': ('adamw', True, True, None, False, False, None),
+         'AdamW, amp+channels_last, eager': ('adamw', True, True, None, False, False, False),
+         "AdamW, amp+channels_last, fastai's affine": ('adamw', True, True, None, False, True, None),
+         'AdamW, amp+channels_last, per item': ('adamw', True, True, False, False, False, None),
+         'AdamW, amp+channels_last, loss kept on the GPU': ('adamw', True, True, None, True, False, None),
+         'AdamW, fp32': ('adamw', False, False, None, False, False, None)}
+CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False, None, False, False, None), 'AdamW, fp32': ('adamw', False, False, None, False, False, None),   # fastai's mixed precision needs CUDA
+             'AdamW, fp32, per item': ('adamw', False, False, False, False, False, None),
+             'AdamW, fp32, loss kept on the device': ('adamw', False, False, None, True, False, None),
+             "AdamW, fp32, fastai's affine": ('adamw', False, False, None, False, True, None)}
 
 
 def keep_smooth_loss_on_device(learn):
@@ -227,10 +234,10 @@ def use_fastai_affine(dls):
 def mode_learner(rows, a, bs:int, mode:str, cache, device, timer):
     "A fresh, unfrozen covid_learner on the balanced rows, set up as `mode` says, with the callback `timer`."
     from covid_fastai.learner import covid_learner
-    optimizer, amp, channels_last, in_memory, loss_on_device, fastai_affine = {**MODES, **CPU_MODES}[mode]
+    optimizer, amp, channels_last, in_memory, loss_on_device, fastai_affine, graphs = {**MODES, **CPU_MODES}[mode]
     dls = make_dls(rows, a, bs, cache, device, in_memory)
     if fastai_affine: use_fastai_affine(dls)
-    learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer)   # on CUDA: mixed precision already
+    learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer, cuda_graphs=graphs)   # on CUDA: mixed precision already
     if loss_on_device: keep_smooth_loss_on_device(learn)
     if not amp: learn.to_fp32()
     learn.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)   # covid_learner: channels_last
@@ -252,9 +259,11 @@ def train_once(rows, a, bs:int, mode:str, cache, device):
            'valid_rows': len(dls.valid_ds), 'warmup_s': timer.rows[0]['train_s'], 'train_s': med,
            'train_s_min': min(train_s), 'train_s_max': max(train_s), 'epoch_s': statistics.median(r['epoch_s'] for r in timed),
            'images_per_s': timed[0]['images'] / med, 'timed_epochs': len(timed),
-           'peak_gpu_GiB': torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None}
+           'peak_gpu_GiB': torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None,
+           **dict(zip(('train_loss', 'valid_loss'), map(float, learn.recorder.values[-1][:2])))}   # a sanity check between modes
     step(f"train bs {bs:>3} {mode:<25} {med:6.2f} s/epoch ({res['images_per_epoch']} images)  "
-         f"{res['images_per_s']:8.1f} images/s  (warm-up epoch {res['warmup_s']:.2f} s, whole epoch {res['epoch_s']:.2f} s)")
+         f"{res['images_per_s']:8.1f} images/s  (warm-up epoch {res['warmup_s']:.2f} s, whole epoch {res['epoch_s']:.2f} s; "
+         f"last train loss {res['train_loss']:.3f}, valid loss {res['valid_loss']:.3f})")
     return learn, res
 
 
@@ -301,7 +310,7 @@ def phase_timer(device):
     return PhaseTimer()
 
 
-STEP_MODES = ('fastai Adam, amp, per item', 'AdamW, amp+channels_last')   # the library before issue 11, and now
+STEP_MODES = ('fastai Adam, amp, per item', 'AdamW, amp+channels_last, eager', 'AdamW, amp+channels_last')   # the library before issue 11, before CudaGraphs, and now
 
 
 def breakdown(rows, a, cache, device)->list[dict]:
@@ -376,6 +385,7 @@ def verdicts(results:list[dict])->list[str]:
              ('AdamW, amp+channels_last', 'AdamW, amp', 'channels_last'), ('AdamW, amp', 'AdamW, fp32', 'mixed precision'),
              ('AdamW, fp32', 'fastai Adam, fp32', "torch's AdamW in place of fastai's Adam"),
              ('AdamW, amp+channels_last', 'fastai Adam, amp, per item', 'the library now vs before issue 11'),
+             ('AdamW, amp+channels_last', 'AdamW, amp+channels_last, eager', 'CUDA graphs (CudaGraphs) vs eager'),
              ('AdamW, amp+channels_last', 'AdamW, amp+channels_last, per item', 'images kept on the GPU vs the per-item loader'),
              ('AdamW, fp32', 'AdamW, fp32, per item', 'images kept in memory vs the per-item loader'),
              ('AdamW, amp+channels_last', "AdamW, amp+channels_last, fastai's affine", "SameSizeAffine vs fastai's affine transform"),
@@ -383,6 +393,58 @@ def verdicts(results:list[dict])->list[str]:
              ('AdamW, amp+channels_last, loss kept on the GPU', 'AdamW, amp+channels_last', 'smoothed loss kept on the GPU'),
              ('AdamW, fp32, loss kept on the device', 'AdamW, fp32', 'smoothed loss kept on the device')]
     return [l for bs in sorted({r['bs'] for r in results}) for a, b, what in pairs if (l := _ratio_line(results, bs, a, b, what))]
+
+
+# ---------------------------------------------------------------- CUDA graphs
+GRAPH_THRESH = 2e-2   # largest allowed gradient difference, over the largest gradient, between a replayed and an eager step
+
+
+def graph_check(rows, a, cache, device)->list[dict]:
+    """One training step of the library's learner at the largest batch, on the same batch and weights, eager and replayed
+    from CUDA graphs (`graph_model`, as `CudaGraphs` trains), with dropout off so that both do the same arithmetic: the
+    loss, the largest gradient difference over the largest gradient, and batch norm's statistics after the step; then
+    the bare step (forward, loss, backward, fused AdamW) each way, mean of --floor-iters after 3 untimed."""
+    if device.type != 'cuda': step('CUDA graphs: skipped (they need CUDA)'); return []
+    import torch.nn.functional as F
+    from covid_fastai.learner import graph_model, _autocast_dtype
+    bs = max(a.bs)
+    learn = mode_learner(rows, a, bs, 'AdamW, amp+channels_last, eager', cache, device, None)
+    for m in learn.model.modules():
+        if isinstance(m, torch.nn.Dropout): m.p = 0.   # no random masks: the same arithmetic both ways
+    xb, yb = learn.dls.train.one_batch()
+    x, y, model, dtype = xb.as_subclass(torch.Tensor), yb.as_subclass(torch.Tensor), learn.model.train(), _autocast_dtype(learn)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    def once(fwd):
+        model.load_state_dict(start); model.zero_grad(set_to_none=True)   # in place: the graphs keep pointing at these tensors
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype is not None): loss = F.cross_entropy(fwd(x).float(), y)
+        loss.backward()
+        return loss.item(), [p.grad.float().clone() for p in model.parameters() if p.grad is not None], [b.float().clone() for b in model.buffers()]
+    eager = once(model)
+    t = time.perf_counter(); replay = graph_model(model, x, dtype); capture_s = time.perf_counter() - t
+    graphed, again = once(replay), once(replay)   # twice: a replay reuses the graphs' memory
+    def diff(u, v): return max((p - q).abs().max().item() for p, q in zip(u, v))
+    scale = max(g.abs().max().item() for g in eager[1])
+    r = {'bs': bs, 'dtype': str(dtype), 'capture_s': capture_s, 'loss_eager': eager[0], 'loss_graphed': graphed[0],
+         'grads': len(eager[1]), 'grads_graphed': len(graphed[1]), 'grad_rel_diff': diff(eager[1], graphed[1]) / scale,
+         'grad_rel_diff_replays': diff(graphed[1], again[1]) / scale, 'stats_diff': diff(eager[2], graphed[2]), 'limit': GRAPH_THRESH}
+    r['ok'] = bool(r['grads'] == r['grads_graphed'] and r['grad_rel_diff'] <= GRAPH_THRESH and abs(r['loss_eager'] - r['loss_graphed']) <= 1e-2)
+    step(f"CUDA graphs bs {bs}: captured in {capture_s:.1f} s; loss {eager[0]:.5f} eager, {graphed[0]:.5f} replayed; gradients differ by "
+         f"{r['grad_rel_diff']:.1e} of the largest ({r['grad_rel_diff_replays']:.1e} between replays), statistics by {r['stats_diff']:.1e}: "
+         + ('OK' if r['ok'] else 'FAIL'))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    for how, fwd in (('eager', model), ('CUDA graphs', replay)):
+        def one():
+            with torch.autocast('cuda', dtype=dtype, enabled=dtype is not None): loss = F.cross_entropy(fwd(x).float(), y)
+            loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        for _ in range(3): one()
+        sync(device); t = time.perf_counter()
+        for _ in range(a.floor_iters): one()
+        sync(device); s = (time.perf_counter() - t) / a.floor_iters
+        r[f'step_ms_{how}'] = 1000 * s
+        step(f"training step alone bs {bs} {how:<12} {1000*s:7.1f} ms/step {bs/s:8.1f} images/s")
+    del learn, model, replay, opt
+    torch.cuda.empty_cache()
+    return [r]
 
 
 # ---------------------------------------------------------------- 3. prediction
@@ -527,20 +589,25 @@ def md_table(headers:list[str], rows:list[list])->str:
     return '\n'.join([line(headers), line(['---'] * len(headers)), *map(line, rows)])
 
 
-def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list[dict], inference:list[dict], agreement:list[dict], quality:list[dict])->str:
+def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list[dict], graphs:list[dict], inference:list[dict], agreement:list[dict], quality:list[dict])->str:
     "The Markdown summary of every figure."
     gpu = info.get('gpu', 'CPU (smoke run, figures meaningless)')
     head = (f"**{gpu}**, torch {info['torch']} (CUDA {info['torch cuda']}, cuDNN {info.get('cudnn', '-')}), "
             f"fastai {info['fastai']}, {info['cpu cores']} CPU cores. {a.arch}, random weights, {a.size} px.")
     t = md_table(['batch', 'mode', 'images/epoch', 's/epoch (train phase, median)', 'min-max', 'images/s',
-                  'whole epoch s', 'warm-up epoch s', 'peak GPU GiB'],
+                  'whole epoch s', 'warm-up epoch s', 'peak GPU GiB', 'last train / valid loss'],
                  [[r['bs'], r['mode'], r['images_per_epoch'], f"{r['train_s']:.2f}", f"{r['train_s_min']:.2f}-{r['train_s_max']:.2f}",
                    f"{r['images_per_s']:.1f}", f"{r['epoch_s']:.2f}", f"{r['warmup_s']:.2f}",
-                   '-' if r['peak_gpu_GiB'] is None else f"{r['peak_gpu_GiB']:.2f}"] for r in training])
+                   '-' if r['peak_gpu_GiB'] is None else f"{r['peak_gpu_GiB']:.2f}", f"{r['train_loss']:.3f} / {r['valid_loss']:.3f}"] for r in training])
     ph = md_table(['batch', 'mode', *[f"{p} ms" for p in PHASES], 'total ms', 'steps'],
                   [[r['bs'], r['mode'], *[f"{r[p]:.1f}" for p in PHASES], f"{r['total']:.1f}", r['steps']] for r in phases])
     fl = md_table(['batch', 'how', 'ms/step', 'images/s', 'first step s'],
                   [[r['bs'], r['how'], f"{r['step_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r['first_step_s']:.1f}"] for r in step_floor])
+    gr = md_table(['batch', 'autocast', 'capture s', 'loss eager / replayed', 'gradient diff / largest', 'between replays',
+                   'statistics diff', 'step ms eager', 'step ms graphs', 'verdict'],
+                  [[r['bs'], r['dtype'], f"{r['capture_s']:.1f}", f"{r['loss_eager']:.5f} / {r['loss_graphed']:.5f}", f"{r['grad_rel_diff']:.1e}",
+                    f"{r['grad_rel_diff_replays']:.1e}", f"{r['stats_diff']:.1e}", f"{r['step_ms_eager']:.1f}", f"{r['step_ms_CUDA graphs']:.1f}",
+                    'OK' if r['ok'] else 'FAIL'] for r in graphs])
     i = md_table(['batch', 'precision', 'what', 'images/s', 'seconds (predict: one call on all files; floor: one batch)'],
                  [[r['bs'], r['precision'], r['path'], f"{r['images_per_s']:.1f}", f"{r['seconds']:.4f}"] for r in inference])
     g = md_table(['comparison', 'images', 'max abs diff prob_covid', 'mean abs diff', 'labels differ', 'limit', 'verdict'],
@@ -561,7 +628,10 @@ def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list
         "gradients and fastai's bookkeeping.", '', ph, '', '### The training step alone', '',
         f"A batch already on the device, forward + loss + backward + fused AdamW in autocast and channels_last, no loader "
         f"and no fastai loop; mean of {a.floor_iters} steps after 4 untimed ones (the first, which compiles, given apart).", '',
-        fl, '', '### Prediction', '',
+        fl, '', '### CUDA graphs', '',
+        "One training step on the same batch and weights, dropout off, eager and replayed (`graph_model`); then the bare "
+        f"step (forward, loss, backward, fused AdamW) each way, mean of {a.floor_iters} after 3 untimed.", '', gr, '',
+        '### Prediction', '',
         f"{a.infer_files} files per predict call (the balanced images cycled), median of {a.repeats} calls after a warm-up; "
         f"floor: mean time of {a.floor_iters} forward passes (after 3 untimed) on one batch already on the device.", '',
         i, '', '### Agreement', '', "Pass: max abs diff within the limit and no label differs.", '', g, '',
@@ -580,10 +650,10 @@ def main(argv=None)->int:
     from covid_fastai.datablock import DecodeCache
     info = device_info(device)
     print('\n'.join(f"  {k}: {v}" for k, v in info.items()), flush=True)
-    figures = {'training': [], 'phases': [], 'step_floor': [], 'inference': [], 'agreement': [], 'quality': []}
+    figures = {'training': [], 'phases': [], 'step_floor': [], 'graphs': [], 'inference': [], 'agreement': [], 'quality': []}
     def save(done=False):   # after every part, so that a run stopped by a time limit keeps what it measured
         if not a.out: return
-        ok = all(r['ok'] for r in figures['agreement'])
+        ok = all(r['ok'] for r in figures['agreement'] + figures['graphs'])
         Path(a.out).write_text(json.dumps({'device': info, 'settings': vars(a), **figures, 'ok': ok, 'complete': done,
                                            'seconds': time.perf_counter() - T0, 'markdown': report(info, a, **figures)},
                                           indent=2, default=str) + '\n')
@@ -596,6 +666,7 @@ def main(argv=None)->int:
         parts = {'train': ('training', lambda: training(rows, a, cache, device, model_dir)),
                  'steps': ('phases', lambda: breakdown(rows, a, cache, device)),
                  'floor': ('step_floor', lambda: step_floor(a, device)),
+                 'graphs': ('graphs', lambda: graph_check(rows, a, cache, device)),
                  'infer': ('inference', lambda: inference(model_dir, files, a, device, cache)),
                  'agree': ('agreement', lambda: agreement(model_dir, rows, a, device)),
                  'quality': ('quality', lambda: quality(a, str(root), tmp) if a.folds else [])}
@@ -607,8 +678,8 @@ def main(argv=None)->int:
     print('\n' + md)
     save(done=True)
     if a.out: print(f"\nWrote {a.out}")
-    ok = all(r['ok'] for r in figures['agreement'])
-    step('done' if ok else "FAIL: CUDA and CPU predictions disagree (see above)")
+    ok = all(r['ok'] for r in figures['agreement'] + figures['graphs'])
+    step('done' if ok else "FAIL: CUDA and CPU predictions, or a replayed and an eager training step, disagree (see above)")
     return 0 if ok else 1
 
 

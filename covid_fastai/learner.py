@@ -23,8 +23,8 @@ __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
            'weights_file', 'pretrained_state', 'pretrained_file', 'weights_record', 'timm_weights_path',
            'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'covid_metrics', 'TorchAdamW',
-           'load_body', 'covid_learner', 'process_batch', 'check_options', 'close_process_group', 'alone',
-           'unused_parameters', 'distributed']
+           'graph_model', 'CudaGraphs', 'load_body', 'covid_learner', 'process_batch', 'check_options',
+           'close_process_group', 'alone', 'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -305,6 +305,61 @@ class TorchAdamW(OptimWrapper):
 
 OPTIMIZERS = ('adamw', 'fastai')   # `covid_learner(optimizer=...)`: torch's AdamW through `TorchAdamW`, or fastai's `Adam`
 
+# %% ../nbs/04_learner.ipynb #549426db
+def graph_model(model:nn.Module, # In training mode, on CUDA
+                sample:torch.Tensor, # A batch of the shape the model will train on
+                dtype:torch.dtype|None=None, # Autocast's precision during training, None: float32
+                warmup:int=3 # Passes torch makes before capturing
+               )->Callable:
+    "`model`'s forward and backward passes on batches like `sample` as CUDA graphs: a function that replays them; the model's statistics are left as they were."
+    if not sample.is_cuda: raise OptionError(f"CUDA graphs need a model and batches on CUDA, not on {sample.device}")
+    stats = [b.detach().clone() for b in model.buffers()]   # the warm-up passes move batch norm's running statistics
+    try:
+        with torch.autocast('cuda', dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
+            torch.cuda.make_graphed_callables(model, (torch.zeros_like(sample),), num_warmup_iters=warmup, allow_unused_input=True)
+    finally:
+        with torch.no_grad():
+            for b, s in zip(model.buffers(), stats): b.copy_(s)
+    return model.__dict__.pop('forward')   # torch's replay, which falls back to the module's own forward in eval mode
+
+def _autocast_dtype(learn:Learner)->torch.dtype|None:
+    "The precision fastai's `MixedPrecision` trains `learn` in; None in float32."
+    mp = getattr(learn, 'mixed_precision', None)
+    return None if mp is None else torch.bfloat16 if mp.amp_mode == AMPMode.BF16 else torch.float16
+
+class CudaGraphs(Callback):
+    "Replay the model's forward and backward passes as CUDA graphs while training (`graph_model`), captured at the first training batch of each fit."
+    order = MixedPrecision.order + 1   # after `CastToTensor` and the start of fastai's autocast
+    def __init__(self, warmup:int=3): store_attr(); self.replay, self.key, self.failed = None, None, False
+    def before_fit(self): self._release(); self.failed = False
+    def before_batch(self):
+        if not self.training or self.failed or len(self.xb) != 1 or not self.xb[0].is_cuda or num_distrib() > 1: return   # DDP: eager
+        x = self.xb[0]
+        key = (x.shape, x.dtype, _autocast_dtype(self.learn), tuple(p.requires_grad for p in self.model.parameters()))
+        if key != self.key: self._capture(x, key)
+    def before_backward(self):
+        if self.replay is not None:
+            for p in self.model.parameters(): p.grad = None   # see above: a replayed backward reuses its memory
+    def after_fit(self): self._release()
+
+    def _capture(self, x, key):
+        self._release()
+        try: replay = graph_model(self.model, x, key[2], self.warmup)
+        except Exception as e:
+            self.failed = True
+            warn(f"CUDA graphs: {type(self.model).__name__} could not be captured ({type(e).__name__}: {e}); it trains without them")
+            return
+        model, shape = self.model, x.shape
+        def forward(*xs):
+            if model.training and len(xs) == 1 and xs[0].shape == shape: return replay(xs[0].as_subclass(torch.Tensor))
+            return type(model).forward(model, *xs)
+        model.forward, self.replay, self.key = forward, replay, key
+
+    def _release(self):
+        "The model's own forward back, and the graphs' memory free."
+        if self.replay is not None: self.model.__dict__.pop('forward', None)
+        self.replay, self.key = None, None
+
 # %% ../nbs/04_learner.ipynb #39e639c0
 def _densenet_keys(state:dict)->dict:
     "DenseNet's published weights use the old key names `norm.1`, `conv.2`; torchvision renames them as it loads, and so do we."
@@ -346,11 +401,13 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
                   wd:float=1e-4, # Weight decay
                   clip:float|None=0.1, # Clip gradients to this value; None: no clipping
                   optimizer:str='adamw', # 'adamw': torch's AdamW, fused on CUDA, stepping as fastai's Adam (`TorchAdamW`); 'fastai': fastai's Adam
+                  cuda_graphs:bool|None=None, # Replay forward and backward as CUDA graphs (`CudaGraphs`); None: on CUDA
                   **kwargs)->Learner:
     "A `vision_learner` for the classes of `dls` (COVID-19 last), with pretrained weights from `pretrained_state` and `arch`'s input statistics."
     if optimizer not in OPTIMIZERS: raise OptionError(f"--optimizer {optimizer}: choose one of {', '.join(OPTIMIZERS)}")
     state = pretrained_state(arch, weights) if pretrained or weights is not None else None
-    cbs = L(kwargs.pop('cbs', None)) + L(ClipGradValue(clip) if clip else None)
+    if cuda_graphs is None: cuda_graphs = dls.device.type == 'cuda'
+    cbs = L(kwargs.pop('cbs', None)) + L(ClipGradValue(clip) if clip else None) + L(CudaGraphs() if cuda_graphs else None)
     dls = _set_normalize(dls, arch_stats(arch))
     if is_timm(arch) and not {'img_size'} & set(kwargs): kwargs.update(timm_size(arch, dls.train_ds[0][0].shape[-1]))
     learn = vision_learner(dls, arch_fn(arch), pretrained=False, normalize=False, opt_func=Adam, wd=wd,
