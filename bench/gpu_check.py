@@ -30,7 +30,8 @@
    `CudaGraphs` (covid_learner's default on CUDA) except '..., eager' and the baseline.
 3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA, `--infer-files`
    files per call: the library's `predict` (autocast on CUDA) decoding JPEGs on the CPU (Pillow, in predict's default
-   4 threads and in one thread per core up to 16), on the GPU (nvJPEG, `--gpu-decode`), and reading a warm DecodeCache;
+   4 threads, in one thread per core up to 16, and in as many processes, `--processes`), on the GPU (nvJPEG,
+   `--gpu-decode`), and reading a warm DecodeCache (in threads and in processes);
    and the floor: the model alone on tensors already on the GPU, in amp and fp32.
 4. Agreement: the same saved model on `--agree-n` images (the validation images first) on CUDA and on the CPU (exit
    status 1 if prob_covid differs by more than 1e-2 anywhere or a label differs), and decoding on the GPU against
@@ -466,14 +467,15 @@ def classifier(model_dir:Path, device, precision:str, cache=None, gpu_decode:boo
     return clf
 
 
-def time_predict(clf, files:list, bs:int, repeats:int, workers:int=4)->dict:
-    "images/s of clf.predict on `files` at batch `bs` with `workers` decoding threads: median of `repeats` calls after a warm-up call."
-    clf.predict(files[:2*bs], bs=bs, workers=workers)
+def time_predict(clf, files:list, bs:int, repeats:int, workers:int=4, processes:int=0)->dict:
+    "images/s of clf.predict on `files` at batch `bs` with `workers` decoding threads or `processes`: median of `repeats` calls after a warm-up call (which starts the processes)."
+    clf.predict(files[:2*bs], bs=bs, workers=workers, processes=processes)
     secs = []
     for _ in range(repeats):
         t = time.perf_counter()
-        df = clf.predict(files, bs=bs, workers=workers)   # returns after .cpu(): the GPU's work is done
+        df = clf.predict(files, bs=bs, workers=workers, processes=processes)   # returns after .cpu(): the GPU's work is done
         secs.append(time.perf_counter() - t)
+    clf.close()
     if df.error.notna().any(): raise RuntimeError(f"predict failed on: {df[df.error.notna()].error.tolist()[:3]}")
     med = statistics.median(secs)
     return {'seconds': med, 'images_per_s': len(files) / med}
@@ -496,14 +498,16 @@ def inference(model_dir:Path, files:list, a, device, cache)->list[dict]:
     library's precision (amp on CUDA), and the floor in fp32 too."""
     gpu = device.type == 'cuda'
     cores = min(16, os.cpu_count() or 1)   # predict's default is 4 decoding threads
-    paths = [('predict, CPU decoding', None, False, 4), ('predict, CPU decoding, ' + f'{cores} threads', None, False, cores),
-             *([('predict, GPU decoding (--gpu-decode)', None, True, 4)] if gpu else []), ('predict, DecodeCache', cache, False, 4)]
+    paths = [('predict, CPU decoding', None, False, 4, 0), ('predict, CPU decoding, ' + f'{cores} threads', None, False, cores, 0),
+             ('predict, CPU decoding, ' + f'{cores} processes', None, False, 4, cores),
+             *([('predict, GPU decoding (--gpu-decode)', None, True, 4, 0)] if gpu else []), ('predict, DecodeCache', cache, False, 4, 0),
+             ('predict, DecodeCache, ' + f'{cores} processes', cache, False, 4, cores)]
     results = []
     for precision in (('amp', 'fp32') if gpu else ('fp32',)):
         name = 'amp (library default)' if precision == 'amp' else 'fp32'
         for bs in a.bs:
-            for path, cached, on_gpu, workers in (paths if precision == 'amp' or not gpu else []):
-                r = time_predict(classifier(model_dir, device, precision, cached, on_gpu), files, bs, a.repeats, workers)
+            for path, cached, on_gpu, workers, processes in (paths if precision == 'amp' or not gpu else []):
+                r = time_predict(classifier(model_dir, device, precision, cached, on_gpu), files, bs, a.repeats, workers, processes)
                 results.append({'bs': bs, 'path': path, 'precision': name, **r})
                 step(f"infer bs {bs:>3} {name:<22} {path:<32} {r['images_per_s']:9.1f} images/s")
             clf = classifier(model_dir, device, 'fp32')

@@ -19,8 +19,8 @@ from .data import task_classes
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_grey',
            'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray', 'default_cache_dir',
-           'DecodeCache', 'OpenXRay', 'check_images', 'thumbnails', 'near_duplicates', 'group_rows',
-           'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine',
+           'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay', 'check_images', 'thumbnails', 'near_duplicates',
+           'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine',
            'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
@@ -249,6 +249,25 @@ class DecodeCache:
         "`load_xray(fn, size, grey=grey)`, from the cache when it is there, stored in it when not."
         im = Image.fromarray(self.array(fn, size))
         return im if grey else im.convert('RGB')
+
+# %% ../nbs/02_datablock.ipynb #18e05d67
+def xray_array(fn:str|Path, # An image file, as `load_xray` takes
+               size:int, # Squish to `size` x `size`
+               cache:DecodeCache|None=None # Read it from here, and keep it here
+              )->np.ndarray:
+    "`fn` decoded in grey and squished as `OpenXRay` does, through `cache` if given: a `uint8` array (size, size)."
+    return cache.array(fn, size) if cache else np.array(load_xray(fn, size, grey=True))
+
+def xray_arrays(files:list, # Image files
+                size:int, # Squish to `size` x `size`
+                cache:DecodeCache|None=None # Read them from here, and keep them here
+               )->list[tuple]:
+    "`(array, None)` for each of `files` that `xray_array` can read, `(None, why)` for the others."
+    out = []
+    for f in files:
+        try: out.append((xray_array(f, size, cache), None))
+        except CovidFastaiError as e: out.append((None, str(e)))
+    return out
 
 # %% ../nbs/02_datablock.ipynb #7768c3ed
 class OpenXRay(Transform):

@@ -4,8 +4,9 @@
 
 # %% ../nbs/05_inference.ipynb #6c06f0e0
 from __future__ import annotations
-import json, random, threading, warnings
-from concurrent.futures import ThreadPoolExecutor
+import json, random, threading, warnings, weakref, multiprocessing
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, ProcessPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torchvision
 import torch.nn.functional as F
@@ -18,14 +19,15 @@ from fastai.vision.all import Learner, Normalize, Pipeline, TensorImage, create_
 import covid_fastai
 from .core import *
 from .data import POSITIVE, task_of
-from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread, covid_augment, load_xray
+from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread, covid_augment, load_xray, xray_array, xray_arrays
 from .learner import arch_fn, arch_stats, ARCHS, covid_model, arch_builder
 from .ood import OODDescription, features_and_logits
 
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'model_description', 'run_folder',
-           'load_model', 'image_files', 'predict_files', 'prediction_records', 'tta_augment']
+__all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'decoding_processes',
+           'model_description', 'run_folder', 'load_model', 'image_files', 'predict_files', 'prediction_records',
+           'tta_augment']
 
 # %% ../nbs/05_inference.ipynb #a085f4e6
 MODEL_FORMAT = 'covid_fastai.model/1'
@@ -82,9 +84,7 @@ class CovidClassifier:
 @patch
 def prepare(self:CovidClassifier, fn)->torch.Tensor:
     "Image file `fn` decoded in grey and squished to the model's size, as `OpenXRay` does: a `uint8` tensor of shape (1, size, size)."
-    cache = self.open.cache
-    a = cache.array(fn, self.size) if cache else np.array(load_xray(fn, self.size, grey=True))
-    return torch.from_numpy(a)[None]
+    return torch.from_numpy(xray_array(fn, self.size, self.open.cache))[None]
 
 @patch
 def normalise(self:CovidClassifier, xb:torch.Tensor)->torch.Tensor:
@@ -176,12 +176,42 @@ def _decode_jpegs(self:CovidClassifier, loaded:list, pool)->list:
             except CovidFastaiError as e: out[i] = (out[i][0], None, str(e))
     return out
 
+# %% ../nbs/05_inference.ipynb #6f3b8388
+def decoding_processes(n:int # Processes
+                      )->ProcessPoolExecutor:
+    "`n` processes forked from a server that has imported covid_fastai once (`forkserver`), not from this process and its threads."
+    ctx = multiprocessing.get_context('forkserver')
+    ctx.set_forkserver_preload(['covid_fastai.datablock'])   # the server imports it once; each process starts ready
+    return ProcessPoolExecutor(n, mp_context=ctx)
+
+@patch
+def _processes(self:CovidClassifier, n:int)->ProcessPoolExecutor:
+    "This classifier's `n` decoding processes: started at the first `predict` that asks for them, kept for the next."
+    if getattr(self, '_procs', None) is None or self._procs[0] != n:
+        self.close()
+        pool = decoding_processes(n)
+        self._procs = (n, pool, weakref.finalize(self, pool.shutdown, wait=False, cancel_futures=True))
+    return self._procs[1]
+
+@patch
+def close(self:CovidClassifier):
+    "Stop the decoding processes that `predict(processes=...)` started; a later call starts them again."
+    if getattr(self, '_procs', None) is not None: self._procs[2](); self._procs = None
+
+@patch
+def _decode_in(self:CovidClassifier, files:list, procs:ProcessPoolExecutor, n:int)->list:
+    "`_load_batch`'s result, the files decoded by the `n` processes `procs`, a contiguous share each."
+    share = -(-len(files) // n)
+    futs = [procs.submit(xray_arrays, files[i:i+share], self.size, self.open.cache) for i in range(0, len(files), share)]
+    return [(f, None if a is None else torch.from_numpy(a)[None], e) for f, (a, e) in zip(files, (r for fut in futs for r in fut.result()))]
+
 # %% ../nbs/05_inference.ipynb #4ac490c4
 @patch
 def predict(self:CovidClassifier,
              files, # Image files (JPEG, PNG, DICOM; grey, RGB, 16-bit...)
              bs:int=32, # Images per forward pass
-             workers:int=4 # Threads that decode images
+             workers:int=4, # Threads that decode images
+             processes:int=0 # Processes that decode images instead of the threads (see "Decoding in processes"); 0: threads
             )->pd.DataFrame:
     "One row per file: `file`, `label`, `prob_covid`, `ood_score`, `out_of_distribution`, `error` (None, or why the file could not be read); `probs` with more than two classes; `tta` (True) after `use_tta`."
     if bs < 1: raise OptionError(f"--bs {bs}: give 1 or more images per forward pass")
@@ -193,13 +223,19 @@ def predict(self:CovidClassifier,
     files = [str(f) for f in files]
     batches = [files[i:i+bs] for i in range(0, len(files), bs)]
     if workers < 1: raise OptionError(f"workers must be at least 1, not {workers}")
-    # The next batch is gathered in a thread of its own, which waits on its files' decoding in `pool`: were it one of
-    # `pool`'s threads, a single worker would wait on itself for ever.
-    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as ahead:
-        nxt = ahead.submit(self._load_batch, batches[0], pool) if batches else None
+    if processes < 0: raise OptionError(f"--processes {processes}: give 0 (decode in threads) or more processes")
+    if processes and self.gpu_decode and self.device.type == 'cuda': raise OptionError(
+        "--processes decodes on the CPU and --gpu-decode on the GPU: choose one")
+    # The next batches are gathered in threads of their own, which wait on their files' decoding in `pool` (or in the
+    # processes): were they `pool`'s threads, a single worker would wait on itself for ever.
+    ahead_n = 2 if processes else 1   # processes: one batch decoding while the last of the other is still being shared out
+    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(ahead_n) as ahead:
+        procs = self._processes(processes) if processes else None   # here, before the threads: started once
+        load = (lambda b: self._decode_in(b, procs, processes)) if processes else (lambda b: self._load_batch(b, pool))
+        pending = deque(ahead.submit(load, b) for b in batches[:ahead_n])
         for i in range(len(batches)):
-            loaded = nxt.result()
-            if i+1 < len(batches): nxt = ahead.submit(self._load_batch, batches[i+1], pool)
+            loaded = pending.popleft().result()
+            if i + ahead_n < len(batches): pending.append(ahead.submit(load, batches[i + ahead_n]))
             ok = [x for _, x, e in loaded if e is None]
             probs, scores = self._probs(ok) if ok else (np.zeros((0, len(self.classes))), None)
             labels, probs, scores = iter(predicted(probs, self.threshold)), iter(probs), iter(scores if scores is not None else [None]*len(ok))
@@ -335,7 +371,8 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
                   cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
                   heatmaps:str|Path|None=None, # Write one Grad-CAM overlay PNG per image here, and give each its shortcut score
                   tta:bool=False, # Test-time augmentation: fastai's `Learner.tta` (4 augmented passes and the plain one, beta 0.25)
-                  gpu_decode:bool=False # On CUDA, decode JPEGs on the GPU (about 2x faster; not the same pixels: see bench/README.md); no cache then
+                  gpu_decode:bool=False, # On CUDA, decode JPEGs on the GPU (about 2x faster; not the same pixels: see bench/README.md); no cache then
+                  processes:int=0 # Decode in this many processes instead of threads: faster on many cores, a few seconds to start
                  )->pd.DataFrame:
     "Label and COVID-19 probability of image files: one row per file, with the error for files that cannot be read."
     if heatmaps is not None: out_folder(heatmaps, '--heatmaps')   # before every image is predicted
@@ -344,7 +381,8 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache and not gpu_decode else None)
     clf.gpu_decode = gpu_decode
     if tta: clf.use_tta()
-    preds = clf.predict(files, bs=bs)
+    try: preds = clf.predict(files, bs=bs, processes=processes)
+    finally: clf.close()
     if heatmaps is None: return preds
     from covid_fastai.explain import explain_predictions   # explain builds on this module
     return explain_predictions(clf, preds, heatmaps)

@@ -132,6 +132,8 @@ def test_predict_reports_a_bad_file_and_predicts_the_rest(small_run, images, tmp
     assert out[0]['label'] in ('Normal', 'COVID-19') and out[0]['error'] is None
     assert out[1]['label'] is None and 'empty.jpeg' in out[1]['error']
     assert '1 of 2 file(s) could not be read' in res.stderr
+    procs = run_cli('predict', '--model', small_run[0], good, bad, '--json', '--processes', '2', check=False)   # decoded in processes
+    assert (procs.returncode, json.loads(procs.stdout)) == (1, out)
 
 
 def test_predict_lines_keep_their_columns_whatever_the_file_names(small_run, images, tmp_path):
