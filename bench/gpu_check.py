@@ -83,6 +83,8 @@ def parse_args(argv=None)->argparse.Namespace:
                    help="which parts to run, comma-separated (default all: train,steps,floor,graphs,infer,agree,quality; infer and agree need train)")
     p.add_argument('--folds', type=int, default=3, help="folds of the optimizers' quality comparison (default 3; 0 leaves it out)")
     p.add_argument('--quality-epochs', type=int, help='epochs per phase in the quality comparison (default 5, the recipe; 1 on the CPU)')
+    p.add_argument('--quality-modes', nargs='+', default=list(QUALITY_MODES), choices=list(QUALITY_MODES),
+                   help="the quality comparison's modes (default all: fastai's Adam, torch's AdamW, AdamW without CUDA graphs)")
     a = p.parse_args(argv)
     gpu = torch.cuda.is_available()
     smoke = [('arch', 'resnet50', 'resnet18'), ('workers', None, 0), ('size', 256, 64), ('epochs', 4, 2),
@@ -261,10 +263,11 @@ def train_once(rows, a, bs:int, mode:str, cache, device):
            'train_s_min': min(train_s), 'train_s_max': max(train_s), 'epoch_s': statistics.median(r['epoch_s'] for r in timed),
            'images_per_s': timed[0]['images'] / med, 'timed_epochs': len(timed),
            'peak_gpu_GiB': torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None,
-           **dict(zip(('train_loss', 'valid_loss'), map(float, learn.recorder.values[-1][:2])))}   # a sanity check between modes
+           **dict(zip(('train_loss', 'valid_loss'), map(float, learn.recorder.values[-1][:2]))),   # a sanity check between modes
+           'cuda_graphs': None if (g := getattr(learn, 'cuda_graphs', None)) is None else not g.failed}   # False: capture failed, trained eagerly
     step(f"train bs {bs:>3} {mode:<25} {med:6.2f} s/epoch ({res['images_per_epoch']} images)  "
          f"{res['images_per_s']:8.1f} images/s  (warm-up epoch {res['warmup_s']:.2f} s, whole epoch {res['epoch_s']:.2f} s; "
-         f"last train loss {res['train_loss']:.3f}, valid loss {res['valid_loss']:.3f})")
+         f"last train loss {res['train_loss']:.3f}, valid loss {res['valid_loss']:.3f}; CUDA graphs {res['cuda_graphs']})")
     return learn, res
 
 
@@ -421,7 +424,12 @@ def graph_check(rows, a, cache, device)->list[dict]:
         loss.backward()
         return loss.item(), [p.grad.float().clone() for p in model.parameters() if p.grad is not None], [b.float().clone() for b in model.buffers()]
     eager = once(model)
-    t = time.perf_counter(); replay = graph_model(model, x, dtype); capture_s = time.perf_counter() - t
+    t = time.perf_counter()
+    try: replay = graph_model(model, x, dtype)
+    except Exception as e:   # a finding, not the end of the check
+        step(f"CUDA graphs bs {bs}: capture FAILED, {type(e).__name__}: {e}")
+        return [{'bs': bs, 'ok': False, 'error': f"{type(e).__name__}: {e}"}]
+    capture_s = time.perf_counter() - t
     graphed, again = once(replay), once(replay)   # twice: a replay reuses the graphs' memory
     def diff(u, v): return max((p - q).abs().max().item() for p, q in zip(u, v))
     scale = max(g.abs().max().item() for g in eager[1])
@@ -563,25 +571,34 @@ def agreement(model_dir:Path, rows, a, device)->list[dict]:
 
 
 # ---------------------------------------------------------------- 5. quality of the two optimizers
+QUALITY_MODES = {'fastai Adam': ('fastai', None), 'AdamW': ('adamw', None), 'AdamW, eager': ('adamw', False)}   # (optimizer, cuda_graphs)
+
+
 def quality(a, data:str|None, tmp:Path)->list[dict]:
-    """The library's recipe (`train`, random weights) cross-validated with each optimizer: does torch's AdamW, stepping as
-    fastai's Adam, give the same model quality? K folds of the balanced selection, the same folds for both."""
-    from covid_fastai.train import train
+    """The library's recipe (`train`, random weights) cross-validated in each of --quality-modes, the same folds for all:
+    does torch's AdamW, stepping as fastai's Adam, give the same model quality? And training replayed from CUDA graphs
+    (the default on CUDA) the same as eager? It also runs `CudaGraphs` through the whole recipe: the frozen phase, the
+    unfrozen one (captured again), validation and checkpoints."""
+    import covid_fastai.train as tr
+    from covid_fastai.learner import covid_learner
     out = []
-    for optimizer in ('fastai', 'adamw'):
+    for mode in a.quality_modes:
+        optimizer, graphs = QUALITY_MODES[mode]
+        tr.covid_learner = lambda *args, **kw: covid_learner(*args, **kw, cuda_graphs=graphs)
         t = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                cv = train(data=data, out=tmp/f'cv-{optimizer}', arch=a.arch, size=a.size, folds=a.folds, pretrained=False,
-                           optimizer=optimizer, frozen_epochs=a.quality_epochs, unfrozen_epochs=a.quality_epochs, seed=SEED)
+                cv = tr.train(data=data, out=tmp/f'cv-{len(out)}', arch=a.arch, size=a.size, folds=a.folds, pretrained=False,
+                              optimizer=optimizer, frozen_epochs=a.quality_epochs, unfrozen_epochs=a.quality_epochs, seed=SEED)
         except Exception as e:   # a run that fails is a finding, not the end of the check
-            out.append({'optimizer': optimizer, 'folds': a.folds, 'seconds': time.perf_counter() - t,
+            out.append({'optimizer': mode, 'folds': a.folds, 'seconds': time.perf_counter() - t,
                         'error': f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"})
-            step(f"{a.folds}-fold CV, optimizer {optimizer:<6}: FAILED, {out[-1]['error']}"); continue
-        r = {'optimizer': optimizer, 'folds': a.folds, 'seconds': time.perf_counter() - t,
+            step(f"{a.folds}-fold CV, {mode:<12}: FAILED, {out[-1]['error']}"); continue
+        finally: tr.covid_learner = covid_learner
+        r = {'optimizer': mode, 'folds': a.folds, 'seconds': time.perf_counter() - t,
              **{k: cv['metrics'][k] for k in ('roc_auc', 'sensitivity', 'specificity', 'accuracy') if k in cv['metrics']}}
         out.append(r)
-        step(f"{a.folds}-fold CV, optimizer {optimizer:<6}: " + ', '.join(
+        step(f"{a.folds}-fold CV, {mode:<12}: " + ', '.join(
             f"{k} {r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" for k in ('roc_auc', 'sensitivity', 'specificity') if k in r) + f" ({r['seconds']:.0f} s)")
     return out
 
@@ -611,13 +628,13 @@ def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list
                    'statistics diff', 'step ms eager', 'step ms graphs', 'verdict'],
                   [[r['bs'], r['dtype'], f"{r['capture_s']:.1f}", f"{r['loss_eager']:.5f} / {r['loss_graphed']:.5f}", f"{r['grad_rel_diff']:.1e}",
                     f"{r['grad_rel_diff_replays']:.1e}", f"{r['stats_diff']:.1e}", f"{r['step_ms_eager']:.1f}", f"{r['step_ms_CUDA graphs']:.1f}",
-                    'OK' if r['ok'] else 'FAIL'] for r in graphs])
+                    'OK' if r['ok'] else 'FAIL'] for r in graphs if 'capture_s' in r])
     i = md_table(['batch', 'precision', 'what', 'images/s', 'seconds (predict: one call on all files; floor: one batch)'],
                  [[r['bs'], r['precision'], r['path'], f"{r['images_per_s']:.1f}", f"{r['seconds']:.4f}"] for r in inference])
     g = md_table(['comparison', 'images', 'max abs diff prob_covid', 'mean abs diff', 'labels differ', 'limit', 'verdict'],
                  [[r['label'], r['images'], f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}", r['labels_differ'],
                    f"{r['limit']:g}", 'OK' if r['ok'] else 'FAIL'] for r in agreement])
-    q = md_table(['optimizer', 'folds', 'ROC AUC', 'sensitivity', 'specificity', 'accuracy', 'seconds'],
+    q = md_table(['mode', 'folds', 'ROC AUC', 'sensitivity', 'specificity', 'accuracy', 'seconds'],
                  [[r['optimizer'], r['folds'], *[f"{r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" if k in r and r[k]['mean'] is not None else '-'
                                                  for k in ('roc_auc', 'sensitivity', 'specificity', 'accuracy')], f"{r['seconds']:.0f}"]
                   for r in quality])
@@ -639,7 +656,7 @@ def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list
         f"{a.infer_files} files per predict call (the balanced images cycled), median of {a.repeats} calls after a warm-up; "
         f"floor: mean time of {a.floor_iters} forward passes (after 3 untimed) on one batch already on the device.", '',
         i, '', '### Agreement', '', "Pass: max abs diff within the limit and no label differs.", '', g, '',
-        '### Quality: fastai\'s Adam vs torch\'s AdamW', '',
+        '### Quality: fastai\'s Adam vs torch\'s AdamW, CUDA graphs vs eager', '',
         f"`train(folds={a.folds}, pretrained=False)`, {a.arch} at {a.size} px, {a.quality_epochs} + {a.quality_epochs} epochs, the same folds "
         "for both (mean ± sd over the folds).", '', q])
 
