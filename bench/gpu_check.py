@@ -416,7 +416,7 @@ def graph_check(rows, a, cache, device)->list[dict]:
     for m in learn.model.modules():
         if isinstance(m, torch.nn.Dropout): m.p = 0.   # no random masks: the same arithmetic both ways
     xb, yb = learn.dls.train.one_batch()
-    x, y, model, dtype = xb.as_subclass(torch.Tensor), yb.as_subclass(torch.Tensor), learn.model.train(), _autocast_dtype(learn)
+    x, y, model, dtype = xb.as_subclass(torch.Tensor), yb.as_subclass(torch.Tensor), learn.model.to(device).train(), _autocast_dtype(learn)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     def once(fwd):
         model.load_state_dict(start); model.zero_grad(set_to_none=True)   # in place: the graphs keep pointing at these tensors

@@ -109,6 +109,11 @@ def _load_batch(self:CovidClassifier, files, pool):
         except CovidFastaiError as e: out.append((f, None, str(e)))
     return self._decode_jpegs(out, pool) if gpu else out
 
+def _stack(xs:list[torch.Tensor], device:torch.device)->torch.Tensor:
+    "`xs` as one batch: stacked by NumPy where they are all on the CPU (see above), else on `device`."
+    if all(x.device.type == 'cpu' for x in xs): return torch.from_numpy(np.stack([x.numpy() for x in xs]))
+    return torch.stack([x.to(device) for x in xs])   # some were decoded on the GPU
+
 CovidClassifier.half = None   # float16 autocast: None, on CUDA; True or False to choose
 
 @patch
@@ -124,8 +129,7 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor], tta:bool=True)->tuple[np
     if tta and self.tta:
         plain, scores = self._probs(xs, tta=False)
         return self._tta_probs(xs, plain), scores
-    same_device = len({x.device for x in xs}) == 1   # one copy of the whole batch, unless some were decoded on the GPU
-    x = self.normalise(torch.stack(xs if same_device else [x.to(self.device) for x in xs]))
+    x = self.normalise(_stack(xs, self.device))
     x = x.contiguous(memory_format=torch.channels_last)
     half = self.device.type == 'cuda' if self.half is None else self.half
     feats, logits = self._forward(x, half)
