@@ -264,7 +264,7 @@ def train_once(rows, a, bs:int, mode:str, cache, device):
            'images_per_s': timed[0]['images'] / med, 'timed_epochs': len(timed),
            'peak_gpu_GiB': torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None,
            **dict(zip(('train_loss', 'valid_loss'), map(float, learn.recorder.values[-1][:2]))),   # a sanity check between modes
-           'cuda_graphs': None if (g := getattr(learn, 'cuda_graphs', None)) is None else not g.failed}   # False: capture failed, trained eagerly
+           'cuda_graphs': None if (g := getattr(learn, 'cuda_graphs', None)) is None else g.captures > 0}   # False: never captured, trained eagerly
     step(f"train bs {bs:>3} {mode:<25} {med:6.2f} s/epoch ({res['images_per_epoch']} images)  "
          f"{res['images_per_s']:8.1f} images/s  (warm-up epoch {res['warmup_s']:.2f} s, whole epoch {res['epoch_s']:.2f} s; "
          f"last train loss {res['train_loss']:.3f}, valid loss {res['valid_loss']:.3f}; CUDA graphs {res['cuda_graphs']})")
@@ -459,8 +459,9 @@ def graph_check(rows, a, cache, device)->list[dict]:
 # ---------------------------------------------------------------- 3. prediction
 def _probs_fp32(self, xs):
     "CovidClassifier._probs without autocast: the same steps in fp32."
-    x = self.normalise(torch.stack([x.to(self.device) for x in xs])).contiguous(memory_format=torch.channels_last)
+    from covid_fastai.inference import _stack
     from covid_fastai.ood import features_and_logits
+    x = self.normalise(_stack(xs, self.device)).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(): feats, logits = features_and_logits(self.model, x) if self.ood is not None else (None, self.model(x))
     return (torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy(),   # as `_probs`: probabilities and ood scores
             None if feats is None else self.ood.score(feats))
@@ -477,13 +478,14 @@ def classifier(model_dir:Path, device, precision:str, cache=None, gpu_decode:boo
 
 def time_predict(clf, files:list, bs:int, repeats:int, workers:int=4, processes:int=0)->dict:
     "images/s of clf.predict on `files` at batch `bs` with `workers` decoding threads or `processes`: median of `repeats` calls after a warm-up call (which starts the processes)."
-    clf.predict(files[:2*bs], bs=bs, workers=workers, processes=processes)
     secs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        df = clf.predict(files, bs=bs, workers=workers, processes=processes)   # returns after .cpu(): the GPU's work is done
-        secs.append(time.perf_counter() - t)
-    clf.close()
+    try:
+        clf.predict(files[:2*bs], bs=bs, workers=workers, processes=processes)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            df = clf.predict(files, bs=bs, workers=workers, processes=processes)   # returns after .cpu(): the GPU's work is done
+            secs.append(time.perf_counter() - t)
+    finally: clf.close()
     if df.error.notna().any(): raise RuntimeError(f"predict failed on: {df[df.error.notna()].error.tolist()[:3]}")
     med = statistics.median(secs)
     return {'seconds': med, 'images_per_s': len(files) / med}

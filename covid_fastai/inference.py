@@ -7,6 +7,7 @@ from __future__ import annotations
 import json, random, threading, warnings, weakref, multiprocessing
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torchvision
 import torch.nn.functional as F
@@ -238,7 +239,8 @@ def predict(self:CovidClassifier,
         load = (lambda b: self._decode_in(b, procs, processes)) if processes else (lambda b: self._load_batch(b, pool))
         pending = deque(ahead.submit(load, b) for b in batches[:ahead_n])
         for i in range(len(batches)):
-            loaded = pending.popleft().result()
+            try: loaded = pending.popleft().result()
+            except BrokenProcessPool: self.close(); raise   # a process was killed (out of memory?): the next call starts new ones
             if i + ahead_n < len(batches): pending.append(ahead.submit(load, batches[i + ahead_n]))
             ok = [x for _, x, e in loaded if e is None]
             probs, scores = self._probs(ok) if ok else (np.zeros((0, len(self.classes))), None)

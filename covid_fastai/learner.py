@@ -23,8 +23,8 @@ __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
            'weights_file', 'pretrained_state', 'pretrained_file', 'weights_record', 'timm_weights_path',
            'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'covid_metrics', 'TorchAdamW',
-           'graph_model', 'CudaGraphs', 'load_body', 'covid_learner', 'process_batch', 'check_options',
-           'close_process_group', 'alone', 'unused_parameters', 'distributed']
+           'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'covid_learner', 'process_batch',
+           'check_options', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -327,38 +327,61 @@ def _autocast_dtype(learn:Learner)->torch.dtype|None:
     mp = getattr(learn, 'mixed_precision', None)
     return None if mp is None else torch.bfloat16 if mp.amp_mode == AMPMode.BF16 else torch.float16
 
+def _trainable(model:nn.Module)->tuple: return tuple(p.requires_grad for p in model.parameters())
+
+def _hooked(model:nn.Module)->bool:
+    "Whether a layer of `model` has hooks, which replays would not run."
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules())
+
+class GraphedForward:
+    "`model.forward` while `CudaGraphs` trains it: `replay` for a batch of `shape` in training, with the parameters trainable as at the capture; the model's own forward otherwise."
+    def __init__(self, model:nn.Module, replay:Callable, shape:torch.Size, trainable:tuple): store_attr(); self.used = False
+    def __call__(self, *xs):
+        m = self.model
+        if m.training and len(xs) == 1 and xs[0].shape == self.shape and _trainable(m) == self.trainable:
+            self.used = True
+            return self.replay(xs[0].as_subclass(torch.Tensor))
+        return type(m).forward(m, *xs)
+    def __reduce__(self): return (getattr, (self.model, 'forward'))   # pickled and copied as the model's own forward (the class's: the copy's dict is not filled yet)
+
 class CudaGraphs(Callback):
     "Replay the model's forward and backward passes as CUDA graphs while training (`graph_model`), captured at the first training batch of each fit."
     order = MixedPrecision.order + 1   # after `CastToTensor` and the start of fastai's autocast
-    def __init__(self, warmup:int=3): store_attr(); self.replay, self.key, self.failed = None, None, False
+    def __init__(self, warmup:int=3): store_attr(); self.forward, self.key, self.failed, self.captures = None, None, False, 0
     def before_fit(self): self._release(); self.failed = False
     def before_batch(self):
         if not self.training or self.failed or len(self.xb) != 1 or not self.xb[0].is_cuda or num_distrib() > 1: return   # DDP: eager
-        x = self.xb[0]
-        key = (x.shape, x.dtype, _autocast_dtype(self.learn), tuple(p.requires_grad for p in self.model.parameters()))
-        if key != self.key: self._capture(x, key)
+        key = (_autocast_dtype(self.learn), _trainable(self.model))
+        if key != self.key: self._capture(self.xb[0], key)
     def before_backward(self):
-        if self.replay is not None:
-            for p in self.model.parameters(): p.grad = None   # see above: a replayed backward reuses its memory
+        if self.forward is None or not self.forward.used: return
+        self.forward.used = False
+        # a replayed backward writes into the graph's memory, which torch hands to the parameters as their `.grad`: a
+        # gradient kept from before (fastai's Adam zeroes in place; gradient accumulation adds) must move out of it first
+        kept = [p for p in self.model.parameters() if p.grad is not None]
+        for p, g in zip(kept, torch._foreach_mul([p.grad for p in kept], 1.) if kept else []): p.grad = g
     def after_fit(self): self._release()
+    def __getstate__(self): return {**self.__dict__, 'forward': None, 'key': None}   # graphs do not pickle
 
     def _capture(self, x, key):
         self._release()
-        try: replay = graph_model(self.model, x, key[2], self.warmup)
-        except Exception as e:
+        model, why = self.model, None
+        if _hooked(model): why = 'a layer has hooks, which replays would not run'
+        else:
+            try: replay = graph_model(model, x, key[0], self.warmup)
+            except Exception as e: why = f"{type(e).__name__}: {e}"
+        if why is not None:
             self.failed = True
-            warn(f"CUDA graphs: {type(self.model).__name__} could not be captured ({type(e).__name__}: {e}); it trains without them")
-            return
-        model, shape = self.model, x.shape
-        def forward(*xs):
-            if model.training and len(xs) == 1 and xs[0].shape == shape: return replay(xs[0].as_subclass(torch.Tensor))
-            return type(model).forward(model, *xs)
-        model.forward, self.replay, self.key = forward, replay, key
+            return warn(f"CUDA graphs: {type(model).__name__} could not be captured ({why}); it trains without them")
+        model.forward = self.forward = GraphedForward(model, replay, x.shape, key[1])
+        self.key, self.captures = key, self.captures + 1
 
     def _release(self):
-        "The model's own forward back, and the graphs' memory free."
-        if self.replay is not None: self.model.__dict__.pop('forward', None)
-        self.replay, self.key = None, None
+        "The model's own forward back, and the graphs' memory free: the last step's autograd history holds them too."
+        if self.forward is not None: self.forward.model.__dict__.pop('forward', None)
+        for k in ('pred', 'loss', 'loss_grad'):
+            if isinstance(v := getattr(self.learn, k, None), torch.Tensor): setattr(self.learn, k, v.detach())
+        self.forward, self.key = None, None
 
 # %% ../nbs/04_learner.ipynb #39e639c0
 def _densenet_keys(state:dict)->dict:
