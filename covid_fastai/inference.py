@@ -151,34 +151,31 @@ def _jpeg_bytes(fn)->torch.Tensor|None:
     check_shape(fn, w, h)
     return torchvision.io.read_file(str(fn))
 
-_LUMA = (0.299, 0.587, 0.114)   # Pillow's RGB to 'L' (ITU-R 601-2), which `to_grey` uses
-
 @patch
-def _squish(self:CovidClassifier, im:torch.Tensor)->torch.Tensor:
-    "A decoded (3, h, w) `uint8` image on the GPU, greyed and squished to the model's size as `prepare` does: (1, size, size)."
-    grey = torch.einsum('chw,c->hw', im.float(), im.new_tensor(_LUMA, dtype=torch.float32))   # a colour figure's colour must not reach the model
-    x = F.interpolate(grey[None, None], (self.size, self.size), mode='bilinear', antialias=True, align_corners=False)
-    return x[0].round_().clamp_(0, 255).byte()
+def _squish(self:CovidClassifier, ims:list[torch.Tensor])->torch.Tensor:
+    "Grey (1, h, w) `uint8` images on the GPU, each squished to the model's size as `prepare` does: one batch (B, 1, size, size)."
+    xs = [F.interpolate(im[None].float(), (self.size, self.size), mode='bilinear', antialias=True, align_corners=False) for im in ims]
+    return torch.cat(xs).round_().clamp_(0, 255).byte()   # the rounding once for the batch, not once an image
 
 @patch
 def _decode_jpegs(self:CovidClassifier, loaded:list, pool)->list:
     "`loaded` with the JPEG bytes decoded on the GPU in one batch, the rest decoded by `prepare` in `pool`."
-    jpegs = [i for i, (_, x, e) in enumerate(loaded) if e is None and x is not None]
-    try: images = torchvision.io.decode_jpeg([loaded[i][1] for i in jpegs], mode=ImageReadMode.RGB, device=self.device)
-    except RuntimeError: images = [None]*len(jpegs)   # one bad file fails the batch: those go the CPU way
-    out = [(f, None, e) if e else (f, None, None) for f, _, e in loaded]
-    for i, im in zip(jpegs, images): out[i] = (out[i][0], self._squish(im) if im is not None else None, None)
+    out = [(f, None, e) for f, _, e in loaded]
+    if jpegs := [i for i, (_, x, e) in enumerate(loaded) if e is None and x is not None]:
+        # GRAY: the JPEG's own luma (Y); for a colour figure, Pillow's grey of its RGB to about a level
+        try: images = torchvision.io.decode_jpeg([loaded[i][1] for i in jpegs], mode=ImageReadMode.GRAY, device=self.device)
+        except RuntimeError: images = None   # one bad file fails the batch: those go the CPU way
+        if images is not None:
+            xs = self._squish(images)
+            spreads = xs.float().flatten(1).std(1, correction=0).tolist()   # the blank check: one wait for the GPU a batch
+            for i, x, s in zip(jpegs, xs, spreads):
+                try: check_spread(out[i][0], s); out[i] = (out[i][0], x, None)
+                except CovidFastaiError as e: out[i] = (out[i][0], None, str(e))
     cpu = [i for i, (_, x, e) in enumerate(out) if e is None and x is None]
     futs = [pool.submit(self.prepare, out[i][0]) for i in cpu]
     for i, fut in zip(cpu, futs):
         try: out[i] = (out[i][0], fut.result(), None)
         except CovidFastaiError as e: out[i] = (out[i][0], None, str(e))
-    on_gpu = [i for i in jpegs if out[i][1] is not None]
-    if on_gpu:   # one transfer for the whole batch's blank check
-        spreads = torch.stack([out[i][1][0] for i in on_gpu]).float().flatten(1).std(1, correction=0).tolist()
-        for i, s in zip(on_gpu, spreads):
-            try: check_spread(out[i][0], s)
-            except CovidFastaiError as e: out[i] = (out[i][0], None, str(e))
     return out
 
 # %% ../nbs/05_inference.ipynb #6f3b8388
