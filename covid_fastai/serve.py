@@ -311,5 +311,6 @@ def serve(model:str, # A run folder, its model.json or model.safetensors (or a t
         if host not in LOOPBACK: warnings.warn(f"listening on {host}: anyone who can reach it can send images to the model (there is no login)")
         url = f"http://{'[' + host + ']' if ':' in host else host}:{sock.getsockname()[1]}/"
         print(f"covid-fastai serve: {app.state.classifier} at {url} (POST {url}predict); Ctrl-C stops it", flush=True)
-        try: uvicorn.Server(uvicorn.Config(app, log_level='warning')).run(sockets=[sock])
+        # lifespan off: the app has no start-up or shutdown work, and a second Ctrl-C cancelled that task with a traceback
+        try: uvicorn.Server(uvicorn.Config(app, log_level='warning', lifespan='off')).run(sockets=[sock])
         except KeyboardInterrupt: pass   # uvicorn raises Ctrl-C again once it has shut down; stopping is what it asked for

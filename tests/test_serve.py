@@ -144,6 +144,23 @@ def test_a_busy_port_is_one_line(small_run):
         f"covid-fastai: error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port or --host")
 
 
+def test_a_second_ctrl_c_while_it_stops_prints_no_traceback(small_run, tmp_path):
+    "Ctrl-C twice, as people press it when a server seems slow to stop, ends it quietly too."
+    with open(tmp_path/'out', 'w') as out, open(tmp_path/'err', 'w') as err:
+        p = subprocess.Popen([*CLI, 'serve', '--model', str(small_run[0]), '--port', '0', '--cpu'], stdout=out, stderr=err,
+                             preexec_fn=ctrl_c_reaches)
+    deadline = time.monotonic() + 180
+    while ' at http' not in (tmp_path/'out').read_text():
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill(); pytest.fail(f"serve did not start:\n{(tmp_path/'err').read_text()}")
+        time.sleep(0.2)
+    time.sleep(1)   # uvicorn's own start, after the line above
+    p.send_signal(signal.SIGINT); time.sleep(0.05); p.send_signal(signal.SIGINT)
+    rc = p.wait(timeout=60)
+    assert rc in (0, -signal.SIGINT), rc   # a second Ctrl-C after the shutdown ends it as it ends any program
+    assert 'Traceback' not in (tmp_path/'err').read_text(), (tmp_path/'err').read_text()
+
+
 def test_ctrl_c_stops_it_and_nothing_uploaded_is_left(server):
     "Last: stops the module's server."
     _, p, scratch, logs = server
