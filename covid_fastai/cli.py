@@ -172,7 +172,8 @@ def _serve(a): command_function('serve')(**_args_of(command_function('serve'), a
 # %% ../nbs/08_cli.ipynb #b3c0a0e1
 def _field(s:str)->str:
     "`s` as one field of a line of `predict`: tabs, line breaks and other control characters in file names written as Python escapes (`\\t`, `\\n`)."
-    return re.sub(r'[\x00-\x1f\x7f]', lambda m: repr(m[0])[1:-1], str(s))
+    from covid_fastai.core import printable   # and a name's bytes that are not UTF-8 as `\xe9`
+    return re.sub(r'[\x00-\x1f\x7f]', lambda m: repr(m[0])[1:-1], printable(s))
 
 def _shortcut_mark(r)->str:
     "The last column of a line of `predict --heatmaps`: the shortcut score of the image's map (n/a where the map shows no evidence)."

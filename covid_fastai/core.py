@@ -12,8 +12,8 @@ import pandas as pd, torch
 __all__ = ['MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV', 'PREDICTIONS_CSV',
            'PLOTS_DIR', 'CV_JSON', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
            'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'NotRadiographError',
-           'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'misfit', 'atomic_write', 'file_sha256',
-           'write_json', 'write_csv', 'save_figure', 'out_folder', 'get_device']
+           'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'misfit', 'printable', 'atomic_write',
+           'file_sha256', 'write_json', 'write_csv', 'save_figure', 'out_folder', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -38,6 +38,13 @@ def misfit(e:RuntimeError # From `load_state_dict`
     "What did not fit, from torch's `load_state_dict` error: its first line says only that loading failed."
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     return (lines[1:2] or lines or ['?'])[0][:300]
+
+# %% ../nbs/00_core.ipynb #165c2fbc
+def printable(s)->str:
+    "`s` (a file name, or a message holding one) as printable text: bytes of the name that are not UTF-8 written as `\\xe9`."
+    s = str(s)
+    try: return s.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+    except UnicodeEncodeError: return s.encode('utf-8', 'backslashreplace').decode('utf-8')   # a surrogate no file name makes
 
 # %% ../nbs/00_core.ipynb #f30689ee
 @contextlib.contextmanager

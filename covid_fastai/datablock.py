@@ -228,7 +228,7 @@ class DecodeCache:
         # The inode and ctime too: a file replaced by one of the same size whose mtime was kept (`cp -p`, `rsync -a`,
         # unzip) has a new inode or ctime, and no user can set ctime back
         key = f"{Path(fn).resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}|{size}|{_LOADER_VERSION}"
-        return self.folder/f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+        return self.folder/f"{hashlib.sha1(key.encode('utf-8', 'surrogateescape')).hexdigest()}.npy"   # a name's bytes that are not UTF-8 too
 
     def array(self, fn:str|Path, size:int)->np.ndarray:
         "The grey `load_xray(fn, size)` as a writable `uint8` array (size, size), from the cache when it is there, stored in it when not."

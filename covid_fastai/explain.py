@@ -231,7 +231,7 @@ def show_cams(files:list, # Image files
     n = min(max_n, len(files))
     fig, axs = _grid(n, ncols)
     for i, ax in zip(range(n), axs):
-        plot_cam(load_xray(files[i], size=cams.maps.shape[-1]), cams.maps[i], f"{Path(files[i]).name[:28]}\n{_title(i, cams, classes, band)}", ax=ax, band=band)
+        plot_cam(load_xray(files[i], size=cams.maps.shape[-1]), cams.maps[i], f"{printable(Path(files[i]).name)[:28]}\n{_title(i, cams, classes, band)}", ax=ax, band=band)
     return fig
 
 # %% ../nbs/09_explain.ipynb #8dda0fe8
@@ -261,7 +261,7 @@ def save_overlays(files:list, # Image files
         image = load_xray(f, size=cams.maps.shape[-1])
         ax1.imshow(_grey(image), cmap='gray'); ax1.set_axis_off()
         plot_cam(image, cams.maps[i], ax=ax2, band=band)
-        fig.suptitle(f"{Path(f).name}\n{_title(i, cams, classes, band)}", fontsize=9)
+        fig.suptitle(f"{printable(Path(f).name)}\n{_title(i, cams, classes, band)}", fontsize=9)
         paths.append(save_figure(fig, Path(out_dir)/name, dpi=dpi))
     return paths
 
@@ -292,7 +292,7 @@ def plot_top_losses_cams(files:list, # Image files
     for loss, i, ax in zip(losses, order, axs):
         t = _class_arg(targets[i], classes)
         plot_cam(load_xray(files[i], size=cams.maps.shape[-1]), cams.maps[i], ax=ax, band=band,
-                 title=f"{Path(files[i]).name[:28]}\ntrue {classes[t]} · loss {loss:.2f}\n{_title(i, cams, classes, band)}")
+                 title=f"{printable(Path(files[i]).name)[:28]}\ntrue {classes[t]} · loss {loss:.2f}\n{_title(i, cams, classes, band)}")
         ax.title.set_color('black' if int(cams.cls[i]) == t else 'tab:red')
     if not len(order): axs[0].text(0.5, 0.5, 'no images', ha='center')
     fig.suptitle('Top losses: where the model looked when it was most wrong', fontsize=10)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_inference.ipynb #6c06f0e0
 from __future__ import annotations
-import json, random, threading, warnings, weakref, multiprocessing
+import os, json, random, stat, threading, warnings, weakref, multiprocessing
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -143,6 +143,7 @@ CovidClassifier.gpu_decode = False   # True: decode JPEGs on the GPU when the mo
 def _jpeg_bytes(fn)->torch.Tensor|None:
     "The bytes of JPEG `fn` for the GPU's decoder, after the checks `load_xray` makes before decoding; None where the CPU should decode it."
     try:
+        if not stat.S_ISREG(os.stat(fn).st_mode): return None   # a pipe would block the read for ever: `load_xray` says why
         with Image.open(fn) as im:
             plain = im.format == 'JPEG' and im.mode in ('L', 'RGB') and im.getexif().get(0x0112, 1) == 1
             w, h = im.size
@@ -220,8 +221,8 @@ def predict(self:CovidClassifier,
     rows, many = [], len(self.classes) > 2
     try: files = [files] if isinstance(files, (str, Path)) else list(files)
     except TypeError: files = [files]   # not a collection: one thing, checked below
-    if (odd := next((f for f in files if not isinstance(f, (str, Path))), None)) is not None: raise TypeError(
-        f"predict takes image files (paths, as str or Path), not {type(odd).__name__}: save an image in memory to a file first")
+    if odd := [f for f in files if not isinstance(f, (str, Path))]: raise TypeError(
+        f"predict takes image files (paths, as str or Path), not {type(odd[0]).__name__}: save an image in memory to a file first")
     files = [str(f) for f in files]
     batches = [files[i:i+bs] for i in range(0, len(files), bs)]
     if workers < 1: raise OptionError(f"workers must be at least 1, not {workers}")
@@ -237,7 +238,9 @@ def predict(self:CovidClassifier,
         pending = deque(ahead.submit(load, b) for b in batches[:ahead_n])
         for i in range(len(batches)):
             try: loaded = pending.popleft().result()
-            except BrokenProcessPool: self.close(); raise   # a process was killed (out of memory?): the next call starts new ones
+            except BrokenProcessPool as e:   # a process was killed: the next call starts new ones
+                self.close()
+                raise CovidFastaiError(f"a decoding process stopped abruptly (killed, or out of memory?); predict again, with fewer --processes or none") from e
             if i + ahead_n < len(batches): pending.append(ahead.submit(load, batches[i + ahead_n]))
             ok = [x for _, x, e in loaded if e is None]
             probs, scores = self._probs(ok) if ok else (np.zeros((0, len(self.classes))), None)
@@ -260,11 +263,11 @@ def _read_meta(path:Path)->dict:
     if missing or meta['format'] != MODEL_FORMAT: raise ModelFileError(
         f"{path} is not a covid_fastai model description (format {meta.get('format')!r}, missing {missing}); "
         "use the model.json written by `covid-fastai train`")
-    try: arch_fn(meta['arch'])   # one of ARCHS, or a timm name that this timm knows
-    except CovidFastaiError as e: raise ModelFileError(f"{path}: {e}") from None
     for key, ok, what in _META_CHECKS:
         if key in meta and not _holds(ok, meta[key]): raise ModelFileError(
             f"{path}: {key} is {meta[key]!r}, not {what}; it was edited by hand or damaged: use the model.json written by `covid-fastai train`")
+    try: arch_fn(meta['arch'])   # one of ARCHS, or a timm name that this timm knows
+    except CovidFastaiError as e: raise ModelFileError(f"{path}: {e}") from None
     return meta
 
 def _number(x)->bool: return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
@@ -272,6 +275,8 @@ def _holds(ok, v)->bool:
     try: return bool(ok(v))
     except Exception: return False
 _META_CHECKS = [   # (key, test, what it must be): values `CovidClassifier` relies on
+    ('arch', lambda v: isinstance(v, str) and v, 'the name of an architecture'),
+    ('weights', lambda v: isinstance(v, str) and v, f'the name of the weights file beside it ({WEIGHTS_FILE})'),
     ('size', lambda v: isinstance(v, int) and v > 0, 'a positive whole number of pixels'),
     ('classes', lambda v: isinstance(v, list) and len(v) >= 2 and len(set(v)) == len(v) and all(isinstance(c, str) for c in v) and v[-1] == POSITIVE,
      f'a list of two or more class names, {POSITIVE} last (as the model was trained: `predicted` reads the last column as COVID-19)'),

@@ -2,7 +2,7 @@
 
 Counts come from the CSV and the image folder, never from one copy of the data: the tests pass on the packaged sample,
 on the shared development copy and on a complete download."""
-import json, os, shutil
+import json, os, shutil, signal, threading
 from pathlib import Path
 import pandas as pd, pytest, torch
 from conftest import run_cli, with_files
@@ -144,6 +144,32 @@ def test_predict_lines_keep_their_columns_whatever_the_file_names(small_run, ima
     assert res.returncode == 1 and len(lines) == 2
     assert lines[0][0] == str(tmp_path/'tab\\there.jpeg') and lines[0][1] in ('Normal', 'COVID-19') and float(lines[0][2]) >= 0
     assert lines[1][:2] == [str(tmp_path/'line\\nbreak.jpeg'), 'ERROR'] and 'line\\nbreak.jpeg' in lines[1][2] and len(lines[1]) == 3
+
+
+def test_a_name_that_is_not_utf8_is_predicted_drawn_and_printed_escaped(small_run, images, tmp_path):
+    "A Latin-1 name, as an old share writes it: read through the decode cache, its heat map drawn, its line printed."
+    folder = tmp_path/'latin1'; folder.mkdir()
+    shutil.copy(sorted(images.glob('IM-*.jpeg'))[0], os.path.join(os.fsencode(folder), b'caf\xe9.jpeg'))
+    res = run_cli('predict', '--model', small_run[0], folder, '--heatmaps', tmp_path/'maps', check=False,
+                  env={**os.environ, 'PYTHONIOENCODING': 'utf-8', 'COVID_FASTAI_CACHE': str(tmp_path/'cache')})
+    assert res.returncode == 0 and 'Traceback' not in res.stderr, res.stderr
+    line, = res.stdout.splitlines()
+    assert line.split('\t')[:2] in ([f'{folder}/caf\\xe9.jpeg', 'Normal'], [f'{folder}/caf\\xe9.jpeg', 'COVID-19']), line
+    assert len(list((tmp_path/'cache').iterdir())) == 1 and len(list((tmp_path/'maps').iterdir())) == 1
+
+
+def test_a_killed_decoding_process_is_one_error_and_the_next_call_starts_new_ones(small_run, images):
+    from covid_fastai.core import CovidFastaiError
+    from covid_fastai.inference import load_model
+    clf = load_model(small_run[0], device=torch.device('cpu'))   # no decode cache: every call decodes
+    files = sorted(images.glob('*.jp*g'))[:40] * 50              # seconds of decoding in one process
+    try:
+        clf.predict(files[:2], processes=1)
+        worker, = clf._procs[1]._processes
+        threading.Timer(0.5, os.kill, (worker, signal.SIGKILL)).start()
+        with pytest.raises(CovidFastaiError, match='decoding process stopped abruptly'): clf.predict(files, processes=1)
+        assert clf.predict(files[:2], processes=1).error.isna().all()
+    finally: clf.close()
 
 
 @pytest.mark.parametrize('args, message', [
