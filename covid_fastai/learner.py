@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, re, atexit, difflib, socket, urllib.error, importlib, importlib.util, importlib.resources
+import os, re, atexit, difflib, functools, socket, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
 from contextlib import contextmanager
@@ -262,6 +262,16 @@ def _covid_vs_rest(name:str, score, n_classes:int, **kwargs)->AccumMetric:
     f.__name__ = name
     return AccumMetric(f, to_np=True, invert_arg=True, **kwargs)
 
+def _finite(score):
+    "sklearn's `score`, NaN where a prediction is not a number rather than sklearn's error: a diverged run then reaches the check that says why (`check_probs`)."
+    @functools.wraps(score)   # its name is the metric's column in history.csv
+    def f(targ, pred, **kwargs): return score(targ, pred, **kwargs) if np.isfinite(pred).all() else np.nan
+    return f
+
+def _roc_auc_binary()->AccumMetric:
+    m = RocAucBinary(); m.func = _finite(m.func)
+    return m
+
 def _accuracy()->AccumMetric:
     "fastai's `accuracy` over the whole validation set at once: with several processes, gathered without the images `DistributedDL` repeats to pad each share."
     def accuracy(targ, pred): return skm.accuracy_score(targ, pred)
@@ -270,9 +280,9 @@ def _accuracy()->AccumMetric:
 def covid_metrics(n_classes:int=2 # Classes of the task; COVID-19 is the last
                  )->list:
     "Accuracy; F1 and ROC AUC with COVID-19 as the positive class (against every other class when there are more than two)."
-    if n_classes == 2: return [_accuracy(), F1Score(pos_label=1), RocAucBinary()]
+    if n_classes == 2: return [_accuracy(), F1Score(pos_label=1), _roc_auc_binary()]
     return [_accuracy(), _covid_vs_rest('f1_covid', lambda t, p: skm.f1_score(t, p == n_classes-1), n_classes, dim_argmax=-1),
-            _covid_vs_rest('roc_auc_covid', skm.roc_auc_score, n_classes, dim_argmax=-1, activation=ActivationType.BinarySoftmax)]
+            _covid_vs_rest('roc_auc_covid', _finite(skm.roc_auc_score), n_classes, dim_argmax=-1, activation=ActivationType.BinarySoftmax)]
 
 # %% ../nbs/04_learner.ipynb #2784dcd6
 class TorchAdamW(OptimWrapper):
@@ -492,7 +502,8 @@ def process_batch(bs:int # The global batch: images per optimizer step, over all
     if bs % n: raise OptionError(f"--bs {bs} cannot be shared by {n} processes: give a multiple of {n}")
     return bs // n
 
-def check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:int, unfrozen_epochs:int):
+def check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:int, unfrozen_epochs:int,
+                  wd:float=0., clip:float|None=None, num_workers:int|None=None):
     "Refuse numbers that would fail deep inside fastai, or train nothing, before anything is read or written."
     if size < 32: raise OptionError(f"--size {size}: give 32 or more (the networks shrink an image 32 times)")
     if process_batch(bs) < 2: raise OptionError(f"--bs {bs}: give each process at least 2 images a batch (batch norm cannot learn from one)")
@@ -500,6 +511,10 @@ def check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:
     if not 0 < valid_pct < 1: raise OptionError(f"--valid-pct {valid_pct}: give a fraction between 0 and 1 (0.1: a tenth of each class validates)")
     if min(frozen_epochs, unfrozen_epochs) < 0 or frozen_epochs + unfrozen_epochs == 0: raise OptionError(
         f"--frozen-epochs {frozen_epochs} --unfrozen-epochs {unfrozen_epochs}: give epochs that are not negative, at least one in all")
+    if not (np.isfinite(wd) and wd >= 0): raise OptionError(f"--wd {wd}: give a weight decay of 0 or more (a negative one pushes the weights up)")
+    if clip is not None and not (np.isfinite(clip) and clip >= 0): raise OptionError(   # clip_grad_value_ would set every gradient to it
+        f"--clip {clip}: give 0 (no clipping) or more; each gradient element is clipped to [-clip, clip]")
+    if num_workers is not None and num_workers < 0: raise OptionError(f"--num-workers {num_workers}: give 0 (load in this process) or more loader processes")
 
 def _broadcast(self, t, rank):
     "`DistributedDL._broadcast`, on the GPU for NCCL and on the CPU for gloo."

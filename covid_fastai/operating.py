@@ -40,7 +40,7 @@ def check_probs(probs # Probabilities, any shape
     p = np.asarray(probs, dtype=float)
     if (bad := int(np.isnan(p).sum())): raise CovidFastaiError(
         f"{bad} of {p.size} probabilities are NaN: the model's outputs are not numbers (did training diverge? "
-        "its history.csv shows a NaN loss then); train again with a lower learning rate")
+        "its losses read nan then, in the table of epochs); train again with a lower learning rate")
     return p
 
 def choose_threshold(targets, # 1 for COVID-19, 0 for the rest

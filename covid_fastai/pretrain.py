@@ -164,7 +164,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
     extra_data = [absolute_extra(s) for s in extra_data] if extra_data else extra_data   # and its extra datasets, likewise
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     start, out = time.time(), out_folder(out)
-    check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs)   # before anything is read or written
+    check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs, wd, clip, num_workers)   # before anything is read or written
     if (out/RUN_JSON).exists() or (out/MODEL_JSON).exists(): raise OptionError(
         f"{out} holds a training run, whose files pretraining would overwrite; give --out a folder of its own")
     for f in (PRETRAIN_JSON, BACKBONE_FILE, THUMBNAILS_FILE): (out/f).unlink(missing_ok=True)   # an earlier pretraining's: none pass for this one's

@@ -177,12 +177,23 @@ def test_a_killed_decoding_process_is_one_error_and_the_next_call_starts_new_one
     (['predict', '--model', '/nonexistent', 'x.jpeg'], 'Model file /nonexistent not found'),
     (['evaluate', '--model', '/nonexistent', '--csv', 'x.csv'], '--csv needs --images'),
     (['train', '--resume', '/nonexistent', '--size', '64', '--no-pretrained'], '--size, --no-pretrained would be ignored'),
+    (['train', '--out', '/nonexistent/run', '--clip', '-0.1', '--no-pretrained'], '--clip -0.1: give 0 (no clipping) or more'),
+    (['train', '--out', '/nonexistent/run', '--wd', '-1', '--no-pretrained'], '--wd -1.0: give a weight decay of 0 or more'),
+    (['train', '--out', '/nonexistent/run', '--num-workers', '-1', '--no-pretrained'], '--num-workers -1: give 0'),
 ])
 def test_failures_are_one_line_without_traceback(args, message, data_root):
     res = run_cli(*args, check=False)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith('covid-fastai: error: ') and message in res.stderr
     assert 'Traceback' not in res.stderr
+
+
+def test_a_run_that_diverges_says_so_in_one_line(data_root, tmp_path):
+    "A learning rate far too high: NaN losses, and the error written for them rather than sklearn's on the epoch's ROC AUC."
+    res = run_cli('train', '--out', tmp_path/'run', '--arch', 'resnet18', '--size', 64, '--frozen-epochs', 1, '--unfrozen-epochs', 0,
+                  '--no-pretrained', '--frozen-lr', '1e8', '--clip', 0, '--num-workers', 0, check=False)
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith('covid-fastai: error: ') and 'did training diverge?' in res.stderr
 
 
 def test_missing_pretrained_weights_stop_with_exit_code_3(data_root, tmp_path):
