@@ -167,6 +167,9 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     temperature = fit_temperature(logits, targs) if calibrate else 1.0
     probs = torch.softmax(logits.float() / temperature, dim=1)
     chosen = choose_threshold((targs == k).int().numpy(), probs[:, k].numpy(), threshold)
+    if fitted := [o for o, on in ((f'--threshold {threshold}', chosen['rule'] != 'fixed'), ('--calibrate', calibrate)) if on]: warnings.warn(
+        f"{' and '.join(fitted)}: fitted on the {len(targs)} validation images that metrics.json measures, so its figures flatter "
+        "the model; `covid-fastai evaluate` on images it never saw gives unbiased ones", stacklevel=2)
     save_model(learn, out, size, threshold=chosen['threshold'], temperature=temperature, ood=learner_ood(learn))   # what flags unfamiliar images
     metrics = add_operating_points({**class_metrics(targs, probs, classes, chosen['threshold']), 'threshold_choice': chosen,
                                     'temperature': temperature}, targs, probs, classes, prevalence)

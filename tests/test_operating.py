@@ -7,13 +7,13 @@ from conftest import run_cli
 @pytest.fixture(scope='module')
 def chosen_run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp('op')/'run'
-    run_cli('train', '--data', data_root, '--out', out, '--arch', 'efficientnet_lite0', '--size', 64, '--frozen-epochs', 1,
-            '--unfrozen-epochs', 1, '--num-workers', 0, '--threshold', 'sens=1', '--calibrate', '--prevalence', 0.05)
-    return out
+    res = run_cli('train', '--data', data_root, '--out', out, '--arch', 'efficientnet_lite0', '--size', 64, '--frozen-epochs', 1,
+                  '--unfrozen-epochs', 1, '--num-workers', 0, '--threshold', 'sens=1', '--calibrate', '--prevalence', 0.05)
+    return out, res
 
 
 def test_train_saves_the_threshold_it_chose_and_on_how_many_positives(chosen_run):
-    m, model = json.loads((chosen_run/'metrics.json').read_text()), json.loads((chosen_run/'model.json').read_text())
+    m, model = json.loads((chosen_run[0]/'metrics.json').read_text()), json.loads((chosen_run[0]/'model.json').read_text())
     choice = m['threshold_choice']
     (tn, fp), (fn, tp) = m['confusion_matrix']
     assert choice['rule'] == 'sens=1' and choice['n_positives'] == tp + fn and choice['n_negatives'] == tn + fp
@@ -22,17 +22,19 @@ def test_train_saves_the_threshold_it_chose_and_on_how_many_positives(chosen_run
     assert 'at least' in m['decision'] and m['ece'] is not None
     assert m['prevalence'] == 0.05 and any(r['threshold'] == m['threshold'] for r in m['operating_points'])
     assert {'ppv_at_prevalence', 'npv_at_prevalence'} <= set(m['operating_points'][0])
+    n_valid = choice['n_positives'] + choice['n_negatives']                                 # fitted on what it reports: says so
+    assert f"--threshold sens=1 and --calibrate: fitted on the {n_valid} validation images that metrics.json measures" in chosen_run[1].stderr
 
 
 def test_evaluate_and_predict_follow_the_saved_rule(chosen_run, tmp_path):
-    run_cli('evaluate', '--model', chosen_run, '--out', tmp_path, '--prevalence', 0.1)
+    run_cli('evaluate', '--model', chosen_run[0], '--out', tmp_path, '--prevalence', 0.1)
     m = json.loads((tmp_path/'metrics.json').read_text())
-    assert m['confusion_matrix'] == json.loads((chosen_run/'metrics.json').read_text())['confusion_matrix']
+    assert m['confusion_matrix'] == json.loads((chosen_run[0]/'metrics.json').read_text())['confusion_matrix']
     assert (tmp_path/'plots'/'reliability.png').is_file()
     valid = pd.read_csv(tmp_path/'predictions.csv')
-    threshold = json.loads((chosen_run/'model.json').read_text())['threshold']
+    threshold = json.loads((chosen_run[0]/'model.json').read_text())['threshold']
     assert ((valid.prob_covid >= threshold) == (valid.label == 'COVID-19')).all()             # labels follow the threshold
-    res = run_cli('evaluate', '--model', chosen_run, '--threshold', '1.0', '--out', tmp_path/'strict')
+    res = run_cli('evaluate', '--model', chosen_run[0], '--threshold', '1.0', '--out', tmp_path/'strict')
     strict = json.loads((tmp_path/'strict'/'metrics.json').read_text())
     assert strict['threshold'] == 1.0 and 'at threshold 1.0' in res.stdout
     relabelled = pd.read_csv(tmp_path/'strict'/'predictions.csv')                            # its labels follow the new threshold too
@@ -40,7 +42,7 @@ def test_evaluate_and_predict_follow_the_saved_rule(chosen_run, tmp_path):
     assert (relabelled.label == 'COVID-19').sum() == strict['confusion_matrix'][0][1] + strict['confusion_matrix'][1][1]
     assert strict['threshold_choice'] == {'threshold': 1.0, 'rule': 'fixed', 'n_positives': sum(strict['confusion_matrix'][1]),
                                           'n_negatives': sum(strict['confusion_matrix'][0]), 'model_threshold': threshold}
-    res = run_cli('evaluate', '--model', chosen_run, '--threshold', 'youden', '--out', tmp_path/'fitted')   # fitted to what it judges: says so
+    res = run_cli('evaluate', '--model', chosen_run[0], '--threshold', 'youden', '--out', tmp_path/'fitted')   # fitted to what it judges: says so
     assert 'chosen on the images it is judged on' in res.stderr
     assert json.loads((tmp_path/'fitted'/'metrics.json').read_text())['threshold_choice']['rule'] == 'youden'
 
