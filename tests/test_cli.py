@@ -177,15 +177,22 @@ def test_a_killed_decoding_process_is_one_error_and_the_next_call_starts_new_one
     (['predict', '--model', '/nonexistent', 'x.jpeg'], 'Model file /nonexistent not found'),
     (['evaluate', '--model', '/nonexistent', '--csv', 'x.csv'], '--csv needs --images'),
     (['train', '--resume', '/nonexistent', '--size', '64', '--no-pretrained'], '--size, --no-pretrained would be ignored'),
-    (['train', '--out', '/nonexistent/run', '--clip', '-0.1', '--no-pretrained'], '--clip -0.1: give 0 (no clipping) or more'),
-    (['train', '--out', '/nonexistent/run', '--wd', '-1', '--no-pretrained'], '--wd -1.0: give a weight decay of 0 or more'),
-    (['train', '--out', '/nonexistent/run', '--num-workers', '-1', '--no-pretrained'], '--num-workers -1: give 0'),
 ])
 def test_failures_are_one_line_without_traceback(args, message, data_root):
     res = run_cli(*args, check=False)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith('covid-fastai: error: ') and message in res.stderr
     assert 'Traceback' not in res.stderr
+
+
+@pytest.mark.parametrize('option, value, message', [
+    ('--clip', '-0.1', '--clip -0.1: give 0 (no clipping) or more'), ('--wd', '-1', '--wd -1.0: give a weight decay of 0 or more'),
+    ('--num-workers', '-1', '--num-workers -1: give 0'), ('--lr-find-its', '0', '--lr-find-its 0: give 1 or more')])
+def test_training_numbers_out_of_range_are_one_line_before_any_work(option, value, message, data_root, tmp_path):
+    res = run_cli('train', '--out', tmp_path/'run', option, value, '--no-pretrained', check=False)
+    lines = res.stderr.strip().splitlines()   # one line, before the data is read: no warning about it either
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith('covid-fastai: error: ') and message in lines[0], lines
+    assert not (tmp_path/'run').exists()
 
 
 def test_a_run_that_diverges_says_so_in_one_line(data_root, tmp_path):
