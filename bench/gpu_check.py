@@ -28,7 +28,8 @@
    `CudaGraphs` trains with (`graph_model`), dropout off: the loss and gradients must agree (exit status 1 if the
    gradients differ by more than 2e-2 of the largest); and the bare step each way. The training modes run with
    `CudaGraphs` (covid_learner's default on CUDA) except '..., eager' and the baseline.
-3. Prediction throughput of a model saved with `save_model` and read back with `load_model` on CUDA, `--infer-files`
+3. Prediction throughput of a model saved with `save_model` (with its out-of-distribution description, as `train` saves
+   it) and read back with `load_model` on CUDA, `--infer-files`
    files per call: the library's `predict` (autocast on CUDA) decoding JPEGs on the CPU (Pillow, in predict's default
    4 threads, in one thread per core up to 16, and in as many processes, `--processes`), on the GPU (nvJPEG,
    `--gpu-decode`), and reading a warm DecodeCache (in threads and in processes);
@@ -274,12 +275,14 @@ def train_once(rows, a, bs:int, mode:str, cache, device):
 def training(rows, a, cache, device, model_dir:Path)->list[dict]:
     "Every batch size x mode; the first run's trained model is saved to `model_dir` for steps 3 and 4."
     from covid_fastai.inference import save_model
+    from covid_fastai.ood import learner_ood
     results = []
     for bs in a.bs:
         for mode in a.modes:
             learn, res = train_once(rows, a, bs, mode, cache, device)
             results.append(res)
-            if not (model_dir/'model.json').exists(): save_model(learn, model_dir, size=a.size)
+            if not (model_dir/'model.json').exists():   # with its description of the training images, as `train` saves it
+                save_model(learn, model_dir, size=a.size, ood=learner_ood(learn))
             del learn
             if device.type == 'cuda': torch.cuda.empty_cache()
     return results

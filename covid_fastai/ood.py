@@ -72,13 +72,13 @@ def shrunk_gaussian(feats:np.ndarray, # One row per training image
     lam = (1-a) * s
     return {'mean': mean, 'components': Vt, 'weights': lam / (lam + floor), 'delta': floor, 'shrinkage': float(a)}
 
-def mahalanobis(gauss:dict, # From `shrunk_gaussian`
-                feats:np.ndarray # One row per image
-               )->np.ndarray:
-    "Mahalanobis distance of each row of `feats` to `gauss`."
-    Z = np.asarray(feats, dtype=np.float64) - gauss['mean']
-    proj = Z @ np.asarray(gauss['components']).T
-    return np.sqrt(np.maximum((Z**2).sum(1) - (proj**2 * gauss['weights']).sum(1), 0) / float(gauss['delta']))
+def mahalanobis(gauss:dict, # From `shrunk_gaussian` (or `OODDescription.on`: its arrays as tensors on a device)
+                feats:np.ndarray|torch.Tensor # One row per image: an array, or a float64 tensor where `gauss` holds tensors
+               )->np.ndarray|torch.Tensor:
+    "Mahalanobis distance of each row of `feats` to `gauss`, in NumPy or in torch (on the features' device)."
+    Z = (feats if isinstance(feats, torch.Tensor) else np.asarray(feats, dtype=np.float64)) - gauss['mean']
+    proj = Z @ gauss['components'].T
+    return (((Z**2).sum(1) - (proj**2 * gauss['weights']).sum(1)).clip(min=0) / float(gauss['delta'])) ** 0.5
 
 # %% ../nbs/05a_ood.ipynb #422f1f1c
 OOD_QUANTILE = 0.99
@@ -119,10 +119,17 @@ class OODDescription:
     def __repr__(self):
         return 'OODDescription(' + ', '.join(f"{v}: {g['mean'].size} features, threshold {self.thresholds[v]:.1f}" for v, g in self.gaussians.items()) + ')'
 
+    def on(self, device:torch.device)->dict:
+        "The Gaussians as float64 tensors on `device`, made once per device."
+        if (device := torch.device(device)) not in (kept := self.__dict__.setdefault('_on', {})):
+            kept[device] = {v: {k: g[k] if k == 'delta' else torch.as_tensor(g[k], dtype=torch.float64, device=device) for k in _TENSORS}
+                            for v, g in self.gaussians.items()}
+        return kept[device]
+
     def distances(self, feats:dict)->dict:
-        "{view: Mahalanobis distance of each image}, from `{view: features}` (arrays or tensors)."
-        as_np = lambda f: f.detach().float().cpu().double().numpy() if isinstance(f, torch.Tensor) else f
-        return {v: mahalanobis(g, as_np(feats[v])) for v, g in self.gaussians.items()}
+        "{view: Mahalanobis distance of each image}, from `{view: features}`: arrays, or tensors, measured on their own device."
+        return {v: mahalanobis(self.on(f.device)[v], f.detach().double()).cpu().numpy() if isinstance(f := feats[v], torch.Tensor)
+                   else mahalanobis(g, f) for v, g in self.gaussians.items()}
 
     def score(self, feats:dict)->np.ndarray:
         "Each image's `ood_score`: its largest distance over its view's threshold; above 1 is flagged."
