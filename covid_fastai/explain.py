@@ -305,8 +305,8 @@ def explain_predictions(clf:CovidClassifier, # From `load_model`
                         bs:int=16, # Images per batch
                         chunk:int=64 # Images whose maps are held at once
                        )->pd.DataFrame:
-    "`preds` with `shortcut`, the shortcut score of each readable image's Grad-CAM map for its label; with `out_dir`, the overlays there and `heatmap`, each one's path."
-    preds = preds.assign(shortcut=np.nan, **({} if out_dir is None else {'heatmap': None}))
+    "`preds` with `shortcut`, the shortcut score of each readable image's Grad-CAM map for its label; with `out_dir`, the overlays there and `heatmap_file`, each one's path."
+    preds = preds.assign(shortcut=np.nan, **({} if out_dir is None else {'heatmap_file': None}))
     ok = preds.index[preds.error.isna()]
     names = overlay_names(preds.loc[ok, 'file'])   # unique over all the images, not within each chunk
     for start in range(0, len(ok), chunk):
@@ -315,7 +315,7 @@ def explain_predictions(clf:CovidClassifier, # From `load_model`
         cams = record_cams(clf, preds.loc[idx], bs)
         preds.loc[idx, 'shortcut'] = np.atleast_1d(shortcut_score(cams.maps))
         if out_dir is not None:   # which overlay is whose: two x.jpeg of two folders get x_cam.png and x_2_cam.png
-            preds.loc[idx, 'heatmap'] = [str(p) for p in save_overlays(files, cams, clf.classes, out_dir, names=names[start:start+chunk])]
+            preds.loc[idx, 'heatmap_file'] = [str(p) for p in save_overlays(files, cams, clf.classes, out_dir, names=names[start:start+chunk])]
     return preds
 
 def plot_top_losses(clf:CovidClassifier, # From `load_model`

@@ -150,7 +150,7 @@ def _jpeg_bytes(fn)->torch.Tensor|None:
     except Exception: return None   # unreadable: the CPU's decoder says why
     if not plain: return None
     check_shape(fn, w, h)
-    return torchvision.io.read_file(str(fn))
+    return torch.from_numpy(np.fromfile(fn, dtype=np.uint8))   # not torchvision's `read_file`, which refuses a name that is not UTF-8
 
 @patch
 def _squish(self:CovidClassifier, ims:list[torch.Tensor])->torch.Tensor:

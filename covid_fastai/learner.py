@@ -511,7 +511,7 @@ def check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:
     if not 0 < valid_pct < 1: raise OptionError(f"--valid-pct {valid_pct}: give a fraction between 0 and 1 (0.1: a tenth of each class validates)")
     if min(frozen_epochs, unfrozen_epochs) < 0 or frozen_epochs + unfrozen_epochs == 0: raise OptionError(
         f"--frozen-epochs {frozen_epochs} --unfrozen-epochs {unfrozen_epochs}: give epochs that are not negative, at least one in all")
-    if not (np.isfinite(wd) and wd >= 0): raise OptionError(f"--wd {wd}: give a weight decay of 0 or more (a negative one pushes the weights up)")
+    if wd is not None and not (np.isfinite(wd) and wd >= 0): raise OptionError(f"--wd {wd}: give a weight decay of 0 or more (a negative one pushes the weights up)")
     if clip is not None and not (np.isfinite(clip) and clip >= 0): raise OptionError(   # clip_grad_value_ would set every gradient to it
         f"--clip {clip}: give 0 (no clipping) or more; each gradient element is clipped to [-clip, clip]")
     if num_workers is not None and num_workers < 0: raise OptionError(f"--num-workers {num_workers}: give 0 (load in this process) or more loader processes")

@@ -76,8 +76,9 @@ def mahalanobis(gauss:dict, # From `shrunk_gaussian` (or `OODDescription.on`: it
                 feats:np.ndarray|torch.Tensor # One row per image: an array, or a float64 tensor where `gauss` holds tensors
                )->np.ndarray|torch.Tensor:
     "Mahalanobis distance of each row of `feats` to `gauss`, in NumPy or in torch (on the features' device)."
-    Z = (feats if isinstance(feats, torch.Tensor) else np.asarray(feats, dtype=np.float64)) - gauss['mean']
-    proj = Z @ gauss['components'].T
+    if isinstance(gauss['mean'], torch.Tensor): Z, C = feats - gauss['mean'], gauss['components']
+    else: Z, C = np.asarray(feats, dtype=np.float64) - gauss['mean'], np.asarray(gauss['components'])
+    proj = Z @ C.T
     return (((Z**2).sum(1) - (proj**2 * gauss['weights']).sum(1)).clip(min=0) / float(gauss['delta'])) ** 0.5
 
 # %% ../nbs/05a_ood.ipynb #422f1f1c
@@ -120,16 +121,25 @@ class OODDescription:
         return 'OODDescription(' + ', '.join(f"{v}: {g['mean'].size} features, threshold {self.thresholds[v]:.1f}" for v, g in self.gaussians.items()) + ')'
 
     def on(self, device:torch.device)->dict:
-        "The Gaussians as float64 tensors on `device`, made once per device."
-        if (device := torch.device(device)) not in (kept := self.__dict__.setdefault('_on', {})):
-            kept[device] = {v: {k: g[k] if k == 'delta' else torch.as_tensor(g[k], dtype=torch.float64, device=device) for k in _TENSORS}
-                            for v, g in self.gaussians.items()}
-        return kept[device]
+        "The Gaussians as float64 tensors on `device`, made once per device (and again for a view whose Gaussian was replaced)."
+        kept = self.__dict__.setdefault('_on', {})
+        for v, g in self.gaussians.items():
+            if kept.get((device := torch.device(device), v), (None,))[0] is not g:
+                kept[device, v] = (g, {k: g[k] if k == 'delta' else torch.as_tensor(g[k], dtype=torch.float64, device=device) for k in _TENSORS})
+        return {v: kept[device, v][1] for v in self.gaussians}
+
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_on'}   # copies made on a GPU stay behind
 
     def distances(self, feats:dict)->dict:
         "{view: Mahalanobis distance of each image}, from `{view: features}`: arrays, or tensors, measured on their own device."
-        return {v: mahalanobis(self.on(f.device)[v], f.detach().double()).cpu().numpy() if isinstance(f := feats[v], torch.Tensor)
-                   else mahalanobis(g, f) for v, g in self.gaussians.items()}
+        def on_device(f):   # float64, where the device has it (Apple's MPS has not: there, the CPU)
+            dev = f.device if f.device.type != 'mps' else torch.device('cpu')
+            return f.detach().to(dev, torch.float64), dev
+        out = {}
+        for v, g in self.gaussians.items():
+            if isinstance(f := feats[v], torch.Tensor): f, dev = on_device(f); out[v] = mahalanobis(self.on(dev)[v], f).cpu().numpy()
+            else: out[v] = mahalanobis(g, f)
+        return out
 
     def score(self, feats:dict)->np.ndarray:
         "Each image's `ood_score`: its largest distance over its view's threshold; above 1 is flagged."
@@ -188,7 +198,9 @@ def learner_ood(learn, # A trained learner from `covid_learner`
                )->OODDescription|None:
     "`fit_ood` on `learn`'s training images without augmentation and its validation images; None, with a warning, when they are too few."
     dls = learn.dls
-    train_dl = dls.test_dl(dls.train_ds.items, bs=dls.valid.bs)   # the validation transforms: no augmentation, in order
+    items = dls.train_ds.items
+    if isinstance(items, pd.DataFrame) and 'path' in items: items = items[~items.path.duplicated()]   # each image once: repeated (oversampled), it would be its own neighbour in the held-out folds
+    train_dl = dls.test_dl(items, bs=dls.valid.bs)   # the validation transforms: no augmentation, in order
     try: return fit_ood(loader_features(learn.model, train_dl), loader_features(learn.model, dls.valid), **kwargs)
     except EmptySelectionError as e:
         warnings.warn(f"the model is saved without a description of its training images, so it cannot flag unfamiliar ones: {e}")

@@ -28,10 +28,6 @@ __all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'balanced_rows', 'split_frame', 'group_
            'resume_training']
 
 # %% ../nbs/07_train.ipynb #3b714932
-def _say(said:list):
-    "Issue again the warnings `said` that `catch_warnings(record=True)` kept."
-    for w in said: warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
 def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
                   ratio:float=1.0, # Rows of each other class per COVID-19 row
                   seed:int=42, # Seed of the sample
@@ -45,18 +41,21 @@ def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     task_classes(task)                                  # an unknown task stops here, before anything is read
     root = find_data_root(data)
     df, folder, readable, unreadable = read_sources(root, extra_data, strict), images_dir(root), set(), 0
+    select = lambda: select_balanced(df, folder, ratio=ratio, seed=seed, strict=strict, task=task)
     while True:   # an unreadable image gives its place to another of its class, as if it had never been listed
-        with warnings.catch_warnings(record=True) as said:   # the selection's warnings: only the last round's describe what trains
-            warnings.simplefilter('always')
-            try: rows, failed = select_balanced(df, folder, ratio=ratio, seed=seed, strict=strict, task=task), None
-            except EmptySelectionError as e: failed = e
-        if failed is not None:
-            _say(said)
-            if not unreadable: raise failed
-            raise EmptySelectionError(f"{failed}; {unreadable} of their images could not be decoded (listed above): replace them, or add data") from None
+        with warnings.catch_warnings():   # a round's own warnings (a shortage, missing files) are said by the last round alone
+            warnings.simplefilter('ignore')
+            try: rows = select()
+            except EmptySelectionError: rows = None
+        if rows is None:
+            try: select()   # again, saying what it says, to fail as it fails
+            except EmptySelectionError as e:
+                if not unreadable: raise
+                raise EmptySelectionError(f"{e}; {unreadable} of their images could not be decoded (listed above): replace them, or add data") from None
         new = rows[~rows.index.isin(readable)]   # each image is checked once, however many rounds it stays selected
-        bad = new.index.difference(check_images(new, strict=strict, size=size, cache=cache).index)
-        if not len(bad): _say(said); return rows
+        try: bad = new.index.difference(check_images(new, strict=strict, size=size, cache=cache).index)
+        except CovidFastaiError: select(); raise   # --strict: what this selection says, then the file that stops it
+        if not len(bad): return select()        # the same rows again, saying what describes them
         readable |= set(new.index.difference(bad)); unreadable += len(bad)
         df = df.drop(bad)
 

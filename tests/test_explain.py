@@ -219,7 +219,7 @@ def test_predict_heatmaps_and_evaluate_top_losses_from_the_command(small_run, im
     assert all(r['shortcut'] is None or 0 <= r['shortcut'] <= 1 for r in records[:2])   # None: a map with no evidence (2 x 2 at 64 px)
     pngs = sorted((tmp_path/'maps').iterdir())
     assert len(pngs) == 2 and all(p.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for p in pngs)
-    assert sorted(r['heatmap'] for r in records[:2]) == list(map(str, pngs)) and records[2]['heatmap'] is None   # which is whose
+    assert sorted(r['heatmap_file'] for r in records[:2]) == list(map(str, pngs)) and records[2]['heatmap_file'] is None   # which is whose
     lines = run_cli('predict', '--model', out, *files, '--heatmaps', tmp_path/'maps2').stdout.splitlines()   # the score in the text too
     assert len(lines) == 2 and all(l.split('\t')[-1].startswith('shortcut ') for l in lines), lines
     run_cli('evaluate', '--model', out, '--out', tmp_path/'eval')
