@@ -269,6 +269,7 @@ def _finite(score):
     return f
 
 def _roc_auc_binary()->AccumMetric:
+    "fastai's `RocAucBinary`, NaN on predictions that are not numbers (`_finite`)."
     m = RocAucBinary(); m.func = _finite(m.func)
     return m
 

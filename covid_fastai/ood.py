@@ -122,9 +122,9 @@ class OODDescription:
 
     def on(self, device:torch.device)->dict:
         "The Gaussians as float64 tensors on `device`, made once per device (and again for a view whose Gaussian was replaced)."
-        kept = self.__dict__.setdefault('_on', {})
+        device, kept = torch.device(device), self.__dict__.setdefault('_on', {})
         for v, g in self.gaussians.items():
-            if kept.get((device := torch.device(device), v), (None,))[0] is not g:
+            if kept.get((device, v), (None,))[0] is not g:
                 kept[device, v] = (g, {k: g[k] if k == 'delta' else torch.as_tensor(g[k], dtype=torch.float64, device=device) for k in _TENSORS})
         return {v: kept[device, v][1] for v in self.gaussians}
 
