@@ -26,9 +26,9 @@ from .ood import OODDescription, features_and_logits
 
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'decoding_processes',
-           'model_description', 'run_folder', 'load_model', 'image_files', 'predict_files', 'prediction_records',
-           'tta_augment']
+__all__ = ['MODEL_FORMAT', 'SQUISH_BUDGET', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'resize_weights',
+           'padded_groups', 'decoding_processes', 'model_description', 'run_folder', 'load_model', 'image_files',
+           'predict_files', 'prediction_records', 'tta_augment']
 
 # %% ../nbs/05_inference.ipynb #a085f4e6
 MODEL_FORMAT = 'covid_fastai.model/1'
@@ -152,11 +152,50 @@ def _jpeg_bytes(fn)->torch.Tensor|None:
     check_shape(fn, w, h)
     return torch.from_numpy(np.fromfile(fn, dtype=np.uint8))   # not torchvision's `read_file`, which refuses a name that is not UTF-8
 
+def resize_weights(sides:torch.Tensor, # (B,) each image's side (height or width), in pixels
+                   pad:int, # The padded side: columns beyond an image's own side weigh 0
+                   size:int # The side to resize to
+                  )->torch.Tensor:
+    "(B, size, pad) weights of a bilinear resize with antialiasing of each side to `size`, as Pillow and torch's `interpolate(antialias=True)` weigh pixels."
+    scale = (sides / size)[:, None, None]
+    centre = scale * (torch.arange(size, device=sides.device)[:, None] + 0.5)
+    j = torch.arange(pad, device=sides.device)
+    # a triangle around each output pixel's centre, widened to `scale` pixels when shrinking; 0 beyond the image's side
+    w = (1 - ((j + 0.5 - centre) / scale.clamp(min=1)).abs()).clamp_(min=0) * (j < sides[:, None, None])
+    return w / w.sum(-1, keepdim=True)
+
+# torch warns once a process that nested tensors are a prototype; `_squish_group` uses them only to pad a batch
+warnings.filterwarnings('ignore', message='The PyTorch API of nested tensors is in prototype stage')
+
+SQUISH_BUDGET = 2**26   # float32 pixels (256 MiB) in one padded group of `_squish`: 64 images of 1,024 x 1,024
+
+def padded_groups(shapes:list, # (h, w) of each image
+                  budget:int=SQUISH_BUDGET # Most pixels of a group, padded to its largest height and width
+                 )->list[list[int]]:
+    "Indices of `shapes` in groups, largest images first, each within `budget` pixels once padded (an image larger than that alone)."
+    groups, h, w = [], 0, 0
+    for i in sorted(range(len(shapes)), key=lambda i: -shapes[i][0]*shapes[i][1]):
+        H, W = max(h, shapes[i][0]), max(w, shapes[i][1])
+        if groups and (len(groups[-1]) + 1) * H * W <= budget: groups[-1].append(i); h, w = H, W
+        else: groups.append([i]); h, w = shapes[i]
+    return groups
+
+def _squish_group(ims:list[torch.Tensor], size:int)->torch.Tensor:
+    "Grey (1, h, w) `uint8` images resized to (B, 1, size, size): padded into one batch, then two batched matrix products."
+    sides = torch.tensor([tuple(im.shape[-2:]) for im in ims], dtype=torch.float32)
+    if ims[0].is_cuda: sides = sides.pin_memory()   # copied without waiting for the GPU's queued work
+    sides = sides.to(ims[0].device, non_blocking=True)
+    H, W = max(im.shape[-2] for im in ims), max(im.shape[-1] for im in ims)
+    x = torch.nested.as_nested_tensor([im[0] for im in ims], dtype=torch.float32).to_padded_tensor(0., (len(ims), H, W))
+    x = resize_weights(sides[:, 0], H, size) @ x @ resize_weights(sides[:, 1], W, size).transpose(1, 2)
+    return x[:, None].round_().clamp_(0, 255).byte()
+
 @patch
 def _squish(self:CovidClassifier, ims:list[torch.Tensor])->torch.Tensor:
     "Grey (1, h, w) `uint8` images on the GPU, each squished to the model's size as `prepare` does: one batch (B, 1, size, size)."
-    xs = [F.interpolate(im[None].float(), (self.size, self.size), mode='bilinear', antialias=True, align_corners=False) for im in ims]
-    return torch.cat(xs).round_().clamp_(0, 255).byte()   # the rounding once for the batch, not once an image
+    out = torch.empty(len(ims), 1, self.size, self.size, dtype=torch.uint8, device=ims[0].device)
+    for idx in padded_groups([tuple(im.shape[-2:]) for im in ims]): out[idx] = _squish_group([ims[i] for i in idx], self.size)
+    return out
 
 @patch
 def _decode_jpegs(self:CovidClassifier, loaded:list, pool)->list:
