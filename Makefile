@@ -50,7 +50,7 @@ outputs: setup
 TEST_WORKERS ?= 2
 test: export-check
 	$(BIN)/python tools/readme.py --check
-	@scratch=$$(mktemp -d -t covid_fastai_test.XXXXXX); trap 'rm -rf "$$scratch"' EXIT; export TMPDIR="$$scratch"; \
+	@scratch=$$(mktemp -d -t covid_fastai_test.XXXXXX); trap 'rm -rf "$$scratch"' EXIT; export TMPDIR="$$scratch" COVID_FASTAI_CACHE="$$scratch/decoded"; \
 	echo "make test: temporary files under $$scratch (removed at the end)"; \
 	export OMP_NUM_THREADS=1; $(BIN)/nbdev_test --n_workers $(TEST_WORKERS) && \
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15 --basetemp="$$scratch/pytest"

@@ -12,6 +12,13 @@ def ctrl_c_reaches():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.fixture(scope='session', autouse=True)
+def decode_cache(tmp_path_factory):
+    "The decode cache of the tests and the commands they start: a temporary folder (`make test` shares one between its workers), never the user's."
+    if not os.environ.get('COVID_FASTAI_CACHE'): os.environ['COVID_FASTAI_CACHE'] = str(tmp_path_factory.mktemp('decoded'))
+    return Path(os.environ['COVID_FASTAI_CACHE'])
+
+
 @pytest.fixture(scope='session')
 def data_root():
     "The dataset root: $COVID_FASTAI_DATA, the development copy beside the checkout, else the packaged sample."

@@ -72,10 +72,30 @@ def test_decompression_bomb_is_refused_before_decoding(bad_root, tmp_path):
 
 @pytest.mark.parametrize('kind', list(ODD))
 def test_odd_modes_load_as_rgb(kind, bad_root):
-    im = load_xray(bad_root[1]/f'{kind}_{ODD[kind]}')
+    f = bad_root[1]/f'{kind}_{ODD[kind]}'
+    im = load_xray(f)
     assert im.mode == 'RGB' and min(im.size) > 100
-    a = np.asarray(im)
+    a = np.asarray(im).astype(float)
     assert a.std() > 20                            # a radiograph, not a white or black sheet
+    assert (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all()   # grey: three equal channels
+    src = Image.open(f)                                                          # the file's own values, or Pillow's grey of them
+    src = np.asarray(src if src.mode.startswith('I') else src.convert('L'), dtype=float)
+    assert np.corrcoef(a[..., 0].ravel(), src.ravel())[0, 1] > 0.99            # the same picture, not inverted or scrambled
+
+
+@pytest.mark.parametrize('mode', ['RGBA', 'LA', 'P'])
+def test_transparent_pixels_become_black(mode, bad_root, tmp_path):
+    grey = Image.open(next(bad_root[1].glob('*.jpeg'))).convert('L')
+    alpha = np.full(grey.size[::-1], 255, np.uint8); alpha[:, :alpha.shape[1]//3] = 0   # the left third transparent
+    im = Image.merge('LA', (grey, Image.fromarray(alpha)))
+    if mode == 'RGBA': im = im.convert('RGBA')
+    if mode == 'P': im = im.convert('RGBA').quantize(255); im.info['transparency'] = im.getpixel((0, 0))   # a palette entry marked transparent
+    im.save(tmp_path/'x.png')
+    a = np.asarray(load_xray(tmp_path/'x.png'))[..., 0].astype(float)
+    third = a.shape[1]//3
+    assert (a[:, :third] == 0).all()                                          # transparent: black, whatever lay beneath
+    opaque = np.asarray(grey, dtype=float)[:, third+1:]
+    assert np.corrcoef(a[:, third+1:].ravel(), opaque.ravel())[0, 1] > 0.99   # the rest as it was
 
 
 def test_16bit_keeps_its_dynamic_range(bad_root, images):
