@@ -135,7 +135,8 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor], tta:bool=True)->tuple[np
     half = self.device.type == 'cuda' if self.half is None else self.half
     feats, logits = self._forward(x, half)
     if half and not torch.isfinite(logits).all(): feats, logits = self._forward(x, False)   # float16 overflowed: this batch again in float32
-    return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy(), None if feats is None else self.ood.score(feats)
+    probs = torch.softmax(logits.cpu().double() / self.temperature, dim=1)   # float64: float32 rounds a logit margin over 17 to 1.0, a tie for the ROC AUC
+    return probs.numpy(), None if feats is None else self.ood.score(feats)
 
 # %% ../nbs/05_inference.ipynb #1841113f
 CovidClassifier.gpu_decode = False   # True: decode JPEGs on the GPU when the model is on CUDA (see above for why not by default)

@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'is_timm',
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
            'weights_file', 'pretrained_state', 'pretrained_file', 'weights_record', 'timm_weights_path',
-           'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'covid_metrics', 'TorchAdamW',
-           'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'covid_learner', 'process_batch',
-           'check_options', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
+           'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'covid_log_odds',
+           'covid_metrics', 'TorchAdamW', 'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'covid_learner',
+           'process_batch', 'check_options', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -268,10 +268,16 @@ def _finite(score):
     def f(targ, pred, **kwargs): return score(targ, pred, **kwargs) if np.isfinite(pred).all() else np.nan
     return f
 
-def _roc_auc_binary()->AccumMetric:
-    "fastai's `RocAucBinary`, NaN on predictions that are not numbers (`_finite`)."
-    m = RocAucBinary(); m.func = _finite(m.func)
-    return m
+def covid_log_odds(logits # (n, classes) logits, COVID-19 the last class
+                  )->np.ndarray:
+    "The log-odds of COVID-19 that `logits` give, in float64: the order of its probabilities, where float32 rounds many of them to 1."
+    x = torch.as_tensor(logits).detach().cpu().double()
+    return (x[:, -1] - torch.logsumexp(x[:, :-1], 1)).numpy()
+
+def _roc_auc(name:str, n_classes:int)->AccumMetric:
+    "The ROC AUC of COVID-19 against the rest, on the logits' log-odds (`covid_log_odds`): a margin of 17 would be a probability of 1.0 in float32, tied with every other."
+    def auc(targ, logits): return skm.roc_auc_score(targ, covid_log_odds(logits))
+    return _covid_vs_rest(name, _finite(auc), n_classes, flatten=False)   # each image's row of logits, whole
 
 def _accuracy()->AccumMetric:
     "fastai's `accuracy` over the whole validation set at once: with several processes, gathered without the images `DistributedDL` repeats to pad each share."
@@ -281,9 +287,9 @@ def _accuracy()->AccumMetric:
 def covid_metrics(n_classes:int=2 # Classes of the task; COVID-19 is the last
                  )->list:
     "Accuracy; F1 and ROC AUC with COVID-19 as the positive class (against every other class when there are more than two)."
-    if n_classes == 2: return [_accuracy(), F1Score(pos_label=1), _roc_auc_binary()]
+    if n_classes == 2: return [_accuracy(), F1Score(pos_label=1), _roc_auc('roc_auc_score', 2)]
     return [_accuracy(), _covid_vs_rest('f1_covid', lambda t, p: skm.f1_score(t, p == n_classes-1), n_classes, dim_argmax=-1),
-            _covid_vs_rest('roc_auc_covid', _finite(skm.roc_auc_score), n_classes, dim_argmax=-1, activation=ActivationType.BinarySoftmax)]
+            _roc_auc('roc_auc_covid', n_classes)]
 
 # %% ../nbs/04_learner.ipynb #2784dcd6
 class TorchAdamW(OptimWrapper):

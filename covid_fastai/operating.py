@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_operating.ipynb #485812fc
 from __future__ import annotations
-import re, math
+import re, math, warnings
 import numpy as np, pandas as pd, torch
 import matplotlib.pyplot as plt
 from sklearn.metrics import roc_curve
@@ -122,9 +122,15 @@ def plot_reliability(targets, probs, bins:int=10, label:str='model')->plt.Figure
 def fit_temperature(logits:torch.Tensor, # Validation logits, (n, classes)
                     targets:torch.Tensor # Their class indices
                    )->float:
-    "The temperature T that minimises the cross-entropy of `logits / T` (1.0 when there is nothing to fit)."
+    "The temperature T that minimises the cross-entropy of `logits / T` (1.0 when there is nothing to fit, or no T minimises it)."
     logits, targets = torch.as_tensor(logits, dtype=torch.float32), torch.as_tensor(targets).long()
     if len(targets) < 2 or len(targets.unique()) < 2: return 1.0
+    others = logits.scatter(1, targets[:, None], -torch.inf).max(1).values
+    if (logits.gather(1, targets[:, None])[:, 0] > others).all():
+        warnings.warn(f"--calibrate: every one of the {len(targets)} validation images is classified right, so the cross-entropy "
+                      "only falls as the probabilities sharpen to 0 and 1 and no temperature minimises it; the model is left as it "
+                      "is (temperature 1). Calibrate on a larger validation set (--valid-pct) to fit one", stacklevel=2)
+        return 1.0
     log_t = torch.zeros(1, requires_grad=True)      # fit log T: T stays positive
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
     def step():

@@ -172,7 +172,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     with alone(): logits, targs = learn.get_preds(dl=dls.valid, act=noop)   # in the items' order: DDP's gathering interleaves the processes' batches
     classes, k = list(dls.vocab), list(dls.vocab).index(POSITIVE)
     temperature = fit_temperature(logits, targs) if calibrate else 1.0
-    probs = torch.softmax(logits.float() / temperature, dim=1)
+    probs = torch.softmax(logits.double() / temperature, dim=1)   # float64, as `predict`'s: no ties at 1.0 for the ROC AUC
     chosen = choose_threshold((targs == k).int().numpy(), probs[:, k].numpy(), threshold)
     if fitted := [o for o, on in ((f'--threshold {threshold}', chosen['rule'] != 'fixed'), ('--calibrate', calibrate)) if on]: warnings.warn(
         f"{' and '.join(fitted)}: fitted on the {len(targs)} validation images that metrics.json measures, so its figures flatter "
