@@ -103,13 +103,15 @@ def _parse(argv:list[str])->argparse.Namespace:
 def _fmt(v): return 'n/a' if v is None else f"{v:.3f}"
 
 def _print_metrics(m:dict):
-    print(f"n={m['n']}  " + '  '.join(f"{k}={_fmt(m[k])}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')))
+    many = 'confusion_matrix_all' in m
+    print(('COVID-19 against the rest: ' if many else '') + f"n={m['n']}  " + '  '.join(f"{k}={_fmt(m[k])}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')))
     (tn, fp), (fn, tp) = m['confusion_matrix']
     print(f"confusion matrix [[tn, fp], [fn, tp]] = [[{tn}, {fp}], [{fn}, {tp}]] at threshold {m['threshold']} (COVID-19 against the rest)")
     for c, pc in m.get('per_class', {}).items():
         print(f"  {c}: n={pc['n']}  " + '  '.join(f"{k}={_fmt(pc[k])}" for k in ('sensitivity', 'precision', 'f1', 'roc_auc')))
-    if 'confusion_matrix_all' in m:
-        print(f"confusion matrix of {', '.join(m['classes'])} (rows true, columns predicted) = {m['confusion_matrix_all']}")
+    if many:
+        print(f"confusion matrix of {', '.join(m['classes'])} (rows true, columns predicted) = {m['confusion_matrix_all']}; "
+              f"accuracy over the {len(m['classes'])} classes {_fmt(m['accuracy_all'])}")
 
 def _args_of(func, a)->dict:
     "The parsed options that are parameters of `func`."

@@ -63,14 +63,15 @@ def class_metrics(targets, # Index of each image's true class in `classes`
                   classes:list, # The model's classes, COVID-19 among them
                   threshold:float=0.5 # COVID-19 probability at or above which an image counts as COVID-19
                  )->dict:
-    "`binary_metrics` of COVID-19 against every other class; with more than two classes also `classes`, `per_class` and `confusion_matrix_all`."
+    "`binary_metrics` of COVID-19 against every other class; with more than two classes also `classes`, `per_class`, `confusion_matrix_all` and `accuracy_all`."
     y, p, k = np.asarray(targets).astype(int), np.asarray(probs, dtype=float).reshape(len(targets), len(classes)), classes.index(POSITIVE)
     metrics = {**binary_metrics((y == k).astype(int), p[:, k], threshold), 'decision': decision_rule(classes, threshold),
                'ece': expected_calibration_error((y == k).astype(int), p[:, k])}
     if len(classes) == 2: return metrics
     cm = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(cm, (y, predicted(p, threshold)), 1)
-    return {**metrics, 'classes': list(classes), 'per_class': _per_class(y, p, cm, classes), 'confusion_matrix_all': cm.tolist()}
+    return {**metrics, 'classes': list(classes), 'per_class': _per_class(y, p, cm, classes), 'confusion_matrix_all': cm.tolist(),
+            'accuracy_all': _ratio(int(np.trace(cm)), len(y))}   # `accuracy` is COVID-19 against the rest: a Normal called Pneumonia is right there
 
 # %% ../nbs/06_evaluate.ipynb #88b9be6d
 def _phase_lines(ax, hist):

@@ -51,12 +51,13 @@ def test_three_classes_with_extra_data(three_run, extra):
     meta = json.loads((out/'model.json').read_text())
     assert (meta['task'], meta['classes']) == ('three-class', THREE)
     m = json.loads((out/'metrics.json').read_text())
-    assert {'n', 'accuracy', 'sensitivity', 'specificity', 'roc_auc', 'confusion_matrix', 'classes', 'per_class', 'confusion_matrix_all'} <= set(m)
+    assert {'n', 'accuracy', 'sensitivity', 'specificity', 'roc_auc', 'confusion_matrix', 'classes', 'per_class', 'confusion_matrix_all', 'accuracy_all'} <= set(m)
     split = pd.read_csv(out/'split.csv')
     valid = split[split.split == 'valid'].target.value_counts()
     cm = np.array(m['confusion_matrix_all'])
     assert m['classes'] == THREE and cm.sum() == m['n'] == valid.sum()
     assert cm.sum(1).tolist() == [valid.get(c, 0) for c in THREE] == [m['per_class'][c]['n'] for c in THREE]
+    assert m['accuracy_all'] == np.trace(cm) / cm.sum()                                      # each image its own class
     (tn, fp), (fn, tp) = m['confusion_matrix']
     assert tp + fn == valid['COVID-19'] and tn + fp == valid['Normal'] + valid['Pneumonia']   # COVID-19 against the rest
     # every extra row of a class is taken, up to that class's share (as many as the COVID-19 rows)
@@ -69,6 +70,7 @@ def test_three_classes_with_extra_data(three_run, extra):
     assert run['task'] == 'three-class' and run['sources'] == split.source.value_counts().to_dict()
     assert run['groups']['near_duplicates'] is True and run['groups']['groups'] == split.group.nunique()
     assert '  Pneumonia: n=' in res.stdout and 'confusion matrix of Normal, Pneumonia, COVID-19' in res.stdout
+    assert f"accuracy over the 3 classes {m['accuracy_all']:.3f}" in res.stdout and 'COVID-19 against the rest: n=' in res.stdout
 
 
 def test_evaluate_and_predict_carry_the_three_classes(three_run, extra, tmp_path):
