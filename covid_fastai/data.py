@@ -293,11 +293,11 @@ def _with_paths(df:pd.DataFrame, folder, strict:bool)->pd.DataFrame:
     if folder is None: raise DataNotFoundError(f"{(~given).sum()} rows have no image folder; pass the folder of their images")
     return pd.concat([add_paths(df[~given].drop(columns='path', errors='ignore'), folder, strict=strict), df[given]]).sort_index()
 
-def _sample(rows:pd.DataFrame, n:int, seed:int, first)->pd.DataFrame:
-    "`n` of `rows`, seeded: those where `first` holds before any other."
-    top, rest = rows[first], rows[~first]
-    if len(top) >= n: return top.sample(n=n, random_state=seed)
-    return pd.concat([top, rest.sample(n=n-len(top), random_state=seed)])
+def _sample(rows:pd.DataFrame, n:int, seed:int, first, skip=())->pd.DataFrame:
+    "The first `n` of `rows` in a seeded order, those where `first` holds before any other; a row in `skip` gives its place to the next."
+    # pandas' `sample(n)` is the first n of `sample(frac=1)` with the same seed: without `skip`, the same rows as ever
+    order = pd.concat([rows[first].sample(frac=1, random_state=seed), rows[~first].sample(frac=1, random_state=seed)])
+    return order[~order.index.isin(skip)].iloc[:n]
 
 # %% ../nbs/01_data.ipynb #715b59fd
 def select_balanced(df:pd.DataFrame, # Checked metadata, from `read_metadata`; rows with a `path` keep it
@@ -305,7 +305,8 @@ def select_balanced(df:pd.DataFrame, # Checked metadata, from `read_metadata`; r
                     ratio:float=1.0, # Rows of each other class sampled per COVID-19 row
                     seed:int=42, # Seed of the sample
                     strict:bool=False, # Raise if image files are missing, instead of dropping their rows
-                    task:str='covid-normal' # One of `TASKS`
+                    task:str='covid-normal', # One of `TASKS`
+                    skip=() # Index labels of rows found unreadable: each gives its place to the next of its class in the seeded order
                    )->pd.DataFrame:
     "TRAIN rows of `task`: every COVID-19 row and `ratio` times as many seeded-random rows of each other class, with `target` and `path`."
     classes = task_classes(task)
@@ -313,14 +314,15 @@ def select_balanced(df:pd.DataFrame, # Checked metadata, from `read_metadata`; r
     extra = train.index[train.path.notna()] if 'path' in train else []
     train = _with_paths(train, folder, strict)
     by_class = {c: train[train.target==c] for c in [POSITIVE] + classes[:-1]}   # COVID-19 first: the one to name if missing
-    for c, rows in by_class.items():
-        if not len(rows): raise EmptySelectionError(
+    usable = {c: int((~rows.index.isin(skip)).sum()) for c, rows in by_class.items()}
+    for c, n in usable.items():
+        if not n: raise EmptySelectionError(
             f"No {c} TRAIN rows with an image file in {folder}; the balanced dataset of {task} needs every class ({', '.join(classes)})")
-    pos = by_class.pop(POSITIVE)
+    pos = by_class.pop(POSITIVE); pos = pos[~pos.index.isin(skip)]
     want, parts = max(1, round(ratio*len(pos))), [pos]
     for c, rows in by_class.items():
-        if len(rows) < want: warnings.warn(f"Only {len(rows)} {c} rows have images; asked for {want}", stacklevel=2)
-        parts.append(_sample(rows, min(want, len(rows)), seed, rows.index.isin(extra)))
+        if usable[c] < want: warnings.warn(f"Only {usable[c]} {c} rows have images; asked for {want}", stacklevel=2)
+        parts.append(_sample(rows, min(want, usable[c]), seed, rows.index.isin(extra), skip))
     return pd.concat(parts).sort_index()
 
 # %% ../nbs/01_data.ipynb #b64e4648

@@ -40,9 +40,9 @@ def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     "The balanced selection of `task` from a dataset root and any extra data, with only images that exist and decode."
     task_classes(task)                                  # an unknown task stops here, before anything is read
     root = find_data_root(data)
-    df, folder, readable, unreadable = read_sources(root, extra_data, strict), images_dir(root), set(), 0
-    select = lambda: select_balanced(df, folder, ratio=ratio, seed=seed, strict=strict, task=task)
-    while True:   # an unreadable image gives its place to another of its class, as if it had never been listed
+    df, folder, readable, unreadable = read_sources(root, extra_data, strict), images_dir(root), set(), set()
+    select = lambda: select_balanced(df, folder, ratio=ratio, seed=seed, strict=strict, task=task, skip=unreadable)
+    while True:   # an unreadable image gives its place to the next of its class in the sample's seeded order
         with warnings.catch_warnings():   # a round's own warnings (a shortage, missing files) are said by the last round alone
             warnings.simplefilter('ignore')
             try: rows = select()
@@ -51,13 +51,12 @@ def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
             try: select()   # again, saying what it says, to fail as it fails
             except EmptySelectionError as e:
                 if not unreadable: raise
-                raise EmptySelectionError(f"{e}; {unreadable} of their images could not be decoded (listed above): replace them, or add data") from None
+                raise EmptySelectionError(f"{e}; {len(unreadable)} of their images could not be decoded (listed above): replace them, or add data") from None
         new = rows[~rows.index.isin(readable)]   # each image is checked once, however many rounds it stays selected
         try: bad = new.index.difference(check_images(new, strict=strict, size=size, cache=cache).index)
         except CovidFastaiError: select(); raise   # --strict: what this selection says, then the file that stops it
         if not len(bad): return select()        # the same rows again, saying what describes them
-        readable |= set(new.index.difference(bad)); unreadable += len(bad)
-        df = df.drop(bad)
+        readable |= set(new.index.difference(bad)); unreadable |= set(bad)   # each gives its place to the next of its class
 
 # %% ../nbs/07_train.ipynb #dae2b856
 SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'group', 'path']

@@ -374,3 +374,30 @@ def test_numbers_out_of_range_are_one_line_errors(args, says, small_run, images,
     res = run_cli(command, *where, *args[1:], *files, check=False, timeout=120)
     assert res.returncode == 2 and says in res.stderr and 'Traceback' not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith('covid-fastai: error:') and not out.exists()
+
+
+def test_an_unreadable_image_gives_its_place_to_another_of_its_class(data_root, images, tmp_path):
+    "The README's promise: a damaged image of the balanced selection is replaced by another of its class, not dropped."
+    import warnings
+    from covid_fastai.train import balanced_rows
+    from covid_fastai.data import target_of
+    meta = read_metadata(data_root)
+    meta = meta[(meta.Dataset_type == 'TRAIN') & meta.X_ray_image_name.isin({p.name for p in images.iterdir()})]
+    target = target_of(meta, 'covid-normal')
+    covid, normal = meta[target == 'COVID-19'], meta[target == 'Normal']
+    meta = pd.concat([covid, normal.iloc[:2*len(covid)]])             # Normals to spare: a selection at ratio 0.5 takes half
+    root = tmp_path/'coronahack'; folder = root/IMAGES_SUBDIR/'train'; folder.mkdir(parents=True)
+    for name in meta.X_ray_image_name: shutil.copy(images/name, folder)
+    meta[COLUMNS].to_csv(root/METADATA_CSV)
+    before = balanced_rows(root, ratio=0.5)
+    chosen = set(before[before.target == 'Normal'].X_ray_image_name)
+    damaged = sorted(chosen)[0]
+    (folder/damaged).write_bytes((folder/damaged).read_bytes()[:200])  # truncated
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        after = balanced_rows(root, ratio=0.5)
+    assert any(damaged in str(x.message) for x in w)                  # said, by name
+    now = set(after[after.target == 'Normal'].X_ray_image_name)
+    assert len(now) == len(chosen) and damaged not in now            # as many Normals as before, without it...
+    assert len(now - chosen) == 1                                     # ...one other Normal in its place
+    assert set(after[after.target == 'COVID-19'].X_ray_image_name) == set(before[before.target == 'COVID-19'].X_ray_image_name)
