@@ -228,3 +228,19 @@ def test_predict_heatmaps_and_evaluate_top_losses_from_the_command(small_run, im
     assert (tmp_path/'eval'/'plots'/'top_losses.png').read_bytes()[:4] == b'\x89PNG'
     import pandas as pd
     assert 'shortcut' in pd.read_csv(tmp_path/'eval'/'predictions.csv')
+
+
+def test_evaluate_reports_the_mean_shortcut_score(real_model, images, tmp_path):
+    "metrics.json's shortcut_score is the mean of predictions.csv's scores, on maps fine enough to have one (3 x 3 cells or more)."
+    import json, pandas as pd
+    from covid_fastai.data import COLUMNS
+    from covid_fastai.evaluate import evaluate
+    learn, _, valid, size = real_model
+    model = save_model(learn, tmp_path/'model', size=size)
+    valid[COLUMNS].to_csv(tmp_path/'valid.csv')
+    evaluate(model, csv=tmp_path/'valid.csv', images=images, out=tmp_path/'eval', cpu=True, cache=False)
+    m = json.loads((tmp_path/'eval'/'metrics.json').read_text())
+    scores = pd.read_csv(tmp_path/'eval'/'predictions.csv').shortcut
+    assert scores.notna().all() and m['shortcut_score'] is not None
+    assert m['shortcut_score'] == pytest.approx(scores.mean()) and 0 <= m['shortcut_score'] <= 1
+    assert m['shortcut_baseline'] == pytest.approx(shortcut_baseline(size))

@@ -27,13 +27,11 @@ def broken(tmp_path_factory):
     return f
 
 
-@pytest.fixture(scope='module')
-def server(small_run, tmp_path_factory):
-    """`covid-fastai serve --port 0`, with its own TMPDIR (to see what uploads leave behind): the URL it prints (the port
-    the system gave it), the process and TMPDIR."""
-    scratch, logs = tmp_path_factory.mktemp('server_tmp'), tmp_path_factory.mktemp('server_logs')
+def start_server(model, scratch, logs):
+    """`covid-fastai serve --port 0 --cpu` on `model`, with TMPDIR `scratch` (to see what uploads leave behind) and its
+    output in `logs`: the URL it prints (the port the system gave it) and the process, once it answers."""
     with open(logs/'out', 'w') as out, open(logs/'err', 'w') as err:
-        p = subprocess.Popen([*CLI, 'serve', '--model', str(small_run[0]), '--port', '0', '--cpu',
+        p = subprocess.Popen([*CLI, 'serve', '--model', str(model), '--port', '0', '--cpu',
                               '--max-upload-mb', str(LIMIT_MB)], stdout=out, stderr=err, env={**os.environ, 'TMPDIR': str(scratch)},
                              preexec_fn=ctrl_c_reaches)
     url, deadline = None, time.monotonic() + 180
@@ -42,10 +40,17 @@ def server(small_run, tmp_path_factory):
         if url is None and (printed := re.search(r' at (http://127\.0\.0\.1:(\d+)/) ', (logs/'out').read_text())):
             url = printed[1]; assert int(printed[2]) > 0   # the port it listens on, not the 0 it was given
         try:
-            if url and httpx.get(url + 'model', timeout=5).status_code == 200: break
+            if url and httpx.get(url + 'model', timeout=5).status_code == 200: return url, p
         except httpx.TransportError: pass
         if time.monotonic() > deadline: p.kill(); pytest.fail(f"serve did not answer in 180 s:\n{(logs/'err').read_text()}")
         time.sleep(0.5)
+
+
+@pytest.fixture(scope='module')
+def server(small_run, tmp_path_factory):
+    "The module's server (`start_server`): its URL, process, TMPDIR and log folder."
+    scratch, logs = tmp_path_factory.mktemp('server_tmp'), tmp_path_factory.mktemp('server_logs')
+    url, p = start_server(small_run[0], scratch, logs)
     yield url, p, scratch, logs
     if p.poll() is None: p.kill(); p.wait()
 
@@ -161,10 +166,16 @@ def test_a_second_ctrl_c_while_it_stops_prints_no_traceback(small_run, tmp_path)
     assert 'Traceback' not in (tmp_path/'err').read_text(), (tmp_path/'err').read_text()
 
 
-def test_ctrl_c_stops_it_and_nothing_uploaded_is_left(server):
-    "Last: stops the module's server."
-    _, p, scratch, logs = server
-    p.send_signal(signal.SIGINT)
-    assert p.wait(timeout=60) == 0, (logs/'err').read_text()
-    assert 'Traceback' not in (logs/'err').read_text()
+def test_ctrl_c_stops_it_and_nothing_uploaded_is_left(small_run, radiographs, broken, tmp_path):
+    "A server of its own: uploads (one of them unreadable, one over the limit), then Ctrl-C."
+    (scratch := tmp_path/'tmp').mkdir()
+    url, p = start_server(small_run[0], scratch, tmp_path)
+    try:
+        assert post(url, *radiographs, broken).status_code == 200
+        assert post(url, ('big.png', b'\0' * int(LIMIT_MB * 1.2e6))).status_code == 413
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 0, (tmp_path/'err').read_text()
+    finally:
+        if p.poll() is None: p.kill(); p.wait()
+    assert 'Traceback' not in (tmp_path/'err').read_text()
     assert [p for p in scratch.iterdir() if not p.name.startswith('torchinductor')] == []   # torch's own compile cache may appear; no upload may
