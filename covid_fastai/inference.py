@@ -194,9 +194,10 @@ def _squish_group(ims:list[torch.Tensor], size:int)->torch.Tensor:
 @patch
 def _squish(self:CovidClassifier, ims:list[torch.Tensor])->torch.Tensor:
     "Grey (1, h, w) `uint8` images on the GPU, each squished to the model's size as `prepare` does: one batch (B, 1, size, size)."
-    out = torch.empty(len(ims), 1, self.size, self.size, dtype=torch.uint8, device=ims[0].device)
-    for idx in padded_groups([tuple(im.shape[-2:]) for im in ims]): out[idx] = _squish_group([ims[i] for i in idx], self.size)
-    return out
+    xs = [None] * len(ims)
+    for idx in padded_groups([tuple(im.shape[-2:]) for im in ims]):
+        for i, x in zip(idx, _squish_group([ims[i] for i in idx], self.size)): xs[i] = x
+    return torch.stack(xs)   # back in order by stacking views: indexing with a list would copy it to the GPU, and wait
 
 @patch
 def _decode_jpegs(self:CovidClassifier, loaded:list, pool)->list:
