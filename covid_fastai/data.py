@@ -13,9 +13,9 @@ from .core import *
 # %% auto #0
 __all__ = ['METADATA_CSV', 'IMAGES_SUBDIR', 'DATA_ENV', 'DATA_CANDIDATES', 'PACKAGE_DIR', 'SAMPLE_ROOT', 'PUBLISHED_METADATA',
            'KAGGLE_HINT', 'COLUMNS', 'LABELS', 'SPLITS', 'RESERVED', 'POSITIVE', 'NEGATIVE', 'PNEUMONIA',
-           'LABEL_COLUMNS', 'CLASSES', 'TASKS', 'find_data_root', 'images_dir', 'analysis_metadata', 'read_metadata',
-           'fill_unknown', 'metadata_summary', 'format_summary', 'plot_nulls', 'plot_label_counts', 'analyse',
-           'image_path', 'finding', 'task_classes', 'task_of', 'target_of', 'add_paths', 'select_balanced',
+           'COVID_SPELLINGS', 'LABEL_COLUMNS', 'CLASSES', 'TASKS', 'find_data_root', 'images_dir', 'analysis_metadata',
+           'read_metadata', 'fill_unknown', 'metadata_summary', 'format_summary', 'plot_nulls', 'plot_label_counts',
+           'analyse', 'image_path', 'finding', 'task_classes', 'task_of', 'target_of', 'add_paths', 'select_balanced',
            'select_labelled', 'source_name', 'with_source', 'absolute_extra', 'read_extra', 'read_sources']
 
 # %% ../nbs/01_data.ipynb #cd132858
@@ -72,6 +72,7 @@ LABELS = ('Normal', 'Pnemonia')   # spelled as in the data
 SPLITS = ('TRAIN', 'TEST')
 RESERVED = ('path', 'target', 'split', 'group')   # columns covid_fastai makes; a CSV's own are dropped
 POSITIVE, NEGATIVE, PNEUMONIA = 'COVID-19', 'Normal', 'Pneumonia'   # the findings; COVID-19 as Label_2_Virus_category spells it
+COVID_SPELLINGS = ('covid19', 'covid', 'covid2019', 'sarscov2', '2019ncov', 'ncov2019', 'covid19pneumonia')   # other files' COVID-19, lower case, letters and digits only
 
 # %% ../nbs/01_data.ipynb #48f77552
 def _rows(df, mask, n=5):
@@ -84,6 +85,19 @@ def _check_values(csv, df, col, allowed):
     if bad.any(): raise MetadataError(
         f"{csv}: column {col} has values other than {', '.join(allowed)} at {_rows(df[[col]], bad)}; fix or remove those rows")
 
+def _spell_covid(csv, df:pd.DataFrame)->pd.DataFrame:
+    "`df` with COVID-19 written as CoronaHack writes it; a warning for other files' spellings taken as it, and for a coronavirus that is not."
+    v = df.Label_2_Virus_category
+    key = v.str.casefold().str.replace(r'[^a-z0-9]', '', regex=True)
+    covid = key.isin(COVID_SPELLINGS)   # else a positive would be a negative, in silence
+    respelled = covid & (v.str.casefold() != POSITIVE.casefold())   # 'covid-19 ' in any case is CoronaHack's own, said nothing of
+    if respelled.any(): warnings.warn(f"{csv}: Label_2_Virus_category {', '.join(map(repr, v[respelled].unique()[:5]))} taken as {POSITIVE} "
+                                      f"at {_rows(df[['Label_2_Virus_category']], respelled)}", stacklevel=3)
+    unsure = key.str.contains('covid|sarscov|ncov|corona', na=False) & ~covid   # 'non-COVID', 'Coronavirus' (SARS? MERS?): not taken
+    if unsure.any(): warnings.warn(f"{csv}: Label_2_Virus_category {', '.join(map(repr, v[unsure].unique()[:5]))} at "
+        f"{_rows(df[['Label_2_Virus_category']], unsure)} is counted as a pneumonia other than COVID-19; if it is COVID-19, write {POSITIVE}", stacklevel=3)
+    return df.assign(Label_2_Virus_category=v.mask(covid, POSITIVE))
+
 # %% ../nbs/01_data.ipynb #14dbfc5a
 def read_metadata(csv:str|Path # `Chest_xray_Corona_Metadata.csv`, or a dataset root that holds it
                  )->pd.DataFrame:
@@ -92,17 +106,19 @@ def read_metadata(csv:str|Path # `Chest_xray_Corona_Metadata.csv`, or a dataset 
     if csv.is_dir(): csv = csv/METADATA_CSV
     if not csv.is_file(): raise DataNotFoundError(f"{csv} not found; {KAGGLE_HINT}")
     try: df = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[''], skip_blank_lines=False)   # blank lines kept: row i is line i+2
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+    except UnicodeDecodeError as e:
+        raise MetadataError(f"{csv} is not UTF-8 text ({e}); save it as UTF-8 (in Excel: CSV UTF-8)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise MetadataError(f"{csv} is not a readable CSV ({e}); use the metadata file from the CoronaHack dataset") from None
     missing = [c for c in COLUMNS if c not in df.columns]
+    semicolons = len(df.columns) == 1 and ';' in str(df.columns[0])   # Excel's CSV where the decimal mark is a comma
     if missing: raise MetadataError(f"{csv} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, df.columns))}); "
-                                    "it must have the columns of Chest_xray_Corona_Metadata.csv")
+        + ("its columns are separated by semicolons: save it with commas" if semicolons else "it must have the columns of Chest_xray_Corona_Metadata.csv"))
     extra = [c for c in df.columns if c not in COLUMNS and c not in RESERVED and not str(c).startswith('Unnamed:')]
     df = df[COLUMNS + extra].copy()
     df = df.dropna(how='all')                           # blank lines, and rows of commas only
     for c in df.columns: df[c] = df[c].str.strip().replace('', np.nan)   # every column: 'p0 ' is patient p0 for --group-col too
-    covid = df.Label_2_Virus_category.str.casefold() == POSITIVE.casefold()   # 'covid-19 ' is COVID-19 too, not another virus
-    df.loc[covid, 'Label_2_Virus_category'] = POSITIVE
+    df = _spell_covid(csv, df)
     empty = df.X_ray_image_name.isna()
     if empty.any(): raise MetadataError(f"{csv}: empty X_ray_image_name at {_rows(df[['Label']], empty)}; give every row a file name")
     _check_values(csv, df, 'Label', LABELS)

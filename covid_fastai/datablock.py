@@ -17,11 +17,12 @@ from .core import *
 from .data import task_classes
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_grey',
-           'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray', 'default_cache_dir',
-           'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay', 'check_images', 'thumbnails', 'near_duplicates',
-           'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine',
-           'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory', 'covid_dataloaders']
+__all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF',
+           'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray',
+           'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay', 'check_images', 'thumbnails',
+           'near_duplicates', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment',
+           'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory',
+           'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -38,9 +39,11 @@ def _scale_to_8bit(im:Image.Image)->Image.Image:
     return Image.fromarray(_to_8bit(np.asarray(im)), mode='L')
 
 # %% ../nbs/02_datablock.ipynb #14d0e836
+WIDE_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')   # Pillow's 16-bit, 32-bit and float images
+
 def to_grey(im:Image.Image)->Image.Image:
     "Convert any Pillow image to 8-bit grey ('L'): 16-bit and float scaled by their range, transparency onto black, colour removed."
-    if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'): im = _scale_to_8bit(im)
+    if im.mode in WIDE_MODES: im = _scale_to_8bit(im)
     if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
     if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
         im = im.convert('RGBA')
@@ -191,8 +194,11 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
                 with Image.open(fn) as im:
                     check_shape(fn, *im.size, max_pixels)
                     if size: im.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `size`
+                    # a TIFF whose 0 is white (as DICOM's MONOCHROME1): Pillow turns 8-bit ones the right way, not 16-bit ones
+                    white_is_0 = im.format == 'TIFF' and im.mode in WIDE_MODES and im.tag_v2.get(262) == 0
                     im.load()
                     im = to_grey(ImageOps.exif_transpose(im))   # the orientation is read before the greying drops it
+                    if white_is_0: im = ImageOps.invert(im)
     except UnreadableImageError: raise
     except FileNotFoundError: raise _not_found(fn) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:   # Pillow's own check, in `open`, came first
@@ -205,7 +211,7 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
 
 # %% ../nbs/02_datablock.ipynb #ee74c503
 CACHE_ENV = 'COVID_FASTAI_CACHE'
-_LOADER_VERSION = 3   # bump when `load_xray`'s output changes, to retire old cache entries
+_LOADER_VERSION = 4   # bump when `load_xray`'s output changes, to retire old cache entries
 
 def default_cache_dir()->Path:
     "`$COVID_FASTAI_CACHE`, else `decoded/` in the user's cache folder."

@@ -401,3 +401,13 @@ def test_an_unreadable_image_gives_its_place_to_another_of_its_class(data_root, 
     assert len(now) == len(chosen) and damaged not in now            # as many Normals as before, without it...
     assert len(now - chosen) == 1                                     # ...one other Normal in its place
     assert set(after[after.target == 'COVID-19'].X_ray_image_name) == set(before[before.target == 'COVID-19'].X_ray_image_name)
+
+
+def test_a_16bit_tiff_whose_zero_is_white_is_not_inverted(bad_root, tmp_path):
+    "TIFF's MinIsWhite (photometric 0), as MONOCHROME1 in DICOM: Pillow turns 8-bit ones the right way up, not 16-bit ones."
+    grey = np.asarray(Image.open(next(bad_root[1].glob('*.jpeg'))).convert('L'), dtype=np.uint16) * 257   # 0-65535
+    Image.fromarray(grey).save(tmp_path/'black0.tif')
+    Image.fromarray(65535 - grey).save(tmp_path/'white0.tif', tiffinfo={262: 0})   # stored the other way, and saying so
+    assert Image.open(tmp_path/'white0.tif').tag_v2[262] == 0
+    a, b = (np.asarray(load_xray(tmp_path/f, grey=True), dtype=float) for f in ('black0.tif', 'white0.tif'))
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99 and np.abs(a - b).max() <= 1

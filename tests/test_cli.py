@@ -108,6 +108,7 @@ def test_evaluate_on_unseen_csv_counts_what_it_leaves_out(small_run, unseen, ima
     assert m['n'] == present.sum()                   # the labelled images present and not used by the run
     if m['n'] and not (rows[labelled][present].Label_2_Virus_category == 'COVID-19').any():
         assert m['sensitivity'] is None and m['roc_auc'] is None   # no COVID-19 left over: undefined, not 0
+        assert f"none of the {m['n']} images measured is COVID-19" in res.stderr   # and said
     assert m['left_out'] == {'other_labels': (~labelled).sum(), 'missing_images': (~present).sum(), 'unreadable': 0}
     assert f"n={m['n']}" in res.stdout
     assert res.stderr.count('The heat maps have 2 x 2 cells') == 1   # ResNet50 at 64 px: too coarse, said once
