@@ -140,6 +140,14 @@ def _check_pixel_header(fn, ds, w:int, h:int):
             f"{fn}: the DICOM pixel data holds {have:,} bytes, more than the {need:,} of the header's {w} x {h} pixels; "
             "the header's image size is wrong: export the file again")
 
+def _own_transfer_syntax(ds:pydicom.Dataset):
+    "Give a dataset saved without its file meta (an ACR-NEMA file, a stripped export) the uncompressed transfer syntax it was read in."
+    if 'TransferSyntaxUID' in ds.get('file_meta', {}) or None in (enc := ds.original_encoding): return
+    implicit, little = enc
+    ds.file_meta = ds.get('file_meta') or pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                      pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+
 def read_dicom(fn:str|Path, # A DICOM file
                max_pixels:int=MAX_PIXELS # Refuse images with more pixels than this, before decoding
               )->Image.Image:
@@ -149,6 +157,7 @@ def read_dicom(fn:str|Path, # A DICOM file
     except Exception as e: raise UnreadableImageError(f"{fn}: not a readable DICOM file ({type(e).__name__}: {_line(e)})") from None
     if 'PixelData' not in ds: raise UnreadableImageError(f"{fn}: a DICOM file without an image (no Pixel Data element)"
         if getattr(ds, 'preamble', None) else f"{fn}: not a readable DICOM file (no DICM marker, no pixel data)")
+    _own_transfer_syntax(ds)
     try: w, h, frames = int(ds.Columns), int(ds.Rows), int(ds.get('NumberOfFrames') or 1)
     except (AttributeError, TypeError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: DICOM file without a readable image size ({_line(e)})") from None

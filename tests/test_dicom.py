@@ -228,3 +228,13 @@ def test_a_grey_image_without_photometric_interpretation_reads_as_monochrome2(tm
     plain, bare = edited(tmp_path/'plain.dcm'), edited(tmp_path/'bare.dcm', PhotometricInterpretation=None)
     assert 'PhotometricInterpretation' not in pydicom.dcmread(bare)
     assert np.array_equal(np.asarray(load_xray(bare, size=128)), np.asarray(load_xray(plain, size=128)))
+
+
+@pytest.mark.parametrize('implicit', [True, False], ids=['implicit VR', 'explicit VR'])
+def test_a_dataset_saved_without_its_file_meta_reads_as_the_same_image(implicit, tmp_path):
+    "An ACR-NEMA file or a stripped export: no preamble, no DICM marker, no transfer syntax; a .dcm name says what it is."
+    plain = edited(tmp_path/'plain.dcm')
+    ds = pydicom.dcmread(plain); del ds.file_meta; ds.preamble = None
+    ds.save_as(tmp_path/'bare.dcm', implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    assert (tmp_path/'bare.dcm').read_bytes()[128:132] != b'DICM'
+    assert np.array_equal(np.asarray(load_xray(tmp_path/'bare.dcm', size=128)), np.asarray(load_xray(plain, size=128)))
