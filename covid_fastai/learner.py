@@ -490,10 +490,14 @@ def fit_recipe(self:Learner,
     if checkpoint is not None and not hasattr(self, 'epoch_checkpoint'): self.add_cb(EpochCheckpoint(checkpoint))
     if resume is not None: resume_from(self, resume)
     resume_habits(self, resume)
+    ended = False   # a phase that the checkpointed run finished
     for phase, epochs, lr in zip(PHASES, (frozen_epochs, unfrozen_epochs), (frozen_lr, unfrozen_lr)):
         start = epochs_done(resume, phase, PHASES)
-        if start >= epochs: continue
+        if start >= epochs: ended |= epochs > 0; continue
         self.freeze() if phase == 'frozen' else self.unfreeze()
+        # as the uninterrupted run has it here: the hypers where the last phase's one-cycle left them (lr_find runs with its
+        # momentum), the state cleared by `unfreeze`
+        if ended and not start: self.opt.load_state_dict(resume['opt']); self.opt.clear_state()
         lr = phase_lr(self, phase, lr, lr_find, lr_find_its)
         restore = restore_callbacks(self, resume, start) if resume is not None else []
         resume, self.history.phase = None, phase
