@@ -24,8 +24,8 @@ from .ood import learner_ood
 
 
 # %% auto #0
-__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'balanced_rows', 'split_frame', 'group_counts', 'record_habits', 'train', 'clear_run',
-           'resume_training']
+__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'balanced_rows', 'split_frame', 'check_same_split', 'group_counts', 'record_habits',
+           'train', 'clear_run', 'resume_training']
 
 # %% ../nbs/07_train.ipynb #3b714932
 def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
@@ -65,6 +65,19 @@ def split_frame(dls)->pd.DataFrame:
     "The rows behind `dls`, with a `split` column saying train or valid; CoronaHack's columns and any others last."
     df = pd.concat([dls.train_ds.items.assign(split='train'), dls.valid_ds.items.assign(split='valid')])
     return df[[c for c in SPLIT_COLUMNS if c in df] + [c for c in df if c not in SPLIT_COLUMNS]]
+
+def check_same_split(recorded:Path, # The split.csv that the run wrote when it started
+                     now:pd.DataFrame # `split_frame` of the images as they are selected now
+                    ):
+    "Refuse to resume on other images than the run started with: a file moved, damaged or added since would change the split."
+    if not recorded.is_file(): return   # a run from before split.csv was written at its start: nothing to compare with
+    pairs = lambda d: set(zip(d.path.astype(str), d.split))
+    before, after = pairs(pd.read_csv(recorded)), pairs(now)
+    if before == after: return
+    gone, new = sorted(before - after), sorted(after - before)
+    raise DataChangedError(f"the images changed since this run started ({recorded}): {len(gone)} of its rows are not in the split "
+        f"now and {len(new)} are new (e.g. {Path((gone or new)[0][0]).name} in {(gone or new)[0][1]}), so training would go on with "
+        "other images and might validate on some it trained on; put the data back as it was, or train again without --resume")
 
 # %% ../nbs/07_train.ipynb #4ae943bd
 def group_counts(rows:pd.DataFrame, # Rows with a `group` column, from `group_rows`
@@ -157,7 +170,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
                           wd=wd, clip=clip, optimizer=optimizer)
     lead = not rank_distrib()   # with several processes, the first one alone writes
     if lead:
-        if resume is None: clear_run(out)   # an earlier run's files: its checkpoint, which `--resume` would take for this one's, its model...
+        if resume is None: clear_run(out); write_csv(split_frame(dls), out/SPLIT_CSV)   # clear an earlier run's files; its images, for `--resume`
+        else: check_same_split(out/SPLIT_CSV, split_frame(dls))
         started = {'weights_sha256': pretrained_on['weights_sha256']} if weights is not None else {}   # what `--resume` must start from again
         if resume is not None: began = json.loads((out/RUN_JSON).read_text()).get('pretrained_weights')   # the file it started from
         elif weights is not None: began = {'file': str(weights), 'sha256': pretrained_on['weights_sha256']}   # hashed once, when it was read

@@ -7,10 +7,10 @@ SMALL = ['--arch', 'resnet18', '--size', 96,   # epochs long enough (seconds, on
           '--frozen-epochs', 2, '--unfrozen-epochs', 3, '--no-pretrained', '--num-workers', 0]
 
 
-def _interrupt_after_first_epoch(out, sig):
-    "Start training into `out` and send `sig` as soon as its first epoch checkpoint exists."
-    proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=ctrl_c_reaches)
+def _interrupt_after_first_epoch(out, sig, *args):
+    "Start training into `out` (with more `args`) and send `sig` as soon as its first epoch checkpoint exists."
+    proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches)
     while not (out/'checkpoint.pth').exists():
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.01)
@@ -63,3 +63,28 @@ def test_a_new_run_drops_the_checkpoint_of_the_run_it_replaces(data_root, tmp_pa
 def test_resume_without_a_run_says_so(tmp_path):
     res = run_cli('train', '--resume', tmp_path, check=False)
     assert res.returncode == 2 and 'is not the folder of a run' in res.stderr
+
+
+def test_resume_refuses_images_that_changed_since_the_run_started(data_root, images, tmp_path):
+    "An image of the interrupted run's split moved away: resumed, the split would differ, and validation might hold trained images."
+    import shutil, warnings
+    from covid_fastai.data import read_metadata, select_balanced, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        rows = select_balanced(read_metadata(data_root), images)
+    root = tmp_path/'data'; folder = root/IMAGES_SUBDIR/'train'; folder.mkdir(parents=True)
+    for p in rows.path: shutil.copy(p, folder)
+    rows[COLUMNS].to_csv(root/METADATA_CSV)
+    out = tmp_path/'run'
+    rc, err = _interrupt_after_first_epoch(out, signal.SIGINT, '--data', root)
+    assert rc == 130, err[-2000:]
+    split = pd.read_csv(out/'split.csv')                                   # written when the run started
+    assert len(split) == len(rows) and set(split.split) == {'train', 'valid'}
+    moved = split[split.split == 'train'].path.iloc[0]
+    shutil.move(moved, tmp_path/'moved.jpeg')
+    res = run_cli('train', '--resume', out, check=False)
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+    assert 'the images changed since this run started' in res.stderr and 'train again without --resume' in res.stderr
+    shutil.move(tmp_path/'moved.jpeg', moved)                              # put back: the run goes on
+    run_cli('train', '--resume', out)
+    assert json.loads((out/'run.json').read_text())['status'] == 'done'
