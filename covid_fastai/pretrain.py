@@ -4,7 +4,7 @@
 
 # %% ../nbs/07a_pretrain.ipynb #6a95119c
 from __future__ import annotations
-import json, time, platform, warnings
+import os, json, time, platform, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import fastai
@@ -167,7 +167,8 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
     check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs, wd, clip, num_workers)   # before anything is read or written
     if (out/RUN_JSON).exists() or (out/MODEL_JSON).exists(): raise OptionError(
         f"{out} holds a training run, whose files pretraining would overwrite; give --out a folder of its own")
-    for f in (PRETRAIN_JSON, BACKBONE_FILE, THUMBNAILS_FILE): (out/f).unlink(missing_ok=True)   # an earlier pretraining's: none pass for this one's
+    staged = out/f'.{BACKBONE_FILE}.staged'   # the backbone, until its record is written: a backbone.pth never lacks one
+    for f in (PRETRAIN_JSON, BACKBONE_FILE, THUMBNAILS_FILE, staged.name): (out/f).unlink(missing_ok=True)   # an earlier pretraining's: none pass for this one's
     decoded = DecodeCache() if cache else None
     rows, left = pretrain_rows(data, extra_data, tasks, ratio, seed, max_per_class, strict, size, decoded)
     set_seed(seed, reproducible=True)
@@ -175,7 +176,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
                             vocab=PRETRAIN_CLASSES, valid_pct=valid_pct, seed=seed)
     learn = covid_learner(dls, arch, pretrained=pretrained, wd=wd, clip=clip)
     hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr)
-    weights = _save_state(body_state(learn.model, arch), out/BACKBONE_FILE)
+    _save_state(body_state(learn.model, arch), staged)
     seen_rows = pd.concat([dls.train_ds.items.assign(split='train'), dls.valid_ds.items.assign(split='valid')])
     seen, thumbs = image_record(seen_rows, decoded)
     thumbs_file = _save_array(thumbs, out/THUMBNAILS_FILE)
@@ -185,7 +186,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
               'n_images': len(seen), 'counts': _counts(seen.label), 'sources': _counts(seen.source), 'left_out': left,
               'kept_out_tasks': task_names(tasks), 'valid': {'n': len(dls.valid_ds), **{k: float(last[k]) for k in hist.columns
                                                                if k not in ('epoch', 'phase', 'time', 'train_loss', 'lr')}},
-              'weights': {'file': weights.name, 'sha256': file_sha256(weights)},
+              'weights': {'file': BACKBONE_FILE, 'sha256': file_sha256(staged)},
               'thumbnails': {'file': thumbs_file.name, 'sha256': file_sha256(thumbs_file), 'side': int(np.sqrt(thumbs.shape[1])),
                              'max_diff': NEAR_DUPLICATE_DIFF},
               'settings': settings, 'device': str(dls.device), 'seconds': round(time.time()-start, 1),
@@ -193,6 +194,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
                            'python': platform.python_version()},
               'images': seen.assign(split=seen_rows.split.to_numpy()).to_dict('records')}
     write_json(record, out/PRETRAIN_JSON)
+    os.replace(staged, out/BACKBONE_FILE)   # last: stopped before this, it leaves no backbone that `train --weights` would take without its record
     return record
 
 # %% ../nbs/07a_pretrain.ipynb #2f6fd360
