@@ -92,12 +92,16 @@ def _subcommand_options(name, p):
     else: add_options(p, func)
 
 def _parse(argv:list[str])->argparse.Namespace:
+    "The parsed command line; `given` holds the options typed on it, whatever their values (a default typed out too)."
     p = _Parser(prog='covid-fastai', description='Train, check and use COVID-19 chest X-ray classifiers on CoronaHack.')
     sub = p.add_subparsers(dest='command', required=True, metavar='{' + ','.join(COMMANDS) + '}')
     for name, (*_, help) in COMMANDS.items():
         s = sub.add_parser(name, help=help, description=help)
-        if argv[:1] == [name]: _subcommand_options(name, s)
-    return p.parse_args(argv)
+        if argv[:1] == [name]: _subcommand_options(name, s); chosen = s
+    a = p.parse_args(argv)
+    for act in chosen._actions: act.default = argparse.SUPPRESS   # parsed again, only what was typed is set
+    a.given = set(vars(p.parse_args(argv))) - {'command'}
+    return a
 
 # %% ../nbs/08_cli.ipynb #ae3996de
 def _fmt(v): return 'n/a' if v is None else f"{v:.3f}"
@@ -126,7 +130,7 @@ def _train(a):
     if a.resume:
         defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
         if given := ['--' + ('no-' if defaults[k] is True else '') + k.replace('_', '-')
-                     for k, v in _args_of(train, a).items() if k not in ('out', 'resume') and v != defaults[k]]:
+                     for k in _args_of(train, a) if k not in ('out', 'resume') and k in a.given]:
             raise OptionError(f"--resume goes on with the run's own settings (its run.json), so {', '.join(given)} would be ignored: leave them out")
         a.out, metrics = a.resume, resume_training(a.resume)
     else: metrics = train(**_args_of(train, a))
