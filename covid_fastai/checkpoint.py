@@ -44,10 +44,10 @@ def _own(o):
     return getattr(o, 'module', getattr(o, 'dl', o))
 
 def rng_states(dl)->dict:
-    "The states of the random generators that training draws from."
+    "The states of the random generators that training draws from: on a GPU, each device's too (augmentation and dropout draw there)."
     dl = _own(dl)
     return _plain({'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state(),
-                   'loader': dl.rng.getstate()})
+                   'loader': dl.rng.getstate(), 'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
 
 def set_rng_states(dl, states:dict):
     "Put back what `rng_states` saved."
@@ -56,6 +56,8 @@ def set_rng_states(dl, states:dict):
     kind, keys, *rest = states['numpy']
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(states['torch'])
+    if torch.cuda.is_available():   # saved on as many devices, or fewer (a checkpoint of a CPU run has none)
+        for i, s in enumerate((states.get('cuda') or [])[:torch.cuda.device_count()]): torch.cuda.set_rng_state(s, i)
 
 # %% ../nbs/03_checkpoint.ipynb #cc81c850
 class EpochCheckpoint(Callback):

@@ -24,13 +24,10 @@ def kept_rng(dl, # The training `DataLoader`: its own generator shuffles
             ):
     "Run the body with the random generators' states put back afterwards (and, with `seed`, seeded inside)."
     saved = rng_states(dl)
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
         if seed is not None: set_seed(seed); dl.rng.seed(seed)
         yield
-    finally:
-        set_rng_states(dl, saved)
-        if cuda is not None: torch.cuda.set_rng_state_all(cuda)
+    finally: set_rng_states(dl, saved)
 
 # %% ../nbs/03a_habits.ipynb #bb29b2ad
 def _recorders(learn:Learner)->list:
