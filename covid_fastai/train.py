@@ -67,16 +67,17 @@ def split_frame(dls)->pd.DataFrame:
     return df[[c for c in SPLIT_COLUMNS if c in df] + [c for c in df if c not in SPLIT_COLUMNS]]
 
 def check_same_split(recorded:Path, # The split.csv that the run wrote when it started
-                     now:pd.DataFrame # `split_frame` of the images as they are selected now
+                     now:pd.DataFrame, # `split_frame` of the images as they are selected now (or the selection, with `sides=False`)
+                     sides:bool=True # Compare the side of each image too, not only which images there are
                     ):
     "Refuse to resume on other images than the run started with: a file moved, damaged or added since would change the split."
     if not recorded.is_file(): return   # a run from before split.csv was written at its start: nothing to compare with
-    pairs = lambda d: set(zip(d.path.astype(str), d.split))
+    pairs = lambda d: set(zip(d.path.astype(str), d.split if sides else ['selected'] * len(d)))
     before, after = pairs(pd.read_csv(recorded)), pairs(now)
     if before == after: return
     gone, new = sorted(before - after), sorted(after - before)
     raise DataChangedError(f"the images changed since this run started ({recorded}): {len(gone)} of its rows are not in the split "
-        f"now and {len(new)} are new (e.g. {Path((gone or new)[0][0]).name} in {(gone or new)[0][1]}), so training would go on with "
+        f"now and {len(new)} are new (e.g. {Path((gone or new)[0][0]).name}{f' in {(gone or new)[0][1]}' if sides else ''}), so training would go on with "
         "other images and might validate on some it trained on; put the data back as it was, or train again without --resume")
 
 # %% ../nbs/07_train.ipynb #4ae943bd
@@ -226,6 +227,7 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
     "Train each fold in `out/fold-<i>`, then write `cv.json` and `plots/cv.png` to `out`; return the summary."
     out, folds = Path(settings['out']), settings['folds']
     stratified_folds(rows, folds, settings['seed'])   # a class with too few rows for the folds stops here
+    if keep_finished: check_same_split(out/'fold-1'/SPLIT_CSV, rows, sides=False)   # every fold holds the whole selection
     if not rank_distrib():
         if not keep_finished:   # a new job: an earlier job's folds must not pass for this one's if it is resumed
             for i in range(1, folds+1): (out/f'fold-{i}'/CHECKPOINT).unlink(missing_ok=True); (out/f'fold-{i}'/RUN_JSON).unlink(missing_ok=True)
