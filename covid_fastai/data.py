@@ -89,11 +89,11 @@ def _spell_covid(csv, df:pd.DataFrame)->pd.DataFrame:
     "`df` with COVID-19 written as CoronaHack writes it; a warning for other files' spellings taken as it, and for a coronavirus that is not."
     v = df.Label_2_Virus_category
     key = v.str.casefold().str.replace(r'[^a-z0-9]', '', regex=True)
-    covid = key.isin(COVID_SPELLINGS)   # else a positive would be a negative, in silence
-    respelled = covid & (v.str.casefold() != POSITIVE.casefold())   # 'covid-19 ' in any case is CoronaHack's own, said nothing of
+    covid, pneumonia = key.isin(COVID_SPELLINGS), df.Label == LABELS[1]   # else a positive would be a negative, in silence
+    respelled = covid & pneumonia & (v.str.casefold() != POSITIVE.casefold())   # 'covid-19 ' in any case is CoronaHack's own; a Normal row is Normal
     if respelled.any(): warnings.warn(f"{csv}: Label_2_Virus_category {', '.join(map(repr, v[respelled].unique()[:5]))} taken as {POSITIVE} "
                                       f"at {_rows(df[['Label_2_Virus_category']], respelled)}", stacklevel=3)
-    unsure = key.str.contains('covid|sarscov|ncov|corona', na=False) & ~covid   # 'non-COVID', 'Coronavirus' (SARS? MERS?): not taken
+    unsure = key.str.contains('covid|sarscov|ncov|corona', na=False) & ~covid & pneumonia   # 'non-COVID', 'Coronavirus' (SARS? MERS?): not taken
     if unsure.any(): warnings.warn(f"{csv}: Label_2_Virus_category {', '.join(map(repr, v[unsure].unique()[:5]))} at "
         f"{_rows(df[['Label_2_Virus_category']], unsure)} is counted as a pneumonia other than COVID-19; if it is COVID-19, write {POSITIVE}", stacklevel=3)
     return df.assign(Label_2_Virus_category=v.mask(covid, POSITIVE))

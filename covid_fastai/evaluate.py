@@ -306,7 +306,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     if not len(ok): raise EmptySelectionError(f"None of the {len(preds)} images could be read; first error: {preds.error.iloc[0]}")
     targets, probs = [clf.classes.index(t) for t in ok.target], _prob_matrix(ok, clf.classes)
     if POSITIVE not in set(ok.target): warnings.warn(f"none of the {len(ok)} images measured is COVID-19, so sensitivity and ROC AUC are "
-        "undefined (null); if the CSV has COVID-19 rows, check their Label (Pnemonia) and Label_2_Virus_category (COVID-19)", stacklevel=2)
+        "undefined (null): these images measure specificity", stacklevel=2)
     chosen = None
     if threshold is not None:
         k = clf.classes.index(POSITIVE)

@@ -21,7 +21,7 @@ import covid_fastai
 from .core import *
 from .data import POSITIVE, task_of
 from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread, covid_augment, load_xray, xray_array, xray_arrays
-from .learner import arch_fn, arch_stats, ARCHS, covid_model, arch_builder
+from .learner import arch_fn, arch_stats, ARCHS, covid_model, arch_builder, softmax64
 from .ood import OODDescription, features_and_logits
 
 
@@ -135,7 +135,7 @@ def _probs(self:CovidClassifier, xs:list[torch.Tensor], tta:bool=True)->tuple[np
     half = self.device.type == 'cuda' if self.half is None else self.half
     feats, logits = self._forward(x, half)
     if half and not torch.isfinite(logits).all(): feats, logits = self._forward(x, False)   # float16 overflowed: this batch again in float32
-    probs = torch.softmax(logits.cpu().double() / self.temperature, dim=1)   # float64: float32 rounds a logit margin over 17 to 1.0, a tie for the ROC AUC
+    probs = softmax64(logits, self.temperature)
     return probs.numpy(), None if feats is None else self.ood.score(feats)
 
 # %% ../nbs/05_inference.ipynb #1841113f

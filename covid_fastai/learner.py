@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS', 'PHASES', 'arch_fn', 'arch_stats', 'is_timm',
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
            'weights_file', 'pretrained_state', 'pretrained_file', 'weights_record', 'timm_weights_path',
-           'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'covid_log_odds',
-           'covid_metrics', 'TorchAdamW', 'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'covid_learner',
-           'process_batch', 'check_options', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
+           'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'softmax64', 'covid_metrics',
+           'TorchAdamW', 'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'covid_learner', 'process_batch',
+           'check_options', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -268,15 +268,17 @@ def _finite(score):
     def f(targ, pred, **kwargs): return score(targ, pred, **kwargs) if np.isfinite(pred).all() else np.nan
     return f
 
-def covid_log_odds(logits # (n, classes) logits, COVID-19 the last class
-                  )->np.ndarray:
-    "The log-odds of COVID-19 that `logits` give, in float64: the order of its probabilities, where float32 rounds many of them to 1."
-    x = torch.as_tensor(logits).detach().cpu().double()
-    return (x[:, -1] - torch.logsumexp(x[:, :-1], 1)).numpy()
+def softmax64(logits, # (n, classes) logits
+              temperature:float=1. # Divide them by this first (see `fit_temperature`)
+             )->torch.Tensor:
+    "The class probabilities of `logits`, in float64 on the CPU, as `train`, `predict` and the history's ROC AUC all compute them."
+    # float32 rounds a logit margin over about 17 to a probability of 1.0, tying images that the ROC AUC should rank;
+    # float64 keeps them apart up to a margin of about 36
+    return torch.softmax(torch.as_tensor(logits).detach().cpu().double() / temperature, dim=1)
 
 def _roc_auc(name:str, n_classes:int)->AccumMetric:
-    "The ROC AUC of COVID-19 against the rest, on the logits' log-odds (`covid_log_odds`): a margin of 17 would be a probability of 1.0 in float32, tied with every other."
-    def auc(targ, logits): return skm.roc_auc_score(targ, covid_log_odds(logits))
+    "The ROC AUC of COVID-19 (the last class) against the rest, on `softmax64`'s probabilities, as `metrics.json`'s."
+    def auc(targ, logits): return skm.roc_auc_score(targ, softmax64(logits)[:, -1].numpy())
     return _covid_vs_rest(name, _finite(auc), n_classes, flatten=False)   # each image's row of logits, whole
 
 def _accuracy()->AccumMetric:

@@ -186,7 +186,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     with alone(): logits, targs = learn.get_preds(dl=dls.valid, act=noop)   # in the items' order: DDP's gathering interleaves the processes' batches
     classes, k = list(dls.vocab), list(dls.vocab).index(POSITIVE)
     temperature = fit_temperature(logits, targs) if calibrate else 1.0
-    probs = torch.softmax(logits.double() / temperature, dim=1)   # float64, as `predict`'s: no ties at 1.0 for the ROC AUC
+    probs = softmax64(logits, temperature)
     chosen = choose_threshold((targs == k).int().numpy(), probs[:, k].numpy(), threshold)
     if fitted := [o for o, on in ((f'--threshold {threshold}', chosen['rule'] != 'fixed'), ('--calibrate', calibrate)) if on]: warnings.warn(
         f"{' and '.join(fitted)}: fitted on the {len(targs)} validation images that metrics.json measures, so its figures flatter "
@@ -230,7 +230,8 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
     if keep_finished: check_same_split(out/'fold-1'/SPLIT_CSV, rows, sides=False)   # every fold holds the whole selection
     if not rank_distrib():
         if not keep_finished:   # a new job: an earlier job's folds must not pass for this one's if it is resumed
-            for i in range(1, folds+1): (out/f'fold-{i}'/CHECKPOINT).unlink(missing_ok=True); (out/f'fold-{i}'/RUN_JSON).unlink(missing_ok=True)
+            for i in range(1, folds+1):
+                for f in (CHECKPOINT, RUN_JSON, SPLIT_CSV): (out/f'fold-{i}'/f).unlink(missing_ok=True)   # split.csv: what --resume checks the data against
             clear_run(out)
         started = {'weights_sha256': file_sha256(settings['weights'])} if settings.get('weights') else {}   # folds not begun yet start from it too
         write_json({'settings': settings, 'status': 'training', **started}, out/RUN_JSON)   # what `resume_training` reads

@@ -168,11 +168,12 @@ def test_resume_refuses_weights_that_changed_since_the_run_started(mini, pretrai
 def test_pretrain_stopped_while_it_writes_its_record_leaves_no_backbone(mini, tmp_path, monkeypatch):
     "Ctrl-C after the backbone is trained but before pretrain.json is written: no backbone.pth that train --weights would take without its record."
     import covid_fastai.pretrain as P
-    def stopped(*args, **kwargs): raise KeyboardInterrupt
-    monkeypatch.setattr(P, 'image_record', stopped)                 # the record of every image, after the backbone is saved
+    def stopped(obj, path): raise KeyboardInterrupt
+    monkeypatch.setattr(P, 'write_json', stopped)                    # pretrain.json, the last of its record, after training
     monkeypatch.setenv('COVID_FASTAI_OFFLINE', '1')
     out = tmp_path/'pre'
     with pytest.raises(KeyboardInterrupt):
         P.pretrain(data=mini[0], out=out, tasks='covid-normal', ratio=0.5, size=32, num_workers=0, frozen_epochs=1, unfrozen_epochs=0,
                    arch='resnet18', pretrained=False, cache=False)
+    assert (out/'pretrain_thumbnails.npy').exists() and (out/'history.csv').exists()   # it got as far as the record
     assert not (out/'backbone.pth').exists() and not (out/'pretrain.json').exists()
