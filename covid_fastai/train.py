@@ -171,8 +171,10 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
                           wd=wd, clip=clip, optimizer=optimizer)
     lead = not rank_distrib()   # with several processes, the first one alone writes
     if lead:
-        if resume is None: clear_run(out); write_csv(split_frame(dls), out/SPLIT_CSV)   # clear an earlier run's files; its images, for `--resume`
-        else: check_same_split(out/SPLIT_CSV, split_frame(dls))
+        split = split_frame(dls)
+        if resume is None: clear_run(out)   # an earlier run's files: its checkpoint, which `--resume` would take for this one's, its model...
+        else: check_same_split(out/SPLIT_CSV, split)
+        write_csv(split, out/SPLIT_CSV)   # the images of the run, from its start: what `--resume` checks
         started = {'weights_sha256': pretrained_on['weights_sha256']} if weights is not None else {}   # what `--resume` must start from again
         if resume is not None: began = json.loads((out/RUN_JSON).read_text()).get('pretrained_weights')   # the file it started from
         elif weights is not None: began = {'file': str(weights), 'sha256': pretrained_on['weights_sha256']}   # hashed once, when it was read
@@ -195,7 +197,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     metrics = add_operating_points({**class_metrics(targs, probs, classes, chosen['threshold']), 'threshold_choice': chosen,
                                     'temperature': temperature}, targs, probs, classes, prevalence)
     save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs, classes)
-    write_csv(hist, out/HISTORY_CSV); write_csv(split_frame(dls), out/SPLIT_CSV)
+    write_csv(hist, out/HISTORY_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
     habits = record_habits(learn, out, frozen_lr, unfrozen_lr)
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'in_memory': isinstance(dls.train, InMemoryDL),
