@@ -14,15 +14,15 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut, g
 from pydicom.encaps import generate_frames
 from fastai.vision.all import *
 from .core import *
-from .data import task_classes
+from .data import task_classes, select_balanced, read_sources, find_data_root, images_dir
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF',
            'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray',
-           'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay', 'check_images', 'thumbnails',
-           'near_duplicates', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment',
-           'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory',
-           'covid_dataloaders']
+           'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay', 'check_images', 'balanced_rows',
+           'thumbnails', 'near_duplicates', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter',
+           'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory',
+           'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -313,6 +313,37 @@ def check_images(df:pd.DataFrame, # Rows with a `path` column
     if bad and strict: raise UnreadableImageError(f"{len(bad)} unreadable image(s): " + '; '.join(bad[:5]))
     if bad: warnings.warn(f"{len(bad)} unreadable image(s) left out: " + '; '.join(bad), stacklevel=2)
     return df[[r is None for r in reasons]]
+
+# %% ../nbs/02_datablock.ipynb #8503d0cc
+def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
+                  ratio:float=1.0, # Rows of each other class per COVID-19 row
+                  seed:int=42, # Seed of the sample
+                  strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
+                  size:int|None=None, # Decode at this size, as training will...
+                  cache:DecodeCache|None=None, # ...and keep the decoded images here
+                  task:str='covid-normal', # One of `TASKS`
+                  extra_data:list|None=None # 'CSV:IMAGES' of each extra dataset whose rows join the selection
+                 )->pd.DataFrame:
+    "The balanced selection of `task` from a dataset root and any extra data, with only images that exist and decode."
+    task_classes(task)                                  # an unknown task stops here, before anything is read
+    root = find_data_root(data)
+    df, folder, readable, unreadable = read_sources(root, extra_data, strict), images_dir(root), set(), set()
+    select = lambda: select_balanced(df, folder, ratio=ratio, seed=seed, strict=strict, task=task, skip=unreadable)
+    while True:   # an unreadable image gives its place to the next of its class in the sample's seeded order
+        with warnings.catch_warnings():   # a round's own warnings (a shortage, missing files) are said by the last round alone
+            warnings.simplefilter('ignore')
+            try: rows = select()
+            except EmptySelectionError: rows = None
+        if rows is None:
+            try: select()   # again, saying what it says, to fail as it fails
+            except EmptySelectionError as e:
+                if not unreadable: raise
+                raise EmptySelectionError(f"{e}; {len(unreadable)} of their images could not be decoded (listed above): replace them, or add data") from None
+        new = rows[~rows.index.isin(readable)]   # each image is checked once, however many rounds it stays selected
+        try: bad = new.index.difference(check_images(new, strict=strict, size=size, cache=cache).index)
+        except CovidFastaiError: select(); raise   # --strict: what this selection says, then the file that stops it
+        if not len(bad): return select()        # the same rows again, saying what describes them
+        readable |= set(new.index.difference(bad)); unreadable |= set(bad)   # each gives its place to the next of its class
 
 # %% ../nbs/02_datablock.ipynb #64df782f
 NEAR_DUPLICATE_DIFF = 0.1   # mean absolute difference of standardised 16 x 16 thumbnails under which two images are one

@@ -406,8 +406,12 @@ def image_files(paths:list # Image files, or folders of them
         if str(p) == '': raise OptionError("an empty image path (an unset shell variable?); give image files or folders")
         p = Path(p)
         if not p.is_dir(): files.append(p); continue
-        found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(f))
+        entries = sorted(p.iterdir())
+        found = [f for f in entries if f.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(f)]
+        others = sorted(set(f.name for f in entries if f.is_file() and not f.name.startswith('.')) - set(f.name for f in found))   # hidden files are no one's images
         if not found: warnings.warn(f"{p} holds no image files ({', '.join(IMAGE_SUFFIXES)}, or DICOM by its marker); subfolders are not searched", stacklevel=2)
+        elif others: warnings.warn(f"{p}: {len(others)} file(s) left out, neither images ({', '.join(IMAGE_SUFFIXES)}) nor DICOM by its marker: "
+                                   f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}", stacklevel=2)
         files += found
     return files
 

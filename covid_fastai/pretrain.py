@@ -34,19 +34,21 @@ def task_names(tasks:str='all' # 'all', 'none', or task names joined by commas
     for t in names: task_classes(t)   # an unknown name stops here
     return names
 
-def task_selections(df:pd.DataFrame, # CoronaHack's rows, from `read_sources(root)`
-                    folder:str|Path, # Their image folder
+def task_selections(data:str|Path|None=None, # Dataset root; see `find_data_root`
                     tasks:str='all', # The tasks whose selections to collect
                     ratio:float=1.0, # As `train`'s `ratio`
-                    seed:int=42 # As `train`'s `seed`
+                    seed:int=42, # As `train`'s `seed`
+                    size:int|None=None, # Decode at this size, as training will...
+                    cache:DecodeCache|None=None # ...and keep the decoded images here
                    )->pd.DataFrame:
-    "The rows that the balanced selection of any of `tasks` takes from `df`, with `path` and `target`, as `train` draws them."
+    "The rows that `train`'s selection of any of `tasks` takes (`balanced_rows`, an unreadable image replaced alike), with `path` and `target`."
     names = task_names(tasks)
-    if not names: return df.iloc[:0].assign(path=pd.Series(dtype=object), target=pd.Series(dtype=object))
-    with warnings.catch_warnings():   # the selection's own warnings (missing files) are `train`'s to give
+    if not names: return read_sources(find_data_root(data)).iloc[:0].assign(path=pd.Series(dtype=object), target=pd.Series(dtype=object))
+    with warnings.catch_warnings():   # the selection's own warnings (missing or unreadable files) are `train`'s to give
         warnings.simplefilter('ignore')
-        sel = pd.concat([select_balanced(df, folder, ratio=ratio, seed=seed, task=t) for t in names])
+        sel = pd.concat([balanced_rows(data, ratio, seed, size=size, cache=cache, task=t) for t in names])
     return sel[~sel.index.duplicated()].assign(target=lambda d: finding(d))
+
 
 # %% ../nbs/07a_pretrain.ipynb #93d44647
 def image_record(rows:pd.DataFrame, # Rows with `X_ray_image_name`, `source`, `target` and `path`
@@ -97,7 +99,7 @@ def pretrain_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     df = df[df.target != POSITIVE]
     n = len(df); df = _with_paths(df, images_dir(root), strict)
     left['missing_images'] = n - len(df)
-    sel = task_selections(read_sources(root), images_dir(root), tasks, ratio, seed)
+    sel = task_selections(root, tasks, ratio, seed, size, cache)
     taken = set(zip(sel.source, sel.X_ray_image_name))
     chosen = pd.Series([k in taken for k in zip(df.source, df.X_ray_image_name)], index=df.index, dtype=bool)
     left['task_selection'] = int(chosen.sum()); df = df[~chosen]

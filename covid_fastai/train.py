@@ -24,39 +24,8 @@ from .ood import learner_ood
 
 
 # %% auto #0
-__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'balanced_rows', 'split_frame', 'check_same_split', 'group_counts', 'record_habits',
-           'train', 'clear_run', 'resume_training']
-
-# %% ../nbs/07_train.ipynb #3b714932
-def balanced_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
-                  ratio:float=1.0, # Rows of each other class per COVID-19 row
-                  seed:int=42, # Seed of the sample
-                  strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
-                  size:int|None=None, # Decode at this size, as training will...
-                  cache:DecodeCache|None=None, # ...and keep the decoded images here
-                  task:str='covid-normal', # One of `TASKS`
-                  extra_data:list|None=None # 'CSV:IMAGES' of each extra dataset whose rows join the selection
-                 )->pd.DataFrame:
-    "The balanced selection of `task` from a dataset root and any extra data, with only images that exist and decode."
-    task_classes(task)                                  # an unknown task stops here, before anything is read
-    root = find_data_root(data)
-    df, folder, readable, unreadable = read_sources(root, extra_data, strict), images_dir(root), set(), set()
-    select = lambda: select_balanced(df, folder, ratio=ratio, seed=seed, strict=strict, task=task, skip=unreadable)
-    while True:   # an unreadable image gives its place to the next of its class in the sample's seeded order
-        with warnings.catch_warnings():   # a round's own warnings (a shortage, missing files) are said by the last round alone
-            warnings.simplefilter('ignore')
-            try: rows = select()
-            except EmptySelectionError: rows = None
-        if rows is None:
-            try: select()   # again, saying what it says, to fail as it fails
-            except EmptySelectionError as e:
-                if not unreadable: raise
-                raise EmptySelectionError(f"{e}; {len(unreadable)} of their images could not be decoded (listed above): replace them, or add data") from None
-        new = rows[~rows.index.isin(readable)]   # each image is checked once, however many rounds it stays selected
-        try: bad = new.index.difference(check_images(new, strict=strict, size=size, cache=cache).index)
-        except CovidFastaiError: select(); raise   # --strict: what this selection says, then the file that stops it
-        if not len(bad): return select()        # the same rows again, saying what describes them
-        readable |= set(new.index.difference(bad)); unreadable |= set(bad)   # each gives its place to the next of its class
+__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'split_frame', 'check_same_split', 'group_counts', 'record_habits', 'train', 'clear_run',
+           'resume_training']
 
 # %% ../nbs/07_train.ipynb #dae2b856
 SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'group', 'path']
