@@ -36,7 +36,11 @@
    and the floor: the model alone on tensors already on the GPU, in amp and fp32.
 4. Agreement: the same saved model on `--agree-n` images (the validation images first) on CUDA and on the CPU (exit
    status 1 if prob_covid differs by more than 1e-2 anywhere or a label differs), and decoding on the GPU against
-   decoding on the CPU (limit 3e-2: the GPU decodes at full size, Pillow at a reduced scale, before the resize).
+   decoding on the CPU (limit 3e-2: the GPU decodes at full size, Pillow at a reduced scale, before the resize). A
+   saturated model's probabilities hide what decoding changes, so the prepared images themselves are compared too
+   (mean absolute difference at most 6 grey levels), each JPEG must have been decoded on the GPU (nvJPEG refusing a
+   batch sends it to Pillow, with the library's warning: any such batch fails the check and is counted in the
+   prediction figures), and the log-odds of COVID-19 are given beside the probabilities.
 5. Quality: the library's recipe cross-validated (`train(folds=3)`, random weights) with fastai's Adam and with
    torch's AdamW, on the same folds.
 6. A Markdown summary of every figure; `--out` also writes them as JSON.
@@ -54,6 +58,8 @@ import torch
 SEED = 42
 THRESH = 1e-2   # largest allowed |prob_covid(CUDA) - prob_covid(CPU)|
 DECODE_THRESH = 3e-2   # largest allowed |prob_covid| change from decoding on the GPU (full size + antialiased resize vs Pillow's draft)
+PIXEL_THRESH = 6.0   # largest allowed mean |difference| of the prepared images, in grey levels, decoding on the GPU vs Pillow
+FALLBACK = "the GPU's JPEG decoder refused"   # the start of the library's warning when nvJPEG fails a batch
 CPU = torch.device('cpu')
 T0 = time.perf_counter()
 
@@ -479,19 +485,30 @@ def classifier(model_dir:Path, device, precision:str, cache=None, gpu_decode:boo
     return clf
 
 
+@contextlib.contextmanager
+def fallbacks():
+    "The messages of the batches that `--gpu-decode` sent to the CPU in the block (the library warns of each, from any thread)."
+    fell = []
+    with warnings.catch_warnings(record=True) as said:   # main() ignores warnings: these are recorded whatever it says
+        warnings.simplefilter('always')
+        yield fell
+    fell += [str(w.message) for w in said if FALLBACK in str(w.message)]
+
+
 def time_predict(clf, files:list, bs:int, repeats:int, workers:int=4, processes:int=0)->dict:
     "images/s of clf.predict on `files` at batch `bs` with `workers` decoding threads or `processes`: median of `repeats` calls after a warm-up call (which starts the processes)."
     secs = []
     try:
-        clf.predict(files[:2*bs], bs=bs, workers=workers, processes=processes)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            df = clf.predict(files, bs=bs, workers=workers, processes=processes)   # returns after .cpu(): the GPU's work is done
-            secs.append(time.perf_counter() - t)
+        with fallbacks() as fell:
+            clf.predict(files[:2*bs], bs=bs, workers=workers, processes=processes)
+            for _ in range(repeats):
+                t = time.perf_counter()
+                df = clf.predict(files, bs=bs, workers=workers, processes=processes)   # returns after .cpu(): the GPU's work is done
+                secs.append(time.perf_counter() - t)
     finally: clf.close()
     if df.error.notna().any(): raise RuntimeError(f"predict failed on: {df[df.error.notna()].error.tolist()[:3]}")
     med = statistics.median(secs)
-    return {'seconds': med, 'images_per_s': len(files) / med}
+    return {'seconds': med, 'images_per_s': len(files) / med, 'gpu_decode_fallbacks': len(fell), 'fallback': fell[0] if fell else None}
 
 
 def time_floor(model, x:torch.Tensor, device, precision:str, iters:int)->dict:
@@ -522,7 +539,8 @@ def inference(model_dir:Path, files:list, a, device, cache)->list[dict]:
             for path, cached, on_gpu, workers, processes in (paths if precision == 'amp' or not gpu else []):
                 r = time_predict(classifier(model_dir, device, precision, cached, on_gpu), files, bs, a.repeats, workers, processes)
                 results.append({'bs': bs, 'path': path, 'precision': name, **r})
-                step(f"infer bs {bs:>3} {name:<22} {path:<32} {r['images_per_s']:9.1f} images/s")
+                fell = f"  ({r['gpu_decode_fallbacks']} batches decoded on the CPU instead: {r['fallback']})" if r['fallback'] else ''
+                step(f"infer bs {bs:>3} {name:<22} {path:<32} {r['images_per_s']:9.1f} images/s{fell}")
             clf = classifier(model_dir, device, 'fp32')
             x = clf.normalise(torch.stack([clf.prepare(f) for f in (files * bs)[:bs]])).contiguous(memory_format=torch.channels_last)
             r = time_floor(clf.model, x, device, precision, a.floor_iters)
@@ -535,19 +553,48 @@ def inference(model_dir:Path, files:list, a, device, cache)->list[dict]:
 def compare(model_dir:Path, files:list, device, precision:str, gpu_decode:bool=False, other=CPU, limit:float=THRESH)->dict:
     "prob_covid and labels of the saved model on `device` (in `precision`, decoding on the GPU or not) vs on `other` in fp32, decoding on the CPU."
     import numpy as np
-    dev = classifier(model_dir, device, precision, gpu_decode=gpu_decode).predict(files, bs=len(files))
+    with fallbacks() as fell: dev = classifier(model_dir, device, precision, gpu_decode=gpu_decode).predict(files, bs=len(files))
     cpu = classifier(model_dir, other, 'fp32', gpu_decode=False).predict(files, bs=len(files))
     diff = np.abs(dev.prob_covid.to_numpy(float) - cpu.prob_covid.to_numpy(float))
     same = dev.label.to_numpy() == cpu.label.to_numpy()
     margin = float(np.min(np.abs(cpu.prob_covid.to_numpy(float) - clf_threshold(model_dir))))
     return {'precision': precision, 'images': len(files), 'max_abs_diff': float(diff.max()),
             'mean_abs_diff': float(diff.mean()), 'labels_agree': int(same.sum()), 'labels_differ': int((~same).sum()),
-            'closest_to_threshold': margin, 'limit': limit, 'ok': bool(diff.max() <= limit and same.all())}
+            'max_abs_logodds_diff': float(np.abs(log_odds(dev.prob_covid) - log_odds(cpu.prob_covid)).max()),
+            'gpu_decode_fallbacks': len(fell), 'closest_to_threshold': margin, 'limit': limit,
+            'ok': bool(diff.max() <= limit and same.all() and not fell)}
+
+
+def log_odds(p):
+    "log(p / (1 - p)) of the probabilities `p`, which float64 keeps apart up to about 36 (as `softmax64` does)."
+    import numpy as np
+    p = np.clip(np.asarray(p, dtype=float), 1e-300, 1.0)
+    return np.log(p) - np.log1p(-np.minimum(p, 1 - 1e-16))
+
+
+def decode_pixels(model_dir:Path, files:list, device)->dict:
+    "The prepared images (what the network is given, before normalising) decoding on the GPU against Pillow's, model aside."
+    from concurrent.futures import ThreadPoolExecutor
+    clf = classifier(model_dir, device, 'fp32', gpu_decode=True)
+    with ThreadPoolExecutor(4) as pool, fallbacks() as fell: gpu = clf._load_batch(files, pool)
+    clf.gpu_decode = False
+    with ThreadPoolExecutor(4) as pool: cpu = clf._load_batch(files, pool)
+    jpeg = [str(f).lower().endswith(('.jpg', '.jpeg')) for f in files]
+    on_gpu = sum(x is not None and x.is_cuda for (_, x, _), j in zip(gpu, jpeg) if j)
+    diffs = [(g.float().cpu() - c.float()).abs() for (_, g, _), (_, c, _) in zip(gpu, cpu) if g is not None and c is not None]   # readable either way
+    mean = float(torch.stack([d.mean() for d in diffs]).mean())
+    return {'label': f"prepared images decoding on the GPU vs Pillow, in grey levels ({on_gpu} of {sum(jpeg)} JPEGs decoded on the GPU)",
+            'images': len(files), 'max_abs_diff': float(max(d.max() for d in diffs)), 'mean_abs_diff': mean, 'labels_differ': '-',
+            'jpegs_on_gpu': on_gpu, 'jpegs': sum(jpeg), 'gpu_decode_fallbacks': len(fell), 'limit': PIXEL_THRESH,
+            'ok': bool(on_gpu == sum(jpeg) and not fell and mean <= PIXEL_THRESH)}
 
 
 def clf_threshold(model_dir:Path)->float:
     "The decision threshold saved in model.json."
     return json.loads((model_dir/'model.json').read_text())['threshold']
+
+
+def fell_back(r:dict)->str: return f", {r['gpu_decode_fallbacks']} batches decoded on the CPU instead" if r.get('gpu_decode_fallbacks') else ''
 
 
 def agreement(model_dir:Path, rows, a, device)->list[dict]:
@@ -569,9 +616,12 @@ def agreement(model_dir:Path, rows, a, device)->list[dict]:
         r['label'] = 'cuda fp32 decoding on the GPU vs cuda fp32 decoding on the CPU'
         out.append(r)
     for r in out:
-        step(f"{r['label']}: max |diff| prob_covid {r['max_abs_diff']:.2e} (mean {r['mean_abs_diff']:.2e}), "
-             f"labels differ on {r['labels_differ']}/{r['images']}, nearest prob to the threshold is "
-             f"{r['closest_to_threshold']:.3f} away -> {'OK' if r['ok'] else 'FAIL'}")
+        step(f"{r['label']}: max |diff| prob_covid {r['max_abs_diff']:.2e} (mean {r['mean_abs_diff']:.2e}; log-odds "
+             f"{r['max_abs_logodds_diff']:.2e}), labels differ on {r['labels_differ']}/{r['images']}, nearest prob to the threshold is "
+             f"{r['closest_to_threshold']:.3f} away{fell_back(r)} -> {'OK' if r['ok'] else 'FAIL'}")
+    if device.type == 'cuda':
+        r = decode_pixels(model_dir, files, device); out.append(r)
+        step(f"{r['label']}: mean |diff| {r['mean_abs_diff']:.2f} (limit {r['limit']:g}), max {r['max_abs_diff']:.0f} -> {'OK' if r['ok'] else 'FAIL'}")
     return out
 
 
@@ -636,8 +686,9 @@ def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list
                     'OK' if r['ok'] else 'FAIL'] for r in graphs if 'capture_s' in r])
     i = md_table(['batch', 'precision', 'what', 'images/s', 'seconds (predict: one call on all files; floor: one batch)'],
                  [[r['bs'], r['precision'], r['path'], f"{r['images_per_s']:.1f}", f"{r['seconds']:.4f}"] for r in inference])
-    g = md_table(['comparison', 'images', 'max abs diff prob_covid', 'mean abs diff', 'labels differ', 'limit', 'verdict'],
-                 [[r['label'], r['images'], f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}", r['labels_differ'],
+    g = md_table(['comparison', 'images', 'max abs diff (prob_covid, or grey levels)', 'mean abs diff', 'max abs diff, log-odds', 'labels differ', 'limit', 'verdict'],
+                 [[r['label'], r['images'], f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}",
+                   f"{r['max_abs_logodds_diff']:.2e}" if 'max_abs_logodds_diff' in r else '-', r['labels_differ'],
                    f"{r['limit']:g}", 'OK' if r['ok'] else 'FAIL'] for r in agreement])
     q = md_table(['mode', 'folds', 'ROC AUC', 'sensitivity', 'specificity', 'accuracy', 'seconds'],
                  [[r['optimizer'], r['folds'], *[f"{r[k]['mean']:.3f} ± {r[k]['sd']:.3f}" if k in r and r[k]['mean'] is not None else '-'
@@ -660,7 +711,8 @@ def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list
         '### Prediction', '',
         f"{a.infer_files} files per predict call (the balanced images cycled), median of {a.repeats} calls after a warm-up; "
         f"floor: mean time of {a.floor_iters} forward passes (after 3 untimed) on one batch already on the device.", '',
-        i, '', '### Agreement', '', "Pass: max abs diff within the limit and no label differs.", '', g, '',
+        i, '', '### Agreement', '', "Pass: max abs diff within the limit, no label differs, and no batch meant for the GPU's decoder "
+        "was decoded on the CPU; for the prepared images, the mean abs diff within the limit and every JPEG decoded on the GPU.", '', g, '',
         '### Quality: fastai\'s Adam vs torch\'s AdamW, CUDA graphs vs eager', '',
         f"`train(folds={a.folds}, pretrained=False)`, {a.arch} at {a.size} px, {a.quality_epochs} + {a.quality_epochs} epochs, the same folds "
         "for both (mean ± sd over the folds).", '', q])

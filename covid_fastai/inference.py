@@ -206,7 +206,10 @@ def _decode_jpegs(self:CovidClassifier, loaded:list, pool)->list:
     if jpegs := [i for i, (_, x, e) in enumerate(loaded) if e is None and x is not None]:
         # GRAY: the JPEG's own luma (Y); for a colour figure, Pillow's grey of its RGB to about a level
         try: images = torchvision.io.decode_jpeg([loaded[i][1] for i in jpegs], mode=ImageReadMode.GRAY, device=self.device)
-        except RuntimeError: images = None   # one bad file fails the batch: those go the CPU way
+        except RuntimeError as e:   # one bad file fails the batch: those go the CPU way, and a decoder that fails every batch is said
+            warnings.warn(f"the GPU's JPEG decoder refused a batch of {len(jpegs)} ({(str(e).strip().splitlines() or [''])[0]}); "
+                          "it was decoded on the CPU instead, and a damaged file among them has its row's error", stacklevel=2)
+            images = None
         if images is not None:
             xs = self._squish(images)
             spreads = xs.float().flatten(1).std(1, correction=0).tolist()   # the blank check: one wait for the GPU a batch

@@ -4,12 +4,15 @@ and beside the network, as `predict` runs them (the next batch decoded in a thre
 On the CPU it decodes with the CPU's JPEG decoder in nvJPEG's place (as 05_inference's check does) and counts the
 operations each batch issues: on a GPU each is a kernel launch, and the host's time to issue them is what a pipeline
 of small images is short of. On CUDA it also counts the operations that wait for the GPU (`set_sync_debug_mode`)
-and times the parts. Run from the repository root: `python bench/diag/gpu_decode_path.py [--data FOLDER] [--bs 64]`.
+and times the parts. It first says whether nvJPEG decoded every JPEG (the library falls back to Pillow, with a
+warning, when the GPU's decoder refuses a batch: figures made that way would not be the GPU's), and what a batch with
+one damaged JPEG gives (an error on that file's row alone is right). Run from the repository root: `python bench/diag/gpu_decode_path.py [--data FOLDER] [--bs 64]`.
 """
 import argparse, glob, time, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-import torch
+import torch, torchvision
+from torchvision.io import ImageReadMode
 from torch.profiler import profile, ProfilerActivity
 
 def jpeg_files(folder:str, n:int)->list:
@@ -58,10 +61,23 @@ if __name__ == '__main__':
     from covid_fastai.inference import _jpeg_bytes
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     clf, files = classifier(dev), jpeg_files(a.data, a.bs)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)   # as on a busy machine; and the counts do not depend on it
     with ThreadPoolExecutor(4) as pool:
         loaded = [(f, _jpeg_bytes(f), None) for f in files]
-        decode(clf, loaded, pool)   # warm-up (nvJPEG's decoder, the allocator)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter('always')
+            out = decode(clf, loaded, pool)   # also the warm-up (nvJPEG's decoder, the allocator)
+        fell = [str(w.message) for w in said if "JPEG decoder refused" in str(w.message)]
+        on_dev = sum(x is not None and x.device.type == dev.type for _, x, _ in out)
+        print(f'{on_dev} of {len(out)} JPEGs decoded on {dev.type}' + (f'; FELL BACK TO THE CPU: {fell[0]}' if fell else ''))
+        if fell:   # the decoder's own error, whole
+            try: torchvision.io.decode_jpeg([loaded[0][1]], mode=ImageReadMode.GRAY, device=dev)
+            except RuntimeError as e: print(f'decode_jpeg on one file: {e!r}')
+        b = open(files[0], 'rb').read(); half = '/tmp/gpu_decode_path_half.jpeg'; open(half, 'wb').write(b[:len(b)//2])
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); broken = decode(clf, loaded[:3] + [(half, _jpeg_bytes(half), None)], pool)
+        print('a batch with a JPEG cut in half: ' + '; '.join(f"{'error' if e else 'decoded'}{' (the cut one)' if f == half else ''}"
+                                                              for f, _, e in broken) + (' -> right' if [e is not None for _, _, e in broken] == [False]*3 + [True] else ' -> WRONG'))
         ops = ops_per_batch(clf, loaded, pool)
         print(f'device {dev}, batch {len(files)}: {sum(ops.values())} torch operations a batch '
               f'({sum(ops.values())/len(files):.1f} an image); most: {", ".join(f"{k} {v}" for k, v in ops.most_common(6))}')
@@ -80,7 +96,8 @@ if __name__ == '__main__':
             print(f'network alone {1000*t_net:.1f} ms; decoding beside the network {1000*t_both:.1f} ms '
                   f'(sum of the two {1000*(t_net + t_dec):.1f})')
             clf.gpu_decode = True
+            torch.set_num_threads(threads)   # predict as gpu_check times it: torch's own thread count
             many = (files * 32)[:32*a.bs]
             clf.predict(many[:2*a.bs], bs=a.bs)
             t = median_time(lambda: clf.predict(many, bs=a.bs), 2)
-            print(f'predict(gpu_decode), {len(many)} files: {len(many)/t:.0f} images/s')
+            print(f'predict(gpu_decode), {len(many)} files, {threads} torch threads, a random model without an OOD description: {len(many)/t:.0f} images/s')

@@ -2,7 +2,9 @@
 # 2026-11-28. From the repository root, with the wheels covid_fastai needs in .whl/ (fastai 2.8.7, fastcore 1.14.5,
 # fasttransform 0.0.2, fastprogress 1.0.3, fastdownload, plum-dispatch 2.9.0, beartype, pydicom,
 # efficientnet-lite-pytorch) and `python bench/gpu_check.py --export-subset .gpudata` done beforehand; about 6 minutes.
+# How to make .whl and .gpudata: bench/README.md, its last section.
 set -o pipefail
+ls .whl/*.whl .gpudata/Chest_xray_Corona_Metadata.csv > /dev/null || { echo 'make .whl/ and .gpudata/ first (bench/README.md)'; exit 1; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $OUT/nvidia_smi.txt; cat $OUT/nvidia_smi.txt
