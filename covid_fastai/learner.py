@@ -588,5 +588,9 @@ def distributed(learn:Learner):
     gpu = learn.dls.device.type == 'cuda'
     unused = unused_parameters(learn.model, learn.dls.train_ds[0][0].shape[-1])
     atexit.unregister(close_process_group); atexit.register(close_process_group)   # once, and after every fold of a cross-validation
-    with learn.distrib_ctx(sync_bn=gpu, cpu=not gpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(unused))]), \
+    # mixed_precision='no': the precision is fastai's `MixedPrecision`'s. Accelerate would otherwise take it from `accelerate
+    # launch --mixed_precision` or the user's `accelerate config`, and stack its autocast (and, for fp16, a gradient
+    # scaler nothing unscales) on fastai's; its autocast also stayed on the model's forward after training.
+    with learn.distrib_ctx(sync_bn=gpu, cpu=not gpu, mixed_precision='no',
+                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(unused))]), \
          learn.added_cbs(_PrepareEachFit()): yield learn

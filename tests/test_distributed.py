@@ -7,8 +7,10 @@ from conftest import ctrl_c_reaches, run_cli
 BIN = Path(sys.executable).parent
 TINY = ['--arch', 'resnet18', '--size', 64, '--frozen-epochs', 1, '--unfrozen-epochs', 1, '--no-pretrained', '--num-workers', 0]
 LAUNCHERS = {'torchrun': [str(BIN/'torchrun'), '--nproc-per-node', '2'],
+             # bf16, as a user's `accelerate config` may say: the precision is fastai's, so the run must not change (it trained
+             # and validated under Accelerate's autocast, and kept it on the saved model's forward)
              'accelerate': [str(BIN/'accelerate'), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
-                            '--mixed_precision', 'no', '--dynamo_backend', 'no']}
+                            '--mixed_precision', 'bf16', '--dynamo_backend', 'no']}
 
 
 def launch(launcher, *args, check=True):
