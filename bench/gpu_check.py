@@ -26,7 +26,9 @@
    through torch.compile, to show what the loop and the loader leave on the table and whether compiling helps.
    CUDA graphs (part 'graphs'): one training step on the same batch and weights, eager and replayed from the graphs
    `CudaGraphs` trains with (`graph_model`), dropout off: the loss and gradients must agree (exit status 1 if the
-   gradients differ by more than 2e-2 of the largest); and the bare step each way. The training modes run with
+   gradients differ by more than 2e-2 of the largest); fastai's Adam (which zeroes gradients in place, so that they
+   stay in the graphs' memory) through six steps of fastai's loop, from one seed, with the graphs and eagerly: each
+   step's gradient norm must agree as closely; and the bare step each way. The training modes run with
    `CudaGraphs` (covid_learner's default on CUDA) except '..., eager' and the baseline.
 3. Prediction throughput of a model saved with `save_model` (with its out-of-distribution description, as `train` saves
    it) and read back with `load_model` on CUDA, `--infer-files`
@@ -215,6 +217,7 @@ MODES = {'fastai Adam, amp, per item': ('fastai', True, False, False, False, Tru
          'AdamW, amp+channels_last, per item': ('adamw', True, True, False, False, False, None),
          'AdamW, amp+channels_last, loss kept on the GPU': ('adamw', True, True, None, True, False, None),
          'AdamW, fp32': ('adamw', False, False, None, False, False, None)}
+CHECK_MODES = {'fastai Adam, amp, eager': ('fastai', True, False, None, False, False, False)}   # graph_loop_check's, beside 'fastai Adam, amp'
 CPU_MODES = {'fastai Adam, fp32': ('fastai', False, False, None, False, False, None), 'AdamW, fp32': ('adamw', False, False, None, False, False, None),   # fastai's mixed precision needs CUDA
              'AdamW, fp32, per item': ('adamw', False, False, False, False, False, None),
              'AdamW, fp32, loss kept on the device': ('adamw', False, False, None, True, False, None),
@@ -244,7 +247,7 @@ def use_fastai_affine(dls):
 def mode_learner(rows, a, bs:int, mode:str, cache, device, timer):
     "A fresh, unfrozen covid_learner on the balanced rows, set up as `mode` says, with the callback `timer`."
     from covid_fastai.learner import covid_learner
-    optimizer, amp, channels_last, in_memory, loss_on_device, fastai_affine, graphs = {**MODES, **CPU_MODES}[mode]
+    optimizer, amp, channels_last, in_memory, loss_on_device, fastai_affine, graphs = {**MODES, **CPU_MODES, **CHECK_MODES}[mode]
     dls = make_dls(rows, a, bs, cache, device, in_memory)
     if fastai_affine: use_fastai_affine(dls)
     learn = covid_learner(dls, arch=a.arch, pretrained=False, cbs=timer, optimizer=optimizer, cuda_graphs=graphs)   # on CUDA: mixed precision already
@@ -462,7 +465,38 @@ def graph_check(rows, a, cache, device)->list[dict]:
         step(f"training step alone bs {bs} {how:<12} {1000*s:7.1f} ms/step {bs/s:8.1f} images/s")
     del learn, model, replay, opt
     torch.cuda.empty_cache()
-    return [r]
+    return [r, graph_loop_check(rows, a, cache, device)]
+
+
+def graph_loop_check(rows, a, cache, device, steps:int=6)->dict:
+    """fastai's Adam, which zeroes gradients in place, through fastai's loop for `steps` steps with `CudaGraphs` and
+    eagerly, from the same seed, dropout off: each step's gradient norm must agree. A gradient left in the graphs' memory
+    (torch hands it to the parameters as their .grad at the first replay) would be written over by the next forward replay."""
+    from fastai.vision.all import set_seed, Callback, CancelFitException
+    class GradNorms(Callback):
+        def before_fit(self): self.norms = []
+        def after_backward(self): self.norms.append(sum(p.grad.float().norm().item() for p in self.model.parameters() if p.grad is not None))
+        def after_batch(self):
+            if len(self.norms) >= steps: raise CancelFitException()
+    bs, norms, graphed = max(a.bs), {}, None
+    for mode in ('fastai Adam, amp', 'fastai Adam, amp, eager'):
+        set_seed(SEED, reproducible=True)
+        learn = mode_learner(rows, a, bs, mode, cache, device, GradNorms())
+        for m in learn.model.modules():
+            if isinstance(m, torch.nn.Dropout): m.p = 0.
+        with learn.no_logging(), learn.no_bar(): learn.fit(steps, 1e-3)   # stopped after `steps` batches, however short an epoch
+        norms[mode] = learn.grad_norms.norms
+        if graphed is None: graphed = getattr(getattr(learn, 'cuda_graphs', None), 'captures', 0) > 0
+        del learn; torch.cuda.empty_cache()
+    g, e = norms['fastai Adam, amp'], norms['fastai Adam, amp, eager']
+    worst = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(g, e))
+    r = {'bs': bs, 'check': "fastai Adam through fastai's loop", 'steps': len(g), 'captured': graphed, 'grad_norms_graphed': g,
+         'grad_norms_eager': e, 'worst_rel_diff': worst, 'limit': GRAPH_THRESH,
+         'ok': bool(graphed and len(g) == len(e) == steps and worst <= GRAPH_THRESH)}
+    step(f"CUDA graphs bs {bs}, fastai's Adam, {steps} steps through fastai's loop: gradient norms "
+         f"{', '.join(f'{x:.3g}' for x in g)} replayed, {', '.join(f'{x:.3g}' for x in e)} eager; worst step {worst:.1e} apart: "
+         + ('OK' if r['ok'] else 'FAIL'))
+    return r
 
 
 # ---------------------------------------------------------------- 3. prediction
@@ -708,6 +742,8 @@ def report(info:dict, a, training:list[dict], phases:list[dict], step_floor:list
         fl, '', '### CUDA graphs', '',
         "One training step on the same batch and weights, dropout off, eager and replayed (`graph_model`); then the bare "
         f"step (forward, loss, backward, fused AdamW) each way, mean of {a.floor_iters} after 3 untimed.", '', gr, '',
+        *[f"* {r['check']}, {r['steps']} steps from one seed with `CudaGraphs` and eagerly: gradient norms at most "
+          f"{r['worst_rel_diff']:.1e} apart, {'OK' if r['ok'] else 'FAIL'}" for r in graphs if 'check' in r], '',
         '### Prediction', '',
         f"{a.infer_files} files per predict call (the balanced images cycled), median of {a.repeats} calls after a warm-up; "
         f"floor: mean time of {a.floor_iters} forward passes (after 3 untimed) on one batch already on the device.", '',

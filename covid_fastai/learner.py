@@ -330,15 +330,17 @@ def graph_model(model:nn.Module, # In training mode, on CUDA
                 dtype:torch.dtype|None=None, # Autocast's precision during training, None: float32
                 warmup:int=3 # Passes torch makes before capturing
                )->Callable:
-    "`model`'s forward and backward passes on batches like `sample` as CUDA graphs: a function that replays them; the model's statistics are left as they were."
+    "`model`'s forward and backward passes on batches like `sample` as CUDA graphs: a function that replays them; the model's statistics and the random generator are left as they were."
     if not sample.is_cuda: raise OptionError(f"CUDA graphs need a model and batches on CUDA, not on {sample.device}")
-    stats = [b.detach().clone() for b in model.buffers()]   # the warm-up passes move batch norm's running statistics
+    stats = [b.detach().clone() for b in model.buffers()]   # the warm-up passes move batch norm's running statistics,
+    rng = torch.cuda.get_rng_state(sample.device)             # and draw dropout's numbers: a resumed run captures where the first did not
     try:
         with torch.autocast('cuda', dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
             torch.cuda.make_graphed_callables(model, (torch.zeros_like(sample),), num_warmup_iters=warmup, allow_unused_input=True)
     finally:
         with torch.no_grad():
             for b, s in zip(model.buffers(), stats): b.copy_(s)
+        torch.cuda.set_rng_state(rng, sample.device)
     return model.__dict__.pop('forward')   # torch's replay, which falls back to the module's own forward in eval mode
 
 def _autocast_dtype(learn:Learner)->torch.dtype|None:
@@ -352,13 +354,18 @@ def _hooked(model:nn.Module)->bool:
     "Whether a layer of `model` has hooks, which replays would not run."
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in model.modules())
 
+def _own_grads(model:nn.Module):
+    "Give each gradient `model` keeps memory of its own, out of the graphs' memory, which torch hands to the parameters as their `.grad`."
+    kept = [p for p in model.parameters() if p.grad is not None]
+    for p, g in zip(kept, torch._foreach_mul([p.grad for p in kept], 1.) if kept else []): p.grad = g
+
 class GraphedForward:
     "`model.forward` while `CudaGraphs` trains it: `replay` for a batch of `shape` in training, with the parameters trainable as at the capture; the model's own forward otherwise."
-    def __init__(self, model:nn.Module, replay:Callable, shape:torch.Size, trainable:tuple): store_attr(); self.used = False
+    def __init__(self, model:nn.Module, replay:Callable, shape:torch.Size, trainable:tuple): store_attr()
     def __call__(self, *xs):
         m = self.model
         if m.training and len(xs) == 1 and xs[0].shape == self.shape and _trainable(m) == self.trainable:
-            self.used = True
+            _own_grads(m)   # before the forward replay, whose scratch memory the backward graph's gradients share
             return self.replay(xs[0].as_subclass(torch.Tensor))
         return type(m).forward(m, *xs)
     def __reduce__(self): return (getattr, (self.model, 'forward'))   # pickled and copied as the model's own forward (the class's: the copy's dict is not filled yet)
@@ -372,13 +379,6 @@ class CudaGraphs(Callback):
         if not self.training or self.failed or len(self.xb) != 1 or not self.xb[0].is_cuda or num_distrib() > 1: return   # DDP: eager
         key = (_autocast_dtype(self.learn), _trainable(self.model))
         if key != self.key: self._capture(self.xb[0], key)
-    def before_backward(self):
-        if self.forward is None or not self.forward.used: return
-        self.forward.used = False
-        # a replayed backward writes into the graph's memory, which torch hands to the parameters as their `.grad`: a
-        # gradient kept from before (fastai's Adam zeroes in place; gradient accumulation adds) must move out of it first
-        kept = [p for p in self.model.parameters() if p.grad is not None]
-        for p, g in zip(kept, torch._foreach_mul([p.grad for p in kept], 1.) if kept else []): p.grad = g
     def after_fit(self): self._release()
     def __getstate__(self): return {**self.__dict__, 'forward': None, 'key': None}   # graphs do not pickle
 

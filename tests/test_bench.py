@@ -6,7 +6,7 @@ from conftest import REPO
 def test_gpu_check_smoke_run_measures_the_modes_asked_for_and_saves_them(data_root, tmp_path):
     out = tmp_path/'gpu_check.json'
     modes = ['AdamW, fp32', "AdamW, fp32, fastai's affine"]
-    res = subprocess.run([sys.executable, REPO/'bench'/'gpu_check.py', '--allow-cpu', '--data', data_root, '--parts', 'train,infer',
+    res = subprocess.run([sys.executable, REPO/'bench'/'gpu_check.py', '--allow-cpu', '--data', data_root, '--parts', 'train,infer,agree',
                           '--bs', '8', '--modes', *modes, '--infer-files', '16', '--out', out], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(out.read_text())
@@ -17,6 +17,8 @@ def test_gpu_check_smoke_run_measures_the_modes_asked_for_and_saves_them(data_ro
     assert {'predict, CPU decoding', 'predict, DecodeCache', 'floor: model on tensors'} <= paths
     assert all(r['images_per_s'] > 0 for r in got['inference'])
     assert "SameSizeAffine vs fastai's affine transform" in got['markdown']   # the ratio between the two modes
+    assert all(r['gpu_decode_fallbacks'] == 0 for r in got['inference'] if r['path'].startswith('predict'))   # counted in every prediction figure
+    assert len(got['agreement']) == 2 and all(r['ok'] and r['max_abs_logodds_diff'] >= 0 for r in got['agreement'])
 
 
 def test_gpu_check_names_the_modes_this_device_has(data_root):
