@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, re, atexit, difflib, functools, socket, urllib.error, importlib, importlib.util, importlib.resources
+import os, re, random, zlib, atexit, difflib, functools, socket, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
 from contextlib import contextmanager
@@ -24,7 +24,7 @@ __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS
            'weights_file', 'pretrained_state', 'pretrained_file', 'weights_record', 'timm_weights_path',
            'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'softmax64', 'covid_metrics',
            'TorchAdamW', 'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'covid_learner', 'process_batch',
-           'check_options', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
+           'check_options', 'RankSeeds', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -547,6 +547,15 @@ def _wrap_dl(self, dl):
     from fastai.distributed import DistributedDL
     return dl if isinstance(dl, DistributedDL) else DistributedDL(dl)
 
+class RankSeeds(Callback):
+    "Seed this process's generators at each epoch from `seed`, the phase, the epoch and the process's rank: with DDP, each process its own augmentations."
+    order = 72   # after a resumed run's `_Restore` (71), which puts back the first process's generators
+    def __init__(self, seed:int): self.seed = seed
+    def before_epoch(self):
+        phase = getattr(getattr(self.learn, 'history', None), 'phase', None)
+        s = zlib.crc32(f"{self.seed}/{phase}/{self.epoch}/{rank_distrib()}".encode())
+        random.seed(s); np.random.seed(s); torch.manual_seed(s)   # torch's seeds every CUDA device too
+
 class _PrepareEachFit(Callback):
     "Accelerate remembers a model it prepared and will not wrap it again, but fastai unwraps it after each fit: forget it."
     order = 10   # before `DistributedTrainer.before_fit` (11) wraps the model
@@ -579,8 +588,8 @@ def unused_parameters(model:nn.Module, # A network that takes images
     return unused
 
 @contextmanager
-def distributed(learn:Learner):
-    "Within, `learn` trains with DDP when the command was started by `torchrun` or `accelerate launch`; alone, as it is."
+def distributed(learn:Learner, seed:int|None=None):
+    "Within, `learn` trains with DDP when the command was started by `torchrun` or `accelerate launch`, each process seeded by `RankSeeds` (from `seed`, default torch's); alone, as it is."
     if num_distrib() <= 1: yield learn; return
     from fastai.distributed import DistributedDL, DistributedTrainer   # imports Accelerate, which only distributed runs need
     from accelerate import DistributedDataParallelKwargs
@@ -593,4 +602,4 @@ def distributed(learn:Learner):
     # scaler nothing unscales) on fastai's; its autocast also stayed on the model's forward after training.
     with learn.distrib_ctx(sync_bn=gpu, cpu=not gpu, mixed_precision='no',
                            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(unused))]), \
-         learn.added_cbs(_PrepareEachFit()): yield learn
+         learn.added_cbs([_PrepareEachFit(), RankSeeds(torch.initial_seed() if seed is None else seed)]): yield learn

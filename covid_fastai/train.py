@@ -138,11 +138,10 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     # a resumed run takes every weight from its checkpoint, so it needs no pretrained file
     learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
                           wd=wd, clip=clip, optimizer=optimizer)
-    lead = not rank_distrib()   # with several processes, the first one alone writes
+    lead, split = not rank_distrib(), split_frame(dls)   # with several processes, the first one alone writes
+    if resume is not None: check_same_split(out/SPLIT_CSV, split)   # in every process: one alone stopping would leave the others waiting
     if lead:
-        split = split_frame(dls)
         if resume is None: clear_run(out)   # an earlier run's files: its checkpoint, which `--resume` would take for this one's, its model...
-        else: check_same_split(out/SPLIT_CSV, split)
         write_csv(split, out/SPLIT_CSV)   # the images of the run, from its start: what `--resume` checks
         started = {'weights_sha256': pretrained_on['weights_sha256']} if weights is not None else {}   # what `--resume` must start from again
         if resume is not None: began = json.loads((out/RUN_JSON).read_text()).get('pretrained_weights')   # the file it started from
@@ -150,7 +149,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
         else: began = weights_record(arch) if pretrained else None
         started['pretrained_weights'] = began
         write_json({'settings': settings, 'status': 'training', **started}, out/RUN_JSON)   # what `resume_training` reads
-    with distributed(learn):
+    with distributed(learn, seed):
         hist = learn.fit_recipe(frozen_epochs, unfrozen_epochs, frozen_lr, unfrozen_lr, checkpoint=out/CHECKPOINT if lead else None,
                                 resume=resume, lr_find=lr_find, lr_find_its=lr_find_its, save_best=save_best)
     if not lead: return None

@@ -85,17 +85,31 @@ def test_a_batch_the_processes_cannot_share_is_refused(data_root, tmp_path):
     assert res.returncode != 0 and '--bs 5 cannot be shared by 2 processes' in res.stderr
 
 
-def test_a_distributed_run_resumes(data_root, tmp_path):
-    "Stopped after its first epoch, a two-process run goes on from its checkpoint (also under the other launcher)."
+def test_a_distributed_run_resumes(data_root, images, tmp_path):
+    """Stopped after its first epoch, a two-process run goes on from its checkpoint (also under the other launcher); with
+    an image of its split gone, every process refuses, before any waits for the others."""
+    import shutil, warnings
+    from covid_fastai.data import read_metadata, select_balanced, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        rows = select_balanced(read_metadata(data_root), images)
+    root = tmp_path/'data'; folder = root/IMAGES_SUBDIR/'train'; folder.mkdir(parents=True)
+    for p in rows.path: shutil.copy(p, folder)
+    rows[COLUMNS].to_csv(root/METADATA_CSV)
     out = tmp_path/'run'
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}
-    proc = subprocess.Popen([*LAUNCHERS['torchrun'], '-m', 'covid_fastai.cli', 'train', '--out', str(out), *map(str, TINY)],
+    proc = subprocess.Popen([*LAUNCHERS['torchrun'], '-m', 'covid_fastai.cli', 'train', '--out', str(out), '--data', str(root), *map(str, TINY)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ctrl_c_reaches)
     while not (out/'checkpoint.pth').exists():
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT); proc.communicate(timeout=120)
     assert not (out/'metrics.json').exists()
+    split = pd.read_csv(out/'split.csv'); moved = split[split.split == 'train'].path.iloc[0]
+    shutil.move(moved, tmp_path/'moved.jpeg')
+    res = launch('torchrun', 'train', '--resume', out, check=False)
+    assert res.returncode != 0 and 'the images changed since this run started' in res.stderr, res.stderr[-3000:]
+    shutil.move(tmp_path/'moved.jpeg', moved)                              # put back: the run goes on
     launch('accelerate', 'train', '--resume', out)
     run, m, h, _ = read(out)
     assert run['status'] == 'done' and run['processes'] == 2 and h.phase.tolist() == ['frozen', 'unfrozen']
