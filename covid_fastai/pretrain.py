@@ -49,7 +49,6 @@ def task_selections(data:str|Path|None=None, # Dataset root; see `find_data_root
         sel = pd.concat([balanced_rows(data, ratio, seed, size=size, cache=cache, task=t) for t in names])
     return sel[~sel.index.duplicated()].assign(target=lambda d: finding(d))
 
-
 # %% ../nbs/07a_pretrain.ipynb #93d44647
 def image_record(rows:pd.DataFrame, # Rows with `X_ray_image_name`, `source`, `target` and `path`
                  cache:DecodeCache|None=None # Where the 64 px decoded images are kept, for the thumbnails
