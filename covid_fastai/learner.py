@@ -4,10 +4,10 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, re, random, zlib, atexit, difflib, functools, socket, urllib.error, importlib, importlib.util, importlib.resources
+import os, re, sys, random, zlib, atexit, difflib, functools, socket, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from urllib.parse import urlparse
 import torch, torchvision
 import sklearn.metrics as skm
@@ -23,8 +23,9 @@ __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS
            'timm_arch', 'timm_stats', 'lite_body', 'lite_weights_path', 'imagenet_weights', 'cached_weights_path',
            'weights_file', 'pretrained_state', 'pretrained_file', 'weights_record', 'timm_weights_path',
            'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'softmax64', 'covid_metrics',
-           'TorchAdamW', 'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'covid_learner', 'process_batch',
-           'check_options', 'RankSeeds', 'close_process_group', 'alone', 'unused_parameters', 'distributed']
+           'TorchAdamW', 'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'load_start', 'check_weights',
+           'covid_learner', 'process_batch', 'check_options', 'RankSeeds', 'close_process_group', 'alone',
+           'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -155,7 +156,9 @@ def _download(arch, timeout):
     if os.environ.get('COVID_FASTAI_OFFLINE'): raise _no_weights(arch, 'COVID_FASTAI_OFFLINE is set')
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
-    try: return torch.hub.load_state_dict_from_url(imagenet_weights(arch).url, map_location='cpu', check_hash=True)
+    try:
+        with redirect_stdout(sys.stderr):   # torch's "Downloading: ..." line: stdout is for results (predict --json)
+            return torch.hub.load_state_dict_from_url(imagenet_weights(arch).url, map_location='cpu', check_hash=True)
     except (urllib.error.URLError, OSError, socket.timeout, RuntimeError) as e:
         raise _no_weights(arch, f"the download failed ({e})") from None
     finally: socket.setdefaulttimeout(old)
@@ -426,6 +429,24 @@ def load_body(model:nn.Module, # A model from `vision_learner`/`create_vision_mo
     model[0].load_state_dict(_body_of(arch, full).state_dict())
 
 # %% ../nbs/04_learner.ipynb #420c1e92
+def load_start(model:nn.Module, # A model of `covid_model` on `arch`
+               arch:str, # Its architecture
+               state:dict, # The weights it starts from, from `pretrained_state`
+               weights:str|Path|None=None # The file they came from, where the user gave one
+              ):
+    "`load_body`, naming the file given as `weights` when it does not fit."
+    try: load_body(model, arch, state)
+    except ModelFileError as e:
+        if weights is None: raise
+        raise ModelFileError(f"{weights}: {e}; give --arch the architecture it was trained with") from None
+
+def check_weights(arch:str, # One of `ARCHS`, or a timm name
+                  weights:str|Path|None=None, # A checkpoint of your own; None: the ImageNet weights
+                  size:int=224 # Side of the images, for a timm model built for one input size
+                 ):
+    "Read `arch`'s starting weights and fit them to its body, as `covid_learner` will: so that a missing, unreadable or misfitting file stops a run before any image is read."
+    load_start(covid_model(arch, 2, size), arch, pretrained_state(arch, weights), weights)
+
 def _set_normalize(dls:DataLoaders, stats:tuple)->DataLoaders:
     "`dls` normalising with `stats` in place of what they had; a copy, when a learner already normalises through them otherwise."
     if getattr(dls, 'normalized_for', stats) != stats:   # changing them would change what that learner sees, silently
@@ -456,11 +477,7 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
                            metrics=kwargs.pop('metrics', covid_metrics(len(dls.vocab))), cbs=cbs, **kwargs)
     if optimizer == 'adamw':   # which parameters decay is known only once the model exists
         learn.opt_func = partial(TorchAdamW, no_wd=norm_bias_params(learn.model), fused=dls.device.type == 'cuda')
-    try:
-        if state is not None: load_body(learn.model, arch, state)
-    except ModelFileError as e:
-        if weights is None: raise
-        raise ModelFileError(f"{weights}: {e}; give --arch the architecture it was trained with") from None
+    if state is not None: load_start(learn.model, arch, state, weights)
     learn.arch_name, learn.pretrained = arch, state is not None
     # mixed precision on CUDA, in bfloat16 where the GPU has it: float16's largest value (65504) is within reach of a
     # network trained from random weights, whose validation (batch norm on running statistics) then overflows to NaN

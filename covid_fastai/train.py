@@ -123,7 +123,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     decoded = DecodeCache() if cache else None
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
     check_prevalence(prevalence)
-    arch_fn(arch)                                       # and so does an unknown architecture
+    arch_fn(arch)                                       # and so does an unknown architecture,
+    if resume is None and (pretrained or weights is not None): check_weights(arch, weights, size)   # and weights missing or of another one
     rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded)
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
     if folds > 1 and fold is None: return _cross_validate(rows, settings, keep_finished=resume is not None)

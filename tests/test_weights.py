@@ -136,3 +136,15 @@ def test_export_and_load_learner_in_a_fresh_process(dls, tmp_path):
     out = subprocess.run([sys.executable, '-c', code, str(tmp_path/'export.pkl')], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert __import__('json').loads(out.stdout.strip().splitlines()[-1]) == pytest.approx(probs.tolist(), abs=1e-4)
+
+
+def test_the_command_refuses_weights_of_another_architecture_before_reading_images(data_root, tmp_path):
+    "Before, the selection was read and its images decoded, and only then did the weights fail to fit: here that reading would fail first."
+    from conftest import run_cli
+    from covid_fastai.data import read_metadata, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
+    _real_checkpoint('resnet18', tmp_path/'r18.pth')
+    root = tmp_path/'no_images'; (root/IMAGES_SUBDIR/'train').mkdir(parents=True)   # the CSV, and not one image
+    read_metadata(data_root)[COLUMNS].to_csv(root/METADATA_CSV)
+    res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--arch', 'resnet34', '--weights', tmp_path/'r18.pth', check=False)
+    assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+    assert f"{tmp_path/'r18.pth'}: These weights do not fit resnet34" in res.stderr and 'give --arch the architecture' in res.stderr
