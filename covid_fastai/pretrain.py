@@ -19,7 +19,7 @@ from .learner import _full_model, _body_of
 
 # %% auto #0
 __all__ = ['PRETRAIN_JSON', 'BACKBONE_FILE', 'THUMBNAILS_FILE', 'PRETRAIN_CLASSES', 'task_names', 'task_selections',
-           'image_record', 'seen_by', 'pretrain_rows', 'body_state', 'pretrain', 'pretrain_record',
+           'image_record', 'seen_by', 'pretrain_rows', 'body_state', 'pretrain', 'pretrain_record', 'backbone_record',
            'leave_out_pretrained', 'unseen_proof']
 
 # %% ../nbs/07a_pretrain.ipynb #33ff85dc
@@ -41,7 +41,7 @@ def task_selections(data:str|Path|None=None, # Dataset root; see `find_data_root
                     size:int|None=None, # Decode at this size, as training will...
                     cache:DecodeCache|None=None # ...and keep the decoded images here
                    )->pd.DataFrame:
-    "The rows that `train`'s selection of any of `tasks` takes (`balanced_rows`, an unreadable image replaced alike), with `path` and `target`."
+    "The rows that `train`'s selection of any of `tasks` takes from the dataset alone (`balanced_rows`, an unreadable image replaced alike), with `path` and `target`."
     names = task_names(tasks)
     if not names: return read_sources(find_data_root(data)).iloc[:0].assign(path=pd.Series(dtype=object), target=pd.Series(dtype=object))
     with warnings.catch_warnings():   # the selection's own warnings (missing or unreadable files) are `train`'s to give
@@ -221,18 +221,25 @@ def pretrain_record(weights:str|Path # A checkpoint given to `train --weights`
     return {**rec, 'path': str(path), 'thumbs': thumbs, 'seen': pd.DataFrame(rec['images'])}
 
 # %% ../nbs/07a_pretrain.ipynb #ef965d93
+def backbone_record(weights:str|Path, # The checkpoint given to `train --weights`
+                    arch:str # The run's architecture
+                   )->dict|None:
+    "`pretrain_record` of `weights`, refusing a backbone that was pretrained on another architecture than `arch`."
+    rec = pretrain_record(weights)
+    if rec is not None and rec['arch'] != arch: raise OptionError(f"{weights} is an {rec['arch']} backbone ({rec['path']}); train with --arch {rec['arch']}")
+    return rec
+
 def leave_out_pretrained(rows:pd.DataFrame, # The selection, with `X_ray_image_name`, `source` and `path`
                          weights:str|Path, # The checkpoint given to `train --weights`
                          arch:str, # The run's architecture
                          cache:DecodeCache|None=None # Where the 64 px decoded images are kept
                         )->tuple[pd.DataFrame, dict]:
     "`rows` without the images that the backbone in `weights` saw in pretraining, and what `run.json` records of it."
-    rec, info = pretrain_record(weights), {'weights': str(weights), 'weights_sha256': file_sha256(weights)}
+    rec, info = backbone_record(weights, arch), {'weights': str(weights), 'weights_sha256': file_sha256(weights)}
     if rec is None:
         warnings.warn(f"{weights}: no {PRETRAIN_JSON} of `covid-fastai pretrain` beside it records it; nothing is known of the images it "
                       "was trained on, so the validation images cannot be shown to be unseen", stacklevel=2)
         return rows, {**info, 'record': None}
-    if rec['arch'] != arch: raise OptionError(f"{weights} is an {rec['arch']} backbone ({rec['path']}); train with --arch {rec['arch']}")
     why = seen_by(rows, rec['seen'], rec['thumbs'], cache, rec['thumbnails']['max_diff'])
     gone = rows[why.notna()]
     if len(gone): warnings.warn(f"{len(gone)} of {len(rows)} selected images were seen in pretraining ({rec['path']}) and are left "

@@ -19,7 +19,7 @@ from .habits import *
 from .evaluate import *
 from .operating import *
 from .inference import *
-from .pretrain import leave_out_pretrained, unseen_proof
+from .pretrain import backbone_record, leave_out_pretrained, unseen_proof
 from .ood import learner_ood
 
 
@@ -124,6 +124,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
     check_prevalence(prevalence)
     arch_fn(arch)                                       # and so does an unknown architecture,
+    if weights is not None: backbone_record(weights, arch)   # a backbone `pretrain` made for another architecture, or its record,
     if resume is None and (pretrained or weights is not None): check_weights(arch, weights, size)   # and weights missing or of another one
     rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded)
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
@@ -140,7 +141,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     learn = covid_learner(dls, arch, pretrained=pretrained and resume is None, weights=weights if resume is None else None,
                           wd=wd, clip=clip, optimizer=optimizer)
     lead, split = not rank_distrib(), split_frame(dls)   # with several processes, the first one alone writes
-    if resume is not None: check_same_split(out/SPLIT_CSV, split)   # in every process: one alone stopping would leave the others waiting
+    if resume is not None: check_same_split(out/SPLIT_CSV, split)   # in every process: each stops for itself, whatever the launcher does with the rest
     if lead:
         if resume is None: clear_run(out)   # an earlier run's files: its checkpoint, which `--resume` would take for this one's, its model...
         write_csv(split, out/SPLIT_CSV)   # the images of the run, from its start: what `--resume` checks
