@@ -12,6 +12,19 @@ def ctrl_c_reaches():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def selection_root(data_root, images, root:Path)->Path:
+    "A dataset root at `root` with the balanced covid-normal selection of `data_root` alone (its CSV rows and image files), to move or damage."
+    import shutil, warnings
+    from covid_fastai.data import read_metadata, select_balanced, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        rows = select_balanced(read_metadata(data_root), images)
+    folder = root/IMAGES_SUBDIR/'train'; folder.mkdir(parents=True)
+    for p in rows.path: shutil.copy(p, folder)
+    rows[COLUMNS].to_csv(root/METADATA_CSV)
+    return root
+
+
 @pytest.fixture(scope='session', autouse=True)
 def decode_cache(tmp_path_factory):
     "The decode cache of the tests and the commands they start: a temporary folder (`make test` shares one between its workers), never the user's."

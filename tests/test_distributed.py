@@ -2,7 +2,7 @@
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest
-from conftest import ctrl_c_reaches, run_cli
+from conftest import ctrl_c_reaches, run_cli, selection_root
 
 BIN = Path(sys.executable).parent
 TINY = ['--arch', 'resnet18', '--size', 64, '--frozen-epochs', 1, '--unfrozen-epochs', 1, '--no-pretrained', '--num-workers', 0]
@@ -87,16 +87,9 @@ def test_a_batch_the_processes_cannot_share_is_refused(data_root, tmp_path):
 
 def test_a_distributed_run_resumes(data_root, images, tmp_path):
     """Stopped after its first epoch, a two-process run goes on from its checkpoint (also under the other launcher); with
-    an image of its split gone, every process refuses, before any waits for the others."""
-    import shutil, warnings
-    from covid_fastai.data import read_metadata, select_balanced, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        rows = select_balanced(read_metadata(data_root), images)
-    root = tmp_path/'data'; folder = root/IMAGES_SUBDIR/'train'; folder.mkdir(parents=True)
-    for p in rows.path: shutil.copy(p, folder)
-    rows[COLUMNS].to_csv(root/METADATA_CSV)
-    out = tmp_path/'run'
+    an image of its split gone, it is refused (every process checks)."""
+    import shutil
+    root, out = selection_root(data_root, images, tmp_path/'data'), tmp_path/'run'
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}
     proc = subprocess.Popen([*LAUNCHERS['torchrun'], '-m', 'covid_fastai.cli', 'train', '--out', str(out), '--data', str(root), *map(str, TINY)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ctrl_c_reaches)

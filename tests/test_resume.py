@@ -1,7 +1,7 @@
 "Interrupted training: a real training process is stopped after an epoch, then resumed to the same result."
 import json, signal, subprocess, time
 import pandas as pd, pytest
-from conftest import CLI, ctrl_c_reaches, run_cli
+from conftest import CLI, ctrl_c_reaches, run_cli, selection_root
 
 SMALL = ['--arch', 'resnet18', '--size', 96,   # epochs long enough (seconds, on any copy) to interrupt the run between them
           '--frozen-epochs', 2, '--unfrozen-epochs', 3, '--no-pretrained', '--num-workers', 0]
@@ -67,19 +67,13 @@ def test_resume_without_a_run_says_so(tmp_path):
 
 def test_resume_refuses_images_that_changed_since_the_run_started(data_root, images, tmp_path):
     "An image of the interrupted run's split moved away: resumed, the split would differ, and validation might hold trained images."
-    import shutil, warnings
-    from covid_fastai.data import read_metadata, select_balanced, COLUMNS, METADATA_CSV, IMAGES_SUBDIR
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        rows = select_balanced(read_metadata(data_root), images)
-    root = tmp_path/'data'; folder = root/IMAGES_SUBDIR/'train'; folder.mkdir(parents=True)
-    for p in rows.path: shutil.copy(p, folder)
-    rows[COLUMNS].to_csv(root/METADATA_CSV)
-    out = tmp_path/'run'
+    import shutil
+    from covid_fastai.data import read_metadata
+    root, out = selection_root(data_root, images, tmp_path/'data'), tmp_path/'run'
     rc, err = _interrupt_after_first_epoch(out, signal.SIGINT, '--data', root)
     assert rc == 130, err[-2000:]
     split = pd.read_csv(out/'split.csv')                                   # written when the run started
-    assert len(split) == len(rows) and set(split.split) == {'train', 'valid'}
+    assert len(split) == len(read_metadata(root)) and set(split.split) == {'train', 'valid'}
     moved = split[split.split == 'train'].path.iloc[0]
     shutil.move(moved, tmp_path/'moved.jpeg')
     res = run_cli('train', '--resume', out, check=False)
