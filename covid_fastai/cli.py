@@ -218,6 +218,17 @@ def _warn_once(message, category, filename, lineno, file=None, line=None):
     "The command's warnings: one line each, and each once (Python's own once-per-place is undone whenever a filter changes)."
     if str(message) not in _warned: _warned.add(str(message)); print(f"covid-fastai: warning: {message}", file=sys.stderr)
 
+def _log_bars():
+    "Where stdout is a log, the epoch table without progress bars: fastprogress's `NO_BAR`, and a quiet bar constructor."
+    import contextlib, io, fastprogress.fastprogress as fp
+    fp.NO_BAR = True
+    bar = fp.ConsoleProgressBar
+    if '_printing_init' in vars(bar): return
+    bar._printing_init = bar.__init__   # it prints its fill character to test the terminal's encoding, even with NO_BAR
+    def __init__(self, *args, **kwargs):
+        with contextlib.redirect_stdout(io.StringIO()): self._printing_init(*args, **kwargs)
+    bar.__init__ = __init__
+
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `covid-fastai` command."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -225,8 +236,7 @@ def main(argv:list[str]|None=None)->int:
     warnings.filterwarnings('ignore', category=FutureWarning)
     warnings.filterwarnings('ignore', message='.*insecure pickle.*')
     a = _parse(argv)
-    if not sys.stdout.isatty():   # a log file gets the epoch table, not thousands of progress-bar updates
-        import fastprogress.fastprogress as fp; fp.NO_BAR = True
+    if not sys.stdout.isatty(): _log_bars()   # a log file gets the epoch table, not thousands of progress-bar updates
     from covid_fastai.core import CovidFastaiError
     run = {'summary': _summary, 'train': _train, 'evaluate': _evaluate, 'predict': _predict, 'serve': _serve, 'pretrain': _pretrain}[a.command]
     try: return run(a) or 0

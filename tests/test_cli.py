@@ -39,6 +39,7 @@ def test_train_writes_model_metrics_history_and_plots(small_run, metadata, image
     assert run['settings']['size'] == 64 and run['pretrained'] is False and run['pretrained_weights'] is None and run['device'] == 'cpu'
     assert run['in_memory'] is True   # a balanced selection fits: InMemoryDL made the batches
     assert str(out/'model.json') in res.stdout
+    assert 'train_loss' in res.stdout and '█' not in res.stdout   # stdout is a log here: the epoch table, no progress bars
     labelled = metadata[(metadata.Dataset_type == 'TRAIN') & ((metadata.Label == 'Normal') | (metadata.Label_2_Virus_category == 'COVID-19'))]
     missing = (~with_files(labelled, images)).sum()
     assert ('have no image file' in res.stderr) == (missing > 0)   # warns about missing files, once, only when there are some
