@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_datablock.ipynb #7a0b4ae8
 from __future__ import annotations
-import io, os, re, stat, hashlib, threading, warnings
+import io, os, re, stat, hashlib, threading, warnings, zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -27,12 +27,15 @@ __all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DIC
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
 
-def _to_8bit(a:np.ndarray)->np.ndarray:
-    "`a` scaled linearly from its real range (minimum to maximum) onto 0-255, as `uint8`; a flat array becomes 0."
+def _to_8bit(a:np.ndarray, # Any numbers
+             keep:np.ndarray|None=None # Where the range is measured (a boolean mask); None: everywhere
+            )->np.ndarray:
+    "`a` scaled linearly from its real range (minimum to maximum, where `keep`) onto 0-255, as `uint8`; a flat array becomes 0."
     a = np.asarray(a, dtype=np.float64)
-    lo, hi = float(a.min()), float(a.max())
+    part = a if keep is None else a[keep]
+    lo, hi = (float(part.min()), float(part.max())) if part.size else (0.0, 0.0)
     a = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
-    return np.round(a).astype(np.uint8)
+    return np.round(np.clip(a, 0, 255)).astype(np.uint8)
 
 def _scale_to_8bit(im:Image.Image)->Image.Image:
     "A grey 'L' image from a 16-bit or float image, scaled by its real range, not clipped."
@@ -95,18 +98,30 @@ def _undecodable(fn, ds, e:Exception)->UnreadableImageError:
     if ts.is_compressed and not available: return UnreadableImageError(
         f"{fn}: DICOM pixel data compressed as {syntax}, which no decoder on this machine reads; "
         "export it uncompressed, or install a pydicom decoder for it (python-gdcm, or pylibjpeg with its plugins)")
-    return UnreadableImageError(f"{fn}: DICOM pixel data in {syntax} could not be decoded ({type(e).__name__}: {_line(e)})")
+    why = ' '.join(str(e).split())   # pydicom gives each decoder's reason on a line of its own, after its first
+    fix = "; another decoder may read it (pylibjpeg with its plugins, or python-gdcm), or export it uncompressed" if ts.is_compressed else ""
+    return UnreadableImageError(f"{fn}: DICOM pixel data in {syntax} could not be decoded ({type(e).__name__}: {why}){fix}")
 
 # %% ../nbs/02_datablock.ipynb #ef674749
+def _padding(ds, stored:np.ndarray)->np.ndarray|None:
+    "Where the stored pixels are padding (`PixelPaddingValue`, up to `PixelPaddingRangeLimit`), outside the exposed image; None if nowhere."
+    try: lo = int(ds.PixelPaddingValue); hi = int(ds.get('PixelPaddingRangeLimit') or lo)
+    except (AttributeError, TypeError, ValueError): return None   # none, or not a number: no padding to leave out
+    pad = (stored >= min(lo, hi)) & (stored <= max(lo, hi))
+    return pad if pad.any() and not pad.all() else None
+
 def _dicom_pixels(ds)->Image.Image:
     "The decoded pixel data of `ds` as a grey (or colour) 8-bit image, as a viewer shows it."
     photometric = str(ds.get('PhotometricInterpretation', 'MONOCHROME2')).strip()
     a = ds.pixel_array
     if photometric in ('MONOCHROME1', 'MONOCHROME2'):
+        pad = _padding(ds, a)
         a = apply_voi_lut(apply_modality_lut(a, ds), ds)   # rescale (or modality LUT), then VOI LUT or window if present
         as_stored = int(ds.get('BitsStored', 8)) <= 8 and a.min() >= 0 and a.max() <= 255   # an identity rescale makes floats of 8 bits
-        g = np.rint(a).astype(np.uint8) if as_stored else _to_8bit(a)   # 8 bits as stored, like an 8-bit PNG; more by their range
-        return Image.fromarray(255 - g if photometric == 'MONOCHROME1' else g, mode='L')
+        g = np.rint(a).astype(np.uint8) if as_stored else _to_8bit(a, None if pad is None else ~pad)   # 8 bits as stored; more by their range
+        if photometric == 'MONOCHROME1': g = 255 - g
+        if pad is not None: g[pad] = 0   # black, as viewers show it, and not counted in the range
+        return Image.fromarray(g, mode='L')
     if photometric == 'PALETTE COLOR': a = apply_color_lut(a, ds)
     if a.ndim == 3 and a.shape[-1] == 3:                # RGB, or YBR that pydicom converted to RGB
         return Image.fromarray(a if a.dtype == np.uint8 else _to_8bit(a), mode='RGB')
@@ -125,39 +140,70 @@ def _frame_size(ds)->tuple[int, int]|None:
             with Image.open(io.BytesIO(frame)) as im: return im.size   # over twice Pillow's own limit, it raises
         except (OSError, SyntaxError, ValueError): return None
 
+def _header_number(fn, ds, keyword:str, default:int)->int:
+    "An integer element of the DICOM header, `default` when it is absent; an empty or garbled one is the file's error (anonymisers blank elements)."
+    if keyword not in ds: return default
+    try: return int(ds[keyword].value)
+    except (TypeError, ValueError): raise UnreadableImageError(
+        f"{fn}: the DICOM header's {keyword} is empty or not a number; export the file again") from None
+
 def _check_pixel_header(fn, ds, w:int, h:int):
     "Refuse, before decoding, a header that contradicts itself or its pixel data; a grey image without a photometric interpretation is read as MONOCHROME2."
-    n = int(ds.get('SamplesPerPixel', 1))
+    n = _header_number(fn, ds, 'SamplesPerPixel', 1)
+    for keyword in ('BitsStored', 'HighBit', 'PixelRepresentation'): _header_number(fn, ds, keyword, 0)   # the decoder reads them
     if 'PhotometricInterpretation' not in ds and n == 1: ds.PhotometricInterpretation = 'MONOCHROME2'   # the usual grey, as viewers read it
     p = str(ds.get('PhotometricInterpretation', '')).strip()
     want = 1 if p in ('MONOCHROME1', 'MONOCHROME2', 'PALETTE COLOR') else 3 if p == 'RGB' or p.startswith('YBR') else None
     if want is not None and n != want: raise UnreadableImageError(
         f"{fn}: the DICOM header contradicts itself: {p} has {want} sample(s) per pixel, the header says {n}; export the file again")
-    ts, bits = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None), int(ds.get('BitsAllocated', 8))
+    ts, bits = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None), _header_number(fn, ds, 'BitsAllocated', 8)
     if ts is not None and not ts.is_compressed and bits % 8 == 0:   # pydicom would warn without the file's name and decode garbage
         need, have = w * h * n * bits // 8, len(ds.PixelData)
         if have > need + 1: raise UnreadableImageError(   # one byte of padding makes the length even
             f"{fn}: the DICOM pixel data holds {have:,} bytes, more than the {need:,} of the header's {w} x {h} pixels; "
             "the header's image size is wrong: export the file again")
 
-def _own_transfer_syntax(ds:pydicom.Dataset):
-    "Give a dataset saved without its file meta (an ACR-NEMA file, a stripped export) the uncompressed transfer syntax it was read in."
-    if 'TransferSyntaxUID' in ds.get('file_meta', {}) or None in (enc := ds.original_encoding): return
+def _own_transfer_syntax(fn, ds:pydicom.Dataset):
+    "Give a dataset saved without its file meta (an ACR-NEMA file, a stripped export), or under a private syntax with plain pixels, the uncompressed syntax it was read in."
+    ts = ds.get('file_meta', {}).get('TransferSyntaxUID')
+    if ts is not None and ts.is_transfer_syntax: return
+    if ts is not None and ds['PixelData'].is_undefined_length: raise UnreadableImageError(   # encapsulated: compressed its maker's way
+        f"{fn}: DICOM pixel data in the private transfer syntax {ts}, which only its maker's software decodes; "
+        "export the file in a standard syntax (uncompressed, JPEG, JPEG 2000 or RLE)")
+    if None in (enc := ds.original_encoding): return
     implicit, little = enc
     ds.file_meta = ds.get('file_meta') or pydicom.dataset.FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
                                       pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
 
+def _check_deflated(fn, max_pixels:int):
+    "Refuse a deflated DICOM file that inflates to more bytes than an image within `max_pixels` holds, before pydicom inflates it whole."
+    try: meta = pydicom.filereader.read_file_meta_info(fn)
+    except Exception: return   # `dcmread` says what is wrong with it
+    if meta.get('TransferSyntaxUID') != pydicom.uid.DeflatedExplicitVRLittleEndian: return
+    limit, chunk = max_pixels * 6 + (1 << 23), 1 << 24   # three 16-bit samples a pixel, and 8 MiB of header
+    with open(fn, 'rb') as f:   # the preamble, DICM, the group length element, then the meta group: the rest is deflated
+        f.seek(132 + 12 + int(meta.get('FileMetaInformationGroupLength', 0))); data = f.read()
+    inflate, n = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    try:
+        while n <= limit:   # counted a chunk at a time, kept nowhere
+            out = inflate.decompress(data, chunk); n += len(out); data = inflate.unconsumed_tail
+            if not data and len(out) < chunk: return
+    except zlib.error: return   # `dcmread` says what is wrong with it
+    raise UnreadableImageError(f"{fn}: a deflated DICOM file that inflates to over {limit:,} bytes, more than an image within the "
+                               f"limit of {max_pixels:,} pixels holds; export it uncompressed, or raise max_pixels")
+
 def read_dicom(fn:str|Path, # A DICOM file
                max_pixels:int=MAX_PIXELS # Refuse images with more pixels than this, before decoding
               )->Image.Image:
     "A DICOM radiograph as an 8-bit Pillow image: rescaled, VOI LUT or window applied, MONOCHROME1 inverted, scaled by its range."
+    _check_deflated(fn, max_pixels)
     try: ds = pydicom.dcmread(fn, force=Path(fn).suffix.lower() in DICOM_SUFFIXES)
     except OSError: raise                                  # not found, a folder...: `load_xray` says so
     except Exception as e: raise UnreadableImageError(f"{fn}: not a readable DICOM file ({type(e).__name__}: {_line(e)})") from None
     if 'PixelData' not in ds: raise UnreadableImageError(f"{fn}: a DICOM file without an image (no Pixel Data element)"
         if getattr(ds, 'preamble', None) else f"{fn}: not a readable DICOM file (no DICM marker, no pixel data)")
-    _own_transfer_syntax(ds)
+    _own_transfer_syntax(fn, ds)
     try: w, h, frames = int(ds.Columns), int(ds.Rows), int(ds.get('NumberOfFrames') or 1)
     except (AttributeError, TypeError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: DICOM file without a readable image size ({_line(e)})") from None
@@ -220,7 +266,7 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
 
 # %% ../nbs/02_datablock.ipynb #ee74c503
 CACHE_ENV = 'COVID_FASTAI_CACHE'
-_LOADER_VERSION = 4   # bump when `load_xray`'s output changes, to retire old cache entries
+_LOADER_VERSION = 5   # bump when `load_xray`'s output changes, to retire old cache entries
 
 def default_cache_dir()->Path:
     "`$COVID_FASTAI_CACHE`, else `decoded/` in the user's cache folder."

@@ -93,6 +93,11 @@ def normalise(self:CovidClassifier, xb:torch.Tensor)->torch.Tensor:
     return (xb.to(self.device, non_blocking=True).float().div_(255.) - self.mean) / self.std
 
 # %% ../nbs/05_inference.ipynb #3cda3aeb
+def _no_answer(f)->str:
+    "The error of an image the model gave no number for (NaN or infinity): read, but unanswered."
+    return (f"{f}: the model's output for this image is not a number (NaN or infinite): its weights are damaged, or its "
+            "training diverged; it has no answer (check the model with evaluate)")
+
 def predicted(probs, # Class probabilities, one row per image, COVID-19 last
               threshold:float=0.5 # COVID-19 when its probability is at least this
              )->np.ndarray:
@@ -290,8 +295,9 @@ def predict(self:CovidClassifier,
             probs, scores = self._probs(ok) if ok else (np.zeros((0, len(self.classes))), None)
             labels, probs, scores = iter(predicted(probs, self.threshold)), iter(probs), iter(scores if scores is not None else [None]*len(ok))
             for f, x, e in loaded:
-                p, s = (None, None) if e else (next(probs), next(scores))
-                row = {'file': f, 'label': None if e else self.classes[next(labels)], 'prob_covid': None if e else float(p[self.positive]),
+                p, s, k = (None, None, None) if e else (next(probs), next(scores), next(labels))
+                if e is None and not np.isfinite(p).all(): e, p, s = _no_answer(f), None, None   # NaN's argmax would say Normal
+                row = {'file': f, 'label': None if e else self.classes[k], 'prob_covid': None if e else float(p[self.positive]),
                        'ood_score': None if s is None else float(s), 'out_of_distribution': None if s is None else bool(s > 1.), 'error': e}
                 if many: row['probs'] = None if e else dict(zip(self.classes, map(float, p)))
                 rows.append(row)

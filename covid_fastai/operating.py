@@ -11,11 +11,11 @@ from sklearn.metrics import roc_curve
 from .core import *
 
 # %% auto #0
-__all__ = ['OPERATING_THRESHOLDS', 'check_threshold_rule', 'check_prevalence', 'check_probs', 'choose_threshold',
+__all__ = ['OPERATING_THRESHOLDS', 'T_BOUNDS', 'check_threshold_rule', 'check_prevalence', 'check_probs', 'choose_threshold',
            'operating_table', 'expected_calibration_error', 'plot_reliability', 'fit_temperature']
 
 # %% ../nbs/06a_operating.ipynb #87c50953
-_RULE = re.compile(r'^(sens|spec)=(0(\.\d+)?|1(\.0+)?)$')
+_RULE = re.compile(r'^(sens|spec)=(0|0?\.\d+|1(\.0+)?)$')
 
 def check_threshold_rule(rule:str|float)->str|float:
     "`rule` as a float threshold or a checked rule string; a clear error for anything else."
@@ -89,9 +89,10 @@ def operating_table(targets, probs, # As for `choose_threshold`
         fn, tn = int((~pred & (y==1)).sum()), int((~pred & (y==0)).sum())
         sens, spec = _div(tp, tp+fn), _div(tn, tn+fp)
         row = {'threshold': float(t), 'sensitivity': sens, 'specificity': spec, 'ppv': _div(tp, tp+fp), 'npv': _div(tn, tn+fn)}
-        if prevalence is not None and sens is not None and spec is not None:
-            row['ppv_at_prevalence'] = _div(sens*prevalence, sens*prevalence + (1-spec)*(1-prevalence))
-            row['npv_at_prevalence'] = _div(spec*(1-prevalence), spec*(1-prevalence) + (1-sens)*prevalence)
+        if prevalence is not None:   # null where the images have no positive or no negative to measure them by
+            known = sens is not None and spec is not None
+            row['ppv_at_prevalence'] = _div(sens*prevalence, sens*prevalence + (1-spec)*(1-prevalence)) if known else None
+            row['npv_at_prevalence'] = _div(spec*(1-prevalence), spec*(1-prevalence) + (1-sens)*prevalence) if known else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -119,6 +120,8 @@ def plot_reliability(targets, probs, bins:int=10, label:str='model')->plt.Figure
     return fig
 
 # %% ../nbs/06a_operating.ipynb #9a7bdcee
+T_BOUNDS = (0.05, 20.)   # the temperatures searched: sharper or softer than that, calibration is not what the model needs
+
 def fit_temperature(logits:torch.Tensor, # Validation logits, (n, classes)
                     targets:torch.Tensor # Their class indices
                    )->float:
@@ -131,9 +134,15 @@ def fit_temperature(logits:torch.Tensor, # Validation logits, (n, classes)
                       "only falls as the probabilities sharpen to 0 and 1 and no temperature minimises it; the model is left as it "
                       "is (temperature 1). Calibrate on a larger validation set (--valid-pct) to fit one", stacklevel=2)
         return 1.0
-    log_t = torch.zeros(1, requires_grad=True)      # fit log T: T stays positive
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-    def step():
-        opt.zero_grad(); loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), targets); loss.backward(); return loss
-    opt.step(step)
-    return float(log_t.detach().exp().clamp(0.05, 20.))
+    from scipy.optimize import minimize_scalar
+    logits = logits.double()
+    # the cross-entropy is convex in 1/T, so it has one minimum in log T: Brent's bounded search finds it, where a
+    # gradient method with a fixed step can overshoot to NaN or stop short
+    loss = lambda log_t: float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), targets))
+    lo, hi = math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])
+    log_t = float(minimize_scalar(loss, bounds=(lo, hi), method='bounded', options={'xatol': 1e-5}).x)
+    if min(log_t - lo, hi - log_t) < 1e-3: warnings.warn(
+        f"--calibrate: the temperature that fits the {len(targets)} validation images best is at the search's bound, "
+        f"{math.exp(log_t):.3g} (of {T_BOUNDS[0]:g} to {T_BOUNDS[1]:g}), so the model's probabilities are "
+        f"{'far too unsure' if log_t < 0 else 'little better than a coin'}; look at the reliability plot before trusting them", stacklevel=2)
+    return math.exp(log_t)

@@ -129,6 +129,23 @@ def test_predict_agrees_with_the_library(small_run, unseen, images):
     assert text[0] == str(files[0]) and text[1] in ('Normal', 'COVID-19') and float(text[2]) == pytest.approx(lib.prob_covid[0], abs=1e-4)
 
 
+def test_a_model_that_outputs_nan_answers_no_image(small_run, images, tmp_path):
+    "NaN's argmax is 0, which is Normal: predict must say that the model gave no number, not call the film Normal."
+    from safetensors.torch import load_file, save_file
+    from covid_fastai.core import file_sha256
+    run = tmp_path/'nan'; shutil.copytree(small_run[0], run)
+    w = load_file(run/'model.safetensors')
+    last = [k for k in w if w[k].ndim == 2 and not k.startswith('ood.')][-1]   # the head's last linear layer
+    w[last] = torch.full_like(w[last], float('nan')); save_file(w, run/'model.safetensors')
+    meta = json.loads((run/'model.json').read_text()); meta['sha256'] = file_sha256(run/'model.safetensors')
+    (run/'model.json').write_text(json.dumps(meta))
+    f = sorted(images.iterdir())[0]
+    res = run_cli('predict', '--model', run, '--json', f, check=False)
+    rec, = json.loads(res.stdout)
+    assert res.returncode == 1 and rec['label'] is None and rec['prob_covid'] is None
+    assert rec['error'].startswith(f"{f}: the model's output for this image is not a number")
+
+
 def test_predict_reports_a_bad_file_and_predicts_the_rest(small_run, images, tmp_path):
     bad = tmp_path/'empty.jpeg'; bad.write_bytes(b'')
     good = sorted(images.glob('IM-*.jpeg'))[0]   # a Normal film of Kermany et al., in every copy

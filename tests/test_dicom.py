@@ -11,12 +11,12 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import (ExplicitVRLittleEndian, DigitalXRayImageStorageForPresentation, RLELossless, JPEGBaseline8Bit,
-                         JPEGLosslessSV1)
+from pydicom.uid import (UID, ExplicitVRLittleEndian, DigitalXRayImageStorageForPresentation, RLELossless, JPEGBaseline8Bit,
+                         JPEGLosslessSV1, JPEGExtended12Bit, DeflatedExplicitVRLittleEndian)
 from conftest import run_cli, with_files
 from covid_fastai.core import UnreadableImageError
 from covid_fastai.data import images_dir, METADATA_CSV
-from covid_fastai.datablock import load_xray, is_dicom
+from covid_fastai.datablock import load_xray, is_dicom, _to_8bit
 
 PER_CLASS = 4   # radiographs of each class made into DICOM files
 
@@ -238,3 +238,76 @@ def test_a_dataset_saved_without_its_file_meta_reads_as_the_same_image(implicit,
     ds.save_as(tmp_path/'bare.dcm', implicit_vr=implicit, little_endian=True, enforce_file_format=False)
     assert (tmp_path/'bare.dcm').read_bytes()[128:132] != b'DICM'
     assert np.array_equal(np.asarray(load_xray(tmp_path/'bare.dcm', size=128)), np.asarray(load_xray(plain, size=128)))
+
+
+def blanked(f, keyword):
+    "A readable DICOM radiograph at `f` whose header element `keyword` is there but empty, as anonymisers leave one."
+    ds = pydicom.dcmread(edited(f))
+    ds[keyword].value = None
+    ds.save_as(f)
+    return f
+
+
+@pytest.mark.parametrize('keyword', ['SamplesPerPixel', 'BitsAllocated', 'BitsStored'])
+def test_an_empty_header_element_is_that_file_error(keyword, tmp_path):
+    f = blanked(tmp_path/'x.dcm', keyword)
+    with pytest.raises(UnreadableImageError) as e: load_xray(f)
+    assert str(e.value) == f"{f}: the DICOM header's {keyword} is empty or not a number; export the file again"
+
+
+def test_predict_answers_the_other_files_beside_an_empty_header_element(small_run, kinds, tmp_path):
+    bad, good = blanked(tmp_path/'blank.dcm', 'SamplesPerPixel'), kinds[1]['rescaled']
+    res = run_cli('predict', '--model', small_run[0], '--json', bad, good, check=False)
+    recs = json.loads(res.stdout)
+    assert res.returncode == 1 and 'Traceback' not in res.stderr
+    assert 'SamplesPerPixel is empty' in recs[0]['error'] and recs[1]['error'] is None and recs[1]['label'] is not None
+
+
+@pytest.mark.parametrize('photometric', ['MONOCHROME2', 'MONOCHROME1'])
+def test_pixel_padding_is_black_and_left_out_of_the_range(photometric, radiographs, images, tmp_path):
+    "A strip outside the collimation, stored at the top value and marked as padding, must not squeeze the film into a few grey levels."
+    g = full_range(images/radiographs.X_ray_image_name.iloc[0])
+    film = (g if photometric == 'MONOCHROME2' else 255 - g).astype(np.uint16) * 16
+    padded = film.copy(); padded[:, :30] = 4095
+    f = write_dicom(padded, tmp_path/'padded.dcm', photometric, 12, PixelPaddingValue=4095)
+    a = np.asarray(load_xray(f).convert('L'))
+    assert (a[:, :30] == 0).all()
+    want = _to_8bit(film[:, 30:])   # the exposed part alone, scaled by its own range
+    assert np.array_equal(a[:, 30:], want if photometric == 'MONOCHROME2' else 255 - want)
+
+
+def test_a_private_transfer_syntax_reads_plain_pixels_and_refuses_compressed_ones(tmp_path):
+    private = UID('1.3.46.670589.33.1.4.1')   # a maker's own syntax, which pydicom does not know
+    plain = edited(tmp_path/'plain.dcm')
+    ds = pydicom.dcmread(plain); ds.file_meta.TransferSyntaxUID = private
+    pydicom.dcmwrite(tmp_path/'private.dcm', ds, implicit_vr=False, little_endian=True)
+    assert np.array_equal(np.asarray(load_xray(tmp_path/'private.dcm', size=128)), np.asarray(load_xray(plain, size=128)))
+    ds = pydicom.dcmread(plain); ds.file_meta.TransferSyntaxUID = private
+    ds.PixelData = encapsulate([b'\xff\xd8 its maker\'s compression \xff\xd9']); ds['PixelData'].VR = 'OB'
+    ds['PixelData'].is_undefined_length = True   # encapsulated, as every compressed syntax stores its frames
+    pydicom.dcmwrite(tmp_path/'packed.dcm', ds, implicit_vr=False, little_endian=True)
+    with pytest.raises(UnreadableImageError) as e: load_xray(tmp_path/'packed.dcm')
+    assert str(e.value).startswith(f"{tmp_path/'packed.dcm'}: DICOM pixel data in the private transfer syntax {private}")
+    assert 'export the file in a standard syntax' in str(e.value)
+
+
+def test_a_decoder_failure_gives_its_reason_and_the_way_out(kinds, tmp_path):
+    "pydicom puts each decoder's reason on a line of its own: a 12-bit JPEG, which Pillow does not decode, says so."
+    frame = io.BytesIO(); Image.fromarray(np.asarray(load_xray(kinds[1]['rescaled']).convert('L'))).save(frame, 'JPEG')
+    f = encapsulated(tmp_path/'jpeg12.dcm', pydicom.dcmread(kinds[1]['rescaled']), JPEGExtended12Bit, frame.getvalue())
+    with pytest.raises(UnreadableImageError) as e: load_xray(f)
+    msg = str(e.value)
+    assert '\n' not in msg and 'JPEG Extended' in msg and "Pillow does not support 'JPEG Extended'" in msg
+    assert 'pylibjpeg' in msg and 'export it uncompressed' in msg
+
+
+def test_a_deflated_file_is_refused_before_it_inflates_past_the_pixel_limit(kinds, tmp_path):
+    "Deflate shrinks 18 MB of zeros to kilobytes: the limit holds on what the file inflates to, before pydicom inflates it."
+    ds = pydicom.dcmread(write_dicom(np.zeros((3000, 3000), np.uint16), tmp_path/'bomb.dcm', bits=16))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian; ds.save_as(tmp_path/'bomb.dcm')
+    assert (tmp_path/'bomb.dcm').stat().st_size < 100_000
+    with pytest.raises(UnreadableImageError, match='a deflated DICOM file that inflates to over 14,388,608 bytes'):
+        load_xray(tmp_path/'bomb.dcm', max_pixels=1_000_000)
+    ds = pydicom.dcmread(kinds[1]['rescaled']); ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path/'deflated.dcm')   # a radiograph within the limit reads as itself
+    assert np.array_equal(np.asarray(load_xray(tmp_path/'deflated.dcm')), np.asarray(load_xray(kinds[1]['rescaled'])))
