@@ -18,9 +18,11 @@ setup: $(BIN)/covid-fastai
 
 # The default recipe (ResNet50, 256 px, 5 + 5 epochs) on the data that `find_data_root` finds (the packaged sample
 # when there is no dataset). Without ImageNet
-# weights (exit code 3) it says so and trains from scratch rather than stopping.
+# weights (exit code 3) it says so and trains from scratch rather than stopping; a file of the user's (--weights) that is
+# missing stops it, since training from scratch is not what was asked for.
 run: setup
 	@$(BIN)/covid-fastai train --out $(OUT) $(ARGS); rc=$$?; \
+	case " $(ARGS) " in *" --weights"*) exit $$rc;; esac; \
 	if [ $$rc -eq 3 ]; then \
 	  echo "make run: no ImageNet weights on this machine; training from scratch (--no-pretrained) instead"; \
 	  $(BIN)/covid-fastai train --out $(OUT) --no-pretrained $(ARGS); \

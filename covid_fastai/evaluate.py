@@ -274,11 +274,11 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
              data:str|Path|None=None, # Dataset root of the run's validation images; default: the one the run was trained on (its run.json)
              csv:str|Path|None=None, # Or: a CSV in CoronaHack's format...
              images:str|Path|None=None, # ...and the folder of its images
-             out:str|Path|None=None, # Where to write metrics.json, predictions.csv and plots; None writes nothing
+             out:str|Path|None=None, # Where to write metrics.json, predictions.csv and plots; default: write nothing
              trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
              cpu:bool=False, # Predict on the CPU even if there is a GPU
              bs:int=32, # Images per forward pass
-             cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
+             cache:bool=True, # Keep decoded images in the decode cache ($COVID_FASTAI_CACHE, else ~/.cache/covid_fastai/decoded)
              by:str|None=None, # Also report the metrics for each value of this column of the CSV (e.g. source, view)
              threshold:str|None=None, # Decision threshold instead of the model's: a number, or a rule on these images ('sens=0.95', 'youden')
              prevalence:float|None=None, # Also give PPV and NPV at this prevalence of COVID-19 (the test sets are balanced; clinics are not)

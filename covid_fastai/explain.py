@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 import torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 from fastcore.basics import ifnone
@@ -170,22 +171,26 @@ def learner_cams(learn:Learner, # A learner from `covid_learner` (its DataBlock 
     dl = learn.dls.test_dl(pd.DataFrame({'path': [str(f) for f in files]}), bs=bs)
     return _cams_of(learn.model, (b[0] for b in dl), _class_arg(cls, learn.dls.vocab))
 
+def _file_cams(clf:CovidClassifier, files:list, cls, bs:int)->Cams:
+    "Grad-CAM of readable `files` for `cls` (indices), preprocessed as `predict` does, with the plain pass's softmax."
+    batches = (clf.normalise(torch.stack([clf.prepare(f) for f in files[i:i+bs]])) for i in range(0, len(files), bs))
+    cams = _cams_of(clf.model, batches, cls)
+    return cams if files else Cams(torch.zeros(0, clf.size, clf.size), torch.zeros(0, len(clf.classes)), cams.cls)
+
 def clf_cams(clf:CovidClassifier, # From `load_model`
              files:list, # Image files, readable (those `clf.predict` gave no error for)
-             cls=None, # Class to explain: name, index, one per file, or None for the label `predict` gives, with its probabilities
+             cls=None, # Class to explain: name, index, one per file, or None for the label `predict` gives
              bs:int=16 # Images per batch
             )->Cams:
-    "Grad-CAM of image files with a loaded model, preprocessed as `predict` does: maps (N, size, size), probabilities, classes."
+    "Grad-CAM of image files with a loaded model: maps (N, size, size), the probabilities `predict` gives (calibrated, TTA), classes."
     files = [str(f) for f in files]
-    if cls is None and files:   # predict's own label and probabilities, after calibration and test-time augmentation
-        preds = clf.predict(files, bs=bs)
-        if len(bad := preds[preds.error.notna()]):
-            clf.prepare(bad.file.iloc[0])   # raises the reading's own error, of its own type (a blank image: NotRadiographError)
-            raise UnreadableImageError(f"clf_cams takes readable images: {bad.error.iloc[0]}")
-        return record_cams(clf, preds, bs)
-    batches = (clf.normalise(torch.stack([clf.prepare(f) for f in files[i:i+bs]])) for i in range(0, len(files), bs))
-    cams = _cams_of(clf.model, batches, _class_arg(cls, clf.classes))
-    return cams if files else Cams(torch.zeros(0, clf.size, clf.size), torch.zeros(0, len(clf.classes)), cams.cls)
+    if not files: return _file_cams(clf, files, _class_arg(cls, clf.classes), bs)
+    preds = clf.predict(files, bs=bs)
+    if len(bad := preds[preds.error.notna()]):
+        clf.prepare(bad.file.iloc[0])   # raises the reading's own error, of its own type (a blank image: NotRadiographError)
+        raise UnreadableImageError(f"clf_cams takes readable images: {bad.error.iloc[0]}")
+    if cls is None: return record_cams(clf, preds, bs)
+    return _file_cams(clf, files, _class_arg(cls, clf.classes), bs)._replace(probs=record_probs(clf, preds))
 
 def record_probs(clf:CovidClassifier, # From `load_model`
                  preds:pd.DataFrame # Readable rows of `clf.predict`'s answer (or its records)
@@ -200,7 +205,7 @@ def record_cams(clf:CovidClassifier, # From `load_model`
                 bs:int=16 # Images per batch
                )->Cams:
     "Grad-CAM of each row's file for the label `predict` gave it, carrying the probabilities it gave (not a plain pass's)."
-    cams = clf_cams(clf, preds['file'].tolist(), cls=[clf.classes.index(l) for l in preds['label']], bs=bs)
+    cams = _file_cams(clf, preds['file'].tolist(), [clf.classes.index(l) for l in preds['label']], bs)
     return cams._replace(probs=record_probs(clf, preds))
 
 # %% ../nbs/09_explain.ipynb #53ab6a1c
@@ -338,7 +343,7 @@ def overlay_png(clf:CovidClassifier, # From `load_model`
     "The radiograph with its Grad-CAM map for the label `predict` gave, one panel, as PNG bytes (what `covid-fastai serve` shows)."
     import io
     cams = record_cams(clf, pd.DataFrame([{**record, 'file': str(path)}]))
-    fig, ax = plt.subplots(figsize=(3.2, 3.2), layout='constrained')
-    plot_cam(load_xray(path, size=cams.maps.shape[-1]), cams.maps[0], ax=ax, title=_title(0, cams, clf.classes, 0.15))
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100); plt.close(fig)
+    fig = Figure(figsize=(3.2, 3.2), layout='constrained')   # not pyplot's: the page draws in worker threads, where GUI backends fail
+    plot_cam(load_xray(path, size=cams.maps.shape[-1]), cams.maps[0], ax=fig.subplots(), title=_title(0, cams, clf.classes, 0.15))
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100)
     return buf.getvalue()

@@ -430,7 +430,7 @@ def predict_files(model:str|Path, # A run folder, its model.json or model.safete
                   trust_pickle:bool=False, # Allow a pickled fastai export (it can run code: only files you trust)
                   cpu:bool=False, # Predict on the CPU even if there is a GPU
                   bs:int=32, # Images per forward pass
-                  cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
+                  cache:bool=True, # Keep decoded images in the decode cache ($COVID_FASTAI_CACHE, else ~/.cache/covid_fastai/decoded)
                   heatmaps:str|Path|None=None, # Write one Grad-CAM overlay PNG per image here, and give each its shortcut score
                   tta:bool=False, # Test-time augmentation: fastai's `Learner.tta` (4 augmented passes and the plain one, beta 0.25)
                   gpu_decode:bool=False, # On CUDA, decode JPEGs on the GPU (about 2x faster; not the same pixels: see bench/README.md); no cache then

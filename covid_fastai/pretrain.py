@@ -158,7 +158,7 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
              cpu:bool=False, # Train on the CPU even if there is a GPU
              num_workers:int|None=None, # Loader processes; default: none while the images fit in memory (`covid_dataloaders`), else `default_workers`
              strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
-             cache:bool=True # Keep decoded images in the decode cache (`default_cache_dir()`)
+             cache:bool=True # Keep decoded images in the decode cache ($COVID_FASTAI_CACHE, else ~/.cache/covid_fastai/decoded)
             )->dict:
     "Train `arch` to tell Normal from pneumonia on radiographs outside the COVID-19 task; write the backbone for `train --weights` and the record of every image it saw."
     data = str(find_data_root(data).resolve())   # what it was pretrained on, recorded as the root itself

@@ -106,13 +106,15 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           cpu:bool=False, # Train on the CPU even if there is a GPU
           num_workers:int|None=None, # Loader processes; default: none while the images fit in memory (`covid_dataloaders`), else `default_workers`
           strict:bool=False, # Stop on missing or unreadable images instead of leaving them out
-          cache:bool=True, # Keep decoded images in the decode cache (`default_cache_dir()`)
+          cache:bool=True, # Keep decoded images in the decode cache ($COVID_FASTAI_CACHE, else ~/.cache/covid_fastai/decoded)
           threshold:str='0.5', # Decision threshold on the COVID-19 probability: a number, or a rule chosen on validation ('sens=0.95', 'spec=0.9', 'youden')
           calibrate:bool=False, # Fit temperature scaling on the validation images, so that probabilities read as frequencies
           prevalence:float|None=None, # Also give PPV and NPV at this prevalence of COVID-19 in metrics.json
           resume:dict|None=None # A checkpoint of this run to go on from; see `resume_training`
          )->dict:
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out` (with `folds`, a run per fold and `cv.json`); in a process other than the first of a distributed run, train and return None."
+    if weights is not None and not pretrained: raise OptionError(
+        "--no-pretrained and --weights contradict each other: --weights starts from that file, --no-pretrained from random weights; give one")
     if weights is not None: weights = weights_file(weights).resolve()   # checked before anything is read; absolute, for --resume from anywhere
     data = str(find_data_root(data).resolve())   # the root itself, so that --resume and evaluate read the same images wherever they run
     extra_data = [absolute_extra(s) for s in extra_data] if extra_data else extra_data   # likewise

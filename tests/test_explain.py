@@ -162,6 +162,17 @@ def test_the_learner_and_the_loaded_model_give_the_same_maps(real_model):
     assert all(p.grad is None for p in clf.model.parameters())
 
 
+def test_an_explicit_class_carries_the_probabilities_predict_gives(real_model):
+    "A calibrated model's maps of a chosen class are titled with predict's probabilities, not the plain pass's softmax."
+    _, clf, valid, _ = real_model
+    plain, saved = clf_cams(clf, valid.path, cls=POSITIVE).probs, clf.temperature
+    clf.temperature = saved * 3
+    try: cams, preds = clf_cams(clf, valid.path, cls=POSITIVE), clf.predict(valid.path)
+    finally: clf.temperature = saved
+    np.testing.assert_allclose(cams.probs[:, clf.positive].numpy(), preds.prob_covid.values, atol=1e-5)
+    assert not torch.allclose(cams.probs, plain, atol=1e-3)   # the temperature moved them
+
+
 def test_overlays_one_valid_png_per_file(real_model, tmp_path):
     _, clf, valid, size = real_model
     src = [Path(p) for p in valid.path[:3]]
