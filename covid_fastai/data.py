@@ -407,6 +407,7 @@ def read_sources(root:str|Path, # A dataset root, from `find_data_root`
     extra = [read_extra(s, strict) for s in extra_data or []]
     seen = {}   # the same dataset twice would weigh its rows double, and put copies on both sides of a split
     for spec, rows in zip(extra_data or [], extra):
-        if (key := frozenset(rows.path)) in seen and key: raise OptionError(f"--extra-data {spec} gives the images of --extra-data {seen[key]} again; give each dataset once")
+        if (key := frozenset(map(os.path.realpath, rows.path))) in seen and key:   # the same files, through `..` or a link too
+            raise OptionError(f"--extra-data {spec} gives the images of --extra-data {seen[key]} again; give each dataset once")
         seen[key] = spec
     return pd.concat([main, *extra], ignore_index=True)

@@ -20,9 +20,9 @@ from .data import task_classes, select_balanced, read_sources, find_data_root, i
 __all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF',
            'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray',
            'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay', 'check_images', 'balanced_rows',
-           'thumbnails', 'near_duplicates', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter',
-           'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory',
-           'fits_in_memory', 'covid_dataloaders']
+           'thumbnails', 'near_duplicates', 'name_group', 'group_rows', 'StratifiedSplitter', 'stratified_folds',
+           'FoldSplitter', 'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL',
+           'free_memory', 'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -428,20 +428,37 @@ def _components(n:int, pairs)->np.ndarray:
         parent[b] = a
     return np.array([root(i) for i in range(n)], dtype=int)
 
+_ARTICLE = re.compile(r'^(1-s2\.0-S[0-9X]+|(?:kjr|jkms)-\d+-e\d+|SARS-10\.[^-]+|\d{5}_\d{4}_\d+)')   # Elsevier, Korean journals, RadioGraphics, Nature
+
+def name_group(name:str # A file name of CoronaHack's
+              )->str:
+    "The patient, or the publication, that CoronaHack's file name `name` ties a film to; films with one key belong together."
+    if m := re.match(r'(person\d+)_', name): return m[1]                  # Kermany's pneumonias
+    if m := re.match(r'((?:NORMAL2-)?IM-\d+)-', name): return m[1]        # Kermany's Normal films
+    stem = name.rsplit('.', 1)[0]
+    if m := _ARTICLE.match(stem): return m[1]
+    return re.sub(r'(?:[-_](?:day\d+|[a-z]\d?|\d+|lrg))+$', '', stem)     # a series' letter, number or day
+
+def _same_value(vals)->list:
+    "Pairs joining each position with a value to the first position of that value (missing values join nothing)."
+    firsts = {}
+    return [(firsts.setdefault(v, i), i) for i, v in enumerate(vals) if pd.notna(v)]
+
 def group_rows(df:pd.DataFrame, # Rows with a `path` column
                col:str|None=None, # Rows that share a value of this column are one group (a patient)
                near_dups:bool=True, # Near-duplicate images are one group too
-               cache:DecodeCache|None=None # Where decoded images are kept, for the thumbnails
+               cache:DecodeCache|None=None, # Where decoded images are kept, for the thumbnails
+               name_groups:bool=True # CoronaHack's rows whose file names share a `name_group` are one group too
               )->pd.DataFrame:
     "`df` with a `group` column: the position of the first row of each row's group."
     pairs = []
+    if name_groups and 'source' in df:
+        names = df['X_ray_image_name'] if 'X_ray_image_name' in df else df.path.map(lambda p: Path(p).name)
+        pairs += _same_value([name_group(n) if s == 'coronahack' else None for n, s in zip(names, df.source)])
     if col is not None:
         if col not in df: raise OptionError(
             f"--group-col {col}: no such column (columns: {', '.join(c for c in df if c not in ('path', 'target'))})")
-        vals = df[col].to_numpy()
-        firsts = {}
-        for i, v in enumerate(vals):
-            if pd.notna(v): pairs.append((firsts.setdefault(v, i), i))
+        pairs += _same_value(df[col].to_numpy())
     if near_dups: pairs += near_duplicates(df.path, cache=cache)
     return df.assign(group=_components(len(df), pairs))
 
@@ -461,7 +478,7 @@ def _group_split(df:pd.DataFrame, valid_pct:float, seed, col:str, group:str)->np
         for g in order:
             if taken + sizes[g] <= want: chosen.append(g); taken += sizes[g]
             if taken == want: break
-        valid += chosen or [order[0]]   # every group larger than the share: take one
+        valid += chosen or [min(order, key=lambda g: abs(sizes[g] - want))]   # every group larger than the share: the nearest to it
     side = _cover_classes(df, df[group].isin(valid).to_numpy().astype(int), 2, rng, col, group)
     return np.flatnonzero(side == 1)
 

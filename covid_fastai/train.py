@@ -51,11 +51,11 @@ def check_same_split(recorded:Path, # The split.csv that the run wrote when it s
 
 # %% ../nbs/07_train.ipynb #4ae943bd
 def group_counts(rows:pd.DataFrame, # Rows with a `group` column, from `group_rows`
-                 col:str|None, near_dups:bool # How they were grouped
+                 col:str|None, near_dups:bool, name_groups:bool=True # How they were grouped
                 )->dict:
     "What `run.json` records of the groups: how they were made, how many there are, and how many hold more than one row."
     sizes = rows.group.value_counts()
-    return {'column': col, 'near_duplicates': near_dups, 'groups': len(sizes), 'shared': int((sizes > 1).sum()),
+    return {'column': col, 'near_duplicates': near_dups, 'name_groups': name_groups, 'groups': len(sizes), 'shared': int((sizes > 1).sum()),
             'rows_in_shared': int(sizes[sizes > 1].sum())}
 
 def _check_folds(folds:int, fold:int|None):
@@ -99,6 +99,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           fold:int|None=None, # With folds: train only this fold (1 to K), in out
           group_col:str|None=None, # Keep rows that share a value of this column (a patient) on one side of every split
           near_dups:bool=True, # Keep near-duplicate images (the same picture twice) on one side of every split
+          name_groups:bool=True, # Keep the films that CoronaHack's file names tie to one patient or article (`name_group`) on one side of every split
           ratio:float=1.0, # Rows of each other class per COVID-19 row
           seed:int=42, # Seed of the sample, the split and training
           pretrained:bool=True, # Start from ImageNet weights
@@ -128,7 +129,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     arch_fn(arch)                                       # and so does an unknown architecture,
     if weights is not None: backbone_record(weights, arch)   # a backbone `pretrain` made for another architecture, or its record,
     if resume is None and (pretrained or weights is not None): check_weights(arch, weights, size)   # and weights missing or of another one
-    rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded)
+    rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded, name_groups)
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
     if folds > 1 and fold is None: return _cross_validate(rows, settings, keep_finished=resume is not None)
     set_seed(seed, reproducible=True)
@@ -179,7 +180,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
                 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
                 'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None,   # the images it saw
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
-                'groups': group_counts(rows, group_col, near_dups), **habits, 'seconds': round(time.time()-start, 1),
+                'groups': group_counts(rows, group_col, near_dups, name_groups), **habits, 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/RUN_JSON)
     (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
@@ -225,7 +226,7 @@ def resume_training(out:str|Path # The folder of the interrupted run
                    )->dict:
     "Finish the interrupted run in `out` from its last complete epoch, with its own settings."
     out = Path(out)
-    try: run = json.loads((out/RUN_JSON).read_text()); settings = {'near_dups': False, **run['settings']}   # runs from before near-duplicates were grouped
+    try: run = json.loads((out/RUN_JSON).read_text()); settings = {'near_dups': False, 'name_groups': False, **run['settings']}   # runs from before these groups
     except (OSError, ValueError, KeyError, TypeError): raise DataNotFoundError(
         f"{out/RUN_JSON} not found or unreadable: {out} is not the folder of a run that `covid-fastai train --out` started") from None
     if settings.get('weights') and 'weights_sha256' in run and file_sha256(weights_file(settings['weights'])) != run['weights_sha256']:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd, pytest, torch
 from conftest import run_cli, with_files
 from covid_fastai.data import images_dir
+from covid_fastai.datablock import name_group
 
 
 def test_summary_prints_the_seed_figures(data_root, tmp_path):
@@ -31,6 +32,8 @@ def test_train_writes_model_metrics_history_and_plots(small_run, metadata, image
     assert m['n'] == tn + fp + fn + tp == valid.sum() and tp + fn == valid['COVID-19'] and tn + fp == valid['Normal']
     per_class = split.target.value_counts()                 # stratified: each class gives about 10 % to validation
     assert all(valid[c] == min(n - 1, max(1, round(n * 0.1))) for c, n in per_class.items())
+    ours = split[split.source == 'coronahack']              # a patient's or an article's films, by their names: on one side
+    assert (ours.groupby(ours.X_ray_image_name.map(name_group)).split.nunique() == 1).all()
     assert m['accuracy'] == pytest.approx((tp + tn) / m['n'])
     hist = pd.read_csv(out/'history.csv')
     assert hist.phase.tolist() == ['frozen', 'unfrozen'] and hist.train_loss.notna().all()

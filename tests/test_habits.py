@@ -11,13 +11,14 @@ def habits_run(data_root, tmp_path_factory):
     "One epoch per phase: frozen at lr_find's suggestion, unfrozen at a rate that ruins the model, the best epoch kept."
     out = tmp_path_factory.mktemp('habits')/'run'
     run_cli('train', '--out', out, '--arch', 'resnet18', *SMALL, '--frozen-epochs', 1, '--unfrozen-epochs', 1,
-            '--lr-find', '--lr-find-its', 20, '--frozen-lr', 'auto', '--unfrozen-lr', 1, '--save-best', '--no-near-dups')
+            '--lr-find', '--lr-find-its', 20, '--frozen-lr', 'auto', '--unfrozen-lr', 1, '--save-best', '--no-near-dups', '--no-name-groups')
     return out
 
 
-def test_no_near_dups_makes_each_image_its_own_group(habits_run):
+def test_no_near_dups_and_no_name_groups_make_each_image_its_own_group(habits_run):
     run, split = json.loads((habits_run/'run.json').read_text()), pd.read_csv(habits_run/'split.csv')
     assert run['settings']['near_dups'] is False and run['groups']['near_duplicates'] is False
+    assert run['settings']['name_groups'] is False and run['groups']['name_groups'] is False
     assert run['groups']['groups'] == split.group.nunique() == len(split) and run['groups']['shared'] == 0
 
 
