@@ -32,7 +32,8 @@ RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 TORCHVISION = RESNETS + ('densenet121', 'efficientnet_b0')   # weights from the torch hub cache
 LITES = ('efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')   # weights from pip packages
 ARCHS = TORCHVISION + LITES
-model_meta.setdefault(torchvision.models.efficientnet_b0, {'cut': -2, 'split': default_split, 'stats': imagenet_stats})
+model_meta.setdefault(torchvision.models.efficientnet_b0, {'cut': -2, 'split': default_split, 'stats': imagenet_stats,
+                                                           'weights': 'DEFAULT'})   # without it fastai calls `pretrained=`, which torchvision warns about
 
 def arch_fn(arch:str # One of `ARCHS`, or a timm model name
            ):

@@ -166,6 +166,8 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     start, out = time.time(), out_folder(out)
     check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs, wd, clip, num_workers)   # before anything is read or written
+    if arch not in ARCHS: raise OptionError(   # `train --weights` reads a backbone of these; a timm body has its own layout
+        f"pretrain trains the backbones that `train --weights` reads: {', '.join(ARCHS)}; not {arch!r}")
     if (out/RUN_JSON).exists() or (out/MODEL_JSON).exists(): raise OptionError(
         f"{out} holds a training run, whose files pretraining would overwrite; give --out a folder of its own")
     staged = out/f'.{BACKBONE_FILE}.staged'   # the backbone, until its record is written: a backbone.pth never lacks one

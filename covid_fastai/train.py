@@ -67,12 +67,14 @@ def _check_folds(folds:int, fold:int|None):
 # %% ../nbs/07_train.ipynb #04ae2622
 def record_habits(learn:Learner, # After `fit_recipe`
                   out:Path, # The run folder: `plots/lr_find_<phase>.png` go there
-                  frozen_lr, unfrozen_lr # As given to `fit_recipe`: numbers, or 'auto'
+                  frozen_lr, unfrozen_lr, # As given to `fit_recipe`: numbers, or 'auto'
+                  epochs:tuple=(1, 1) # Epochs of each phase: a phase of none ran at no rate
                  )->dict:
     "Plot what `lr_find` found before each phase; return what `run.json` records: the peak rates, the suggestions, the best epoch."
     found = getattr(learn, 'lr_found', {})
     for phase, f in found.items(): save_figure(plot_lr_find(f, f"lr_find before the {phase} phase"), out/PLOTS_DIR/f'lr_find_{phase}.png')
-    lrs = {p: found.get(p, {}).get('valley') if lr == 'auto' else float(lr) for p, lr in zip(PHASES, (frozen_lr, unfrozen_lr))}
+    lrs = {p: None if not n else found.get(p, {}).get('valley') if lr == 'auto' else float(lr)
+           for p, lr, n in zip(PHASES, (frozen_lr, unfrozen_lr), epochs)}
     return {'lr': lrs, 'lr_find': {p: f['valley'] for p, f in found.items()} or None,
             'best_epoch': learn.best_epoch.where if hasattr(learn, 'best_epoch') else None}
 
@@ -172,7 +174,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs, classes)
     write_csv(hist, out/HISTORY_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
-    habits = record_habits(learn, out, frozen_lr, unfrozen_lr)
+    habits = record_habits(learn, out, frozen_lr, unfrozen_lr, (frozen_epochs, unfrozen_epochs))
     write_json({'settings': settings, 'status': 'done', 'task': task, 'classes': classes, 'device': str(dls.device), 'in_memory': isinstance(dls.train, InMemoryDL),
                 'processes': max(num_distrib(), 1),
                 'resumed': {k: resume.get(k) for k in ('phase', 'epoch', 'processes')} if resume else None,   # where an interrupted run went on

@@ -204,7 +204,7 @@ def test_a_killed_decoding_process_is_one_error_and_the_next_call_starts_new_one
     (['evaluate', '--model', '/nonexistent', '--csv', 'x.csv'], '--csv needs --images'),
     (['train', '--resume', '/nonexistent', '--size', '64', '--no-pretrained'], '--size, --no-pretrained would be ignored'),
     (['train', '--resume', '/nonexistent', '--arch', 'resnet50'], '--arch would be ignored'),   # typed, though it is the default
-    (['train', '--no-pretrained', '--weights', '/nonexistent.pth'], '--no-pretrained and --weights contradict each other'),
+    (['train', '--out', '/nonexistent/run', '--no-pretrained', '--weights', '/nonexistent.pth'], '--no-pretrained and --weights contradict each other'),
 ])
 def test_failures_are_one_line_without_traceback(args, message, data_root):
     res = run_cli(*args, check=False)

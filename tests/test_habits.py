@@ -78,6 +78,7 @@ def test_densenet121_from_the_command(data_root, tmp_path):
     out = tmp_path/'dense'
     run_cli('train', '--out', out, '--arch', 'densenet121', *SMALL, '--frozen-epochs', 1, '--unfrozen-epochs', 0)
     assert json.loads((out/'model.json').read_text())['arch'] == 'densenet121'
+    assert json.loads((out/'run.json').read_text())['lr'] == {'frozen': 1e-2, 'unfrozen': None}   # no unfrozen epoch: no rate
     file = _valid_files(out)[0]
     assert json.loads(run_cli('predict', '--model', out, '--json', file).stdout)[0]['label'] in ('Normal', 'COVID-19')
 

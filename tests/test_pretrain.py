@@ -137,6 +137,10 @@ def test_weights_paths_and_pretrain_options_that_cannot_work_are_one_line(mini, 
     assert not (tmp_path/'run').exists()
     res = run_cli(*train[:5], '--arch', 'resnet18', *train[7:], '--weights', pre/'backbone.pth', check=False, env=OFFLINE)   # another architecture's backbone
     assert res.returncode == 2 and 'is an efficientnet_lite0 backbone' in res.stderr and 'train with --arch efficientnet_lite0' in res.stderr, res.stderr
+    from covid_fastai.core import OptionError
+    from covid_fastai.pretrain import pretrain   # the command offers only these architectures; the function says so too
+    with pytest.raises(OptionError, match="not 'convnext_atto'"): pretrain(root, tmp_path/'timm', arch='convnext_atto')
+    assert not (tmp_path/'timm').exists()
     res = run_cli('pretrain', '--data', root, '--out', tmp_path/'p0', *TINY, '--frozen-epochs', 0, '--unfrozen-epochs', 0, check=False, env=OFFLINE)
     assert res.returncode == 2 and '--frozen-epochs 0 --unfrozen-epochs 0' in res.stderr and not (tmp_path/'p0').exists()
     run = tmp_path/'a_run'; run.mkdir(); (run/'run.json').write_text('{}')

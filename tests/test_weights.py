@@ -148,3 +148,13 @@ def test_the_command_refuses_weights_of_another_architecture_before_reading_imag
     res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--arch', 'resnet34', '--weights', tmp_path/'r18.pth', check=False)
     assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
     assert f"{tmp_path/'r18.pth'}: These weights do not fit resnet34" in res.stderr and 'give --arch the architecture' in res.stderr
+
+
+def test_efficientnet_b0_builds_without_torchvision_deprecation_warnings():
+    "torchvision warns about `pretrained=`, which fastai passes unless the architecture's meta names its weights."
+    import warnings
+    from covid_fastai.learner import covid_model
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        covid_model('efficientnet_b0', 2, 64)
+    assert not [m for m in w if 'torchvision' in m.filename], [str(m.message) for m in w]
