@@ -116,7 +116,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
           resume:dict|None=None # A checkpoint of this run to go on from; see `resume_training`
          )->dict:
     "Select, train with the freeze/unfreeze recipe, and write model, metrics, history and plots to `out` (with `folds`, a run per fold and `cv.json`); in a process other than the first of a distributed run, train and return None."
-    if weights is not None and not pretrained: raise OptionError(
+    if weights is not None and not pretrained and resume is None: raise OptionError(   # a run begun before this rule still resumes
         "--no-pretrained and --weights contradict each other: --weights starts from that file, --no-pretrained from random weights; give one")
     if weights is not None: weights = weights_file(weights).resolve()   # checked before anything is read; absolute, for --resume from anywhere
     data = str(find_data_root(data).resolve())   # the root itself, so that --resume and evaluate read the same images wherever they run
