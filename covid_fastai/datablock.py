@@ -468,11 +468,17 @@ def _group_classes(df:pd.DataFrame, col:str, group:str)->dict:
     cls = df.groupby(group)[col].agg(lambda s: s.value_counts().sort_index().idxmax())
     return {c: sorted(g) for c, g in sorted(cls.groupby(cls).groups.items())}
 
+def _groups_holding(df:pd.DataFrame, col:str, group:str)->dict:
+    "{class: how many groups hold a row of it}, counting groups where it is a minority too."
+    return df.groupby(col)[group].nunique().sort_index().to_dict()
+
 def _group_split(df:pd.DataFrame, valid_pct:float, seed, col:str, group:str)->np.ndarray:
     "Positions of the validation rows: whole groups of each class, drawn at random until the class has its share."
     rng, sizes, valid = np.random.default_rng(seed), df.groupby(group).size(), []
+    for cls, n in _groups_holding(df, col, group).items():
+        if n < 2: raise EmptySelectionError(f"Class {cls} has {n} group of rows: too few to train and validate")
     for cls, groups in _group_classes(df, col, group).items():
-        if len(groups) < 2: raise EmptySelectionError(f"Class {cls} has {len(groups)} group of rows: too few to train and validate")
+        if len(groups) < 2: continue   # its other rows are in groups of another class: `_cover_classes` gives it a side
         n = int(sizes[groups].sum()); want = min(n-1, max(1, round(n*valid_pct)))
         order, taken, chosen = rng.permutation(groups), 0, []
         for g in order:
@@ -529,10 +535,11 @@ def stratified_folds(df:pd.DataFrame, # Rows with a class column, and a `group` 
     groups = df[group] if group in df else pd.Series(np.arange(len(df)), index=df.index, name=group)
     df = df.assign(**{group: groups.to_numpy()})
     rng, sizes, fold_of, total = np.random.default_rng(seed), df.groupby(group).size(), {}, np.zeros(folds)
+    for cls, n in _groups_holding(df, col, group).items():
+        if n < folds: raise EmptySelectionError(
+            f"Class {cls} has {n} {'group(s) of rows' if n < (df[col] == cls).sum() else 'row(s)'}: too few for {folds} folds; "
+            + (f"use --folds {n} or fewer, or add data" if n >= 2 else "add data"))
     for cls, gs in _group_classes(df, col, group).items():
-        if len(gs) < folds: raise EmptySelectionError(
-            f"Class {cls} has {len(gs)} {'group(s) of rows' if len(gs) < sizes[gs].sum() else 'row(s)'}: too few for {folds} folds; "
-            + (f"use --folds {len(gs)} or fewer, or add data" if len(gs) >= 2 else "add data"))
         counts = np.zeros(folds)
         for g in sorted(rng.permutation(gs), key=lambda g: -sizes[g]):   # biggest first, at random among equals
             f = min(range(folds), key=lambda f: (counts[f], total[f], f))
