@@ -126,13 +126,14 @@ def _summary(a): print(command_function('summary')(**_args_of(command_function('
 
 def _train(a):
     from covid_fastai.core import MODEL_JSON, METRICS_JSON, HISTORY_CSV, PLOTS_DIR, OptionError
-    from covid_fastai.train import train, resume_training
+    from covid_fastai.train import train, resume_training, AFTER_TRAINING
     if a.resume:
         defaults = {k: p.default for k, p in inspect.signature(train).parameters.items()}
         if given := ['--' + ('no-' if defaults[k] is True else '') + k.replace('_', '-')
-                     for k in _args_of(train, a) if k not in ('out', 'resume') and k in a.given]:
-            raise OptionError(f"--resume goes on with the run's own settings (its run.json), so {', '.join(given)} would be ignored: leave them out")
-        a.out, metrics = a.resume, resume_training(a.resume)
+                     for k in _args_of(train, a) if k not in ('out', 'resume', *AFTER_TRAINING) and k in a.given]:
+            raise OptionError(f"--resume goes on with the run's own settings (its run.json), so {', '.join(given)} would be ignored: "
+                              f"leave them out (only {', '.join('--' + k for k in AFTER_TRAINING)}, used after the last epoch, may change)")
+        a.out, metrics = a.resume, resume_training(a.resume, **{k: getattr(a, k) for k in AFTER_TRAINING if k in a.given})
     else: metrics = train(**_args_of(train, a))
     out = Path(a.out)
     if metrics is None: return   # a process other than the first of a distributed run: the first one reports

@@ -24,8 +24,8 @@ from .ood import learner_ood
 
 
 # %% auto #0
-__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'split_frame', 'check_same_split', 'group_counts', 'record_habits', 'train', 'clear_run',
-           'resume_training']
+__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'AFTER_TRAINING', 'split_frame', 'check_same_split', 'group_counts', 'record_habits',
+           'train', 'clear_run', 'resume_training']
 
 # %% ../nbs/07_train.ipynb #dae2b856
 SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'group', 'path']
@@ -164,7 +164,10 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     classes, k = list(dls.vocab), list(dls.vocab).index(POSITIVE)
     temperature = fit_temperature(logits, targs) if calibrate else 1.0
     probs = softmax64(logits, temperature)
-    chosen = choose_threshold((targs == k).int().numpy(), probs[:, k].numpy(), threshold)
+    try: chosen = choose_threshold((targs == k).int().numpy(), probs[:, k].numpy(), threshold)
+    except OptionError as e:   # a rule no threshold meets shows only now: the checkpoint of the last epoch keeps the training
+        if fold is not None: raise   # a fold's rule is the cross-validation's: changing it for one fold would mix two rules
+        raise OptionError(f"{e}. The trained model is kept: `covid-fastai train --resume {out} --threshold ...` chooses again without training") from None
     if fitted := [o for o, on in ((f'--threshold {threshold}', chosen['rule'] != 'fixed'), ('--calibrate', calibrate)) if on]: warnings.warn(
         f"{' and '.join(fitted)}: fitted on the {len(targs)} validation images that metrics.json measures, so its figures flatter "
         "the model; `covid-fastai evaluate` on images it never saw gives unbiased ones", stacklevel=2)
@@ -224,10 +227,15 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
     return cv
 
 # %% ../nbs/07_train.ipynb #4245d24f
-def resume_training(out:str|Path # The folder of the interrupted run
+AFTER_TRAINING = ('threshold', 'calibrate', 'prevalence')   # settings of `train` used only after the last epoch
+
+def resume_training(out:str|Path, # The folder of the interrupted run
+                    **after # New values of `AFTER_TRAINING` settings (not for cross-validation); the rest are the run's own
                    )->dict:
     "Finish the interrupted run in `out` from its last complete epoch, with its own settings."
     out = Path(out)
+    if unknown := set(after) - set(AFTER_TRAINING): raise OptionError(
+        f"--resume goes on with the run's own settings; only {', '.join(AFTER_TRAINING)} may change, not {', '.join(sorted(unknown))}")
     try: run = json.loads((out/RUN_JSON).read_text()); settings = {'near_dups': False, 'name_groups': False, **run['settings']}   # runs from before these groups
     except (OSError, ValueError, KeyError, TypeError): raise DataNotFoundError(
         f"{out/RUN_JSON} not found or unreadable: {out} is not the folder of a run that `covid-fastai train --out` started") from None
@@ -236,8 +244,10 @@ def resume_training(out:str|Path # The folder of the interrupted run
                              "and the images left out would not match it: put the original file back, or train again without --resume")
     if settings.get('folds', 1) > 1 and settings.get('fold') is None:   # cross-validation: each fold goes on where it stopped
         if run.get('status') == 'done': raise DataNotFoundError(f"{out} holds finished cross-validation ({CV_JSON}): nothing to resume")
+        if after: raise OptionError(f"--resume of a cross-validation keeps its settings, which its finished folds used: "
+                                    f"give {', '.join('--' + k for k in after)} to a new run instead")
         return train(**{**settings, 'out': out}, resume={})   # no checkpoint of its own: each fold has one
-    return train(**{**settings, 'out': out}, resume=load_checkpoint(out/CHECKPOINT))
+    return train(**{**settings, **after, 'out': out}, resume=load_checkpoint(out/CHECKPOINT))
 
 def _fold_run(out:Path, settings:dict, keep_finished:bool)->dict:
     "The metrics of the fold run in `out`: trained afresh; or, going on after an interruption, read back when it finished, resumed when it began."

@@ -82,3 +82,19 @@ def test_resume_refuses_images_that_changed_since_the_run_started(data_root, ima
     shutil.move(tmp_path/'moved.jpeg', moved)                              # put back: the run goes on
     run_cli('train', '--resume', out)
     assert json.loads((out/'run.json').read_text())['status'] == 'done'
+
+
+def test_resume_may_choose_the_threshold_anew(uninterrupted, data_root, tmp_path):
+    "The settings used after the last epoch may change on --resume (a rule no threshold met stops the run there); the training is the same."
+    out = tmp_path/'run'
+    rc, err = _interrupt_after_first_epoch(out, signal.SIGINT)
+    assert rc == 130, err[-2000:]
+    res = run_cli('train', '--resume', out, '--threshold', 'youden', '--seed', 7, check=False)
+    assert res.returncode == 2 and '--seed would be ignored' in res.stderr and '--threshold' not in res.stderr.split('ignored')[0]
+    run_cli('train', '--resume', out, '--threshold', 'youden')
+    metrics, whole = (json.loads((o/'metrics.json').read_text()) for o in (out, uninterrupted))
+    assert metrics['threshold_choice']['rule'] == 'youden' and whole['threshold_choice']['rule'] == 'fixed'
+    assert metrics['threshold'] == json.loads((out/'model.json').read_text())['threshold']
+    assert json.loads((out/'run.json').read_text())['settings']['threshold'] == 'youden'
+    assert (out/'model.safetensors').read_bytes() == (uninterrupted/'model.safetensors').read_bytes()   # the same training
+    assert metrics['roc_auc'] == whole['roc_auc']
