@@ -96,6 +96,9 @@ def _spell_covid(csv, df:pd.DataFrame)->pd.DataFrame:
     unsure = key.str.contains('covid|sarscov|ncov|corona', na=False) & ~covid & pneumonia   # 'non-COVID', 'Coronavirus' (SARS? MERS?): not taken
     if unsure.any(): warnings.warn(f"{csv}: Label_2_Virus_category {', '.join(map(repr, v[unsure].unique()[:5]))} at "
         f"{_rows(df[['Label_2_Virus_category']], unsure)} is counted as a pneumonia other than COVID-19; if it is COVID-19, write {POSITIVE}", stacklevel=3)
+    normal = covid & (df.Label == LABELS[0])   # CoronaHack has none: its COVID-19 rows are all Pnemonia
+    if normal.any(): warnings.warn(f"{csv}: Label Normal with Label_2_Virus_category {POSITIVE} at {_rows(df[['Label']], normal)} "
+                                   f"is taken as Normal, as Label says; if it is COVID-19, write Label {LABELS[1]}", stacklevel=3)
     return df.assign(Label_2_Virus_category=v.mask(covid, POSITIVE))
 
 # %% ../nbs/01_data.ipynb #14dbfc5a
@@ -110,6 +113,10 @@ def read_metadata(csv:str|Path # `Chest_xray_Corona_Metadata.csv`, or a dataset 
         raise MetadataError(f"{csv} is not UTF-8 text ({e}); save it as UTF-8 (in Excel: CSV UTF-8)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise MetadataError(f"{csv} is not a readable CSV ({e}); use the metadata file from the CoronaHack dataset") from None
+    header = pd.read_csv(csv, header=None, nrows=1, dtype=str).iloc[0].fillna('').str.strip()   # as written: pandas renames a repeated name
+    if len(twice := sorted(set(header[header.duplicated() & (header != '')]))): raise MetadataError(
+        f"{csv}: column(s) {', '.join(twice)} appear more than once in the header; keep one of each, or the wrong one may be read")
+    df.columns = [str(c).strip() if not str(c).startswith('Unnamed:') else c for c in df.columns]   # ' Label' is Label
     missing = [c for c in COLUMNS if c not in df.columns]
     semicolons = len(df.columns) == 1 and ';' in str(df.columns[0])   # Excel's CSV where the decimal mark is a comma
     if missing: raise MetadataError(f"{csv} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, df.columns))}); "
@@ -214,8 +221,9 @@ def image_path(folder:str|Path, # The image folder
               )->Path:
     "`folder/name`, refusing a name that is empty, absolute, or resolves outside `folder`."
     folder = Path(folder)
+    if '\x00' in name: raise UnsafeImageNameError(f"Image name {name!r} holds a NUL character, which no file name can; fix X_ray_image_name")
     p = Path(os.path.realpath(folder/name))   # as `resolve`, but a link that loops is a missing file, not an error
-    if not name or Path(name).is_absolute() or '\x00' in name or not p.is_relative_to(folder.resolve()) or p == folder.resolve():
+    if not name or Path(name).is_absolute() or not p.is_relative_to(folder.resolve()) or p == folder.resolve():
         link = bool(name) and os.path.basename(name) == name and os.path.islink(folder/name)
         raise UnsafeImageNameError(f"Image name {name!r} would resolve outside {folder}; " + (
             f"{folder/name} is a symbolic link to {os.readlink(folder/name)}: copy the image into the folder instead" if link else

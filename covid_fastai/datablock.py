@@ -17,12 +17,12 @@ from .core import *
 from .data import task_classes, select_balanced, read_sources, find_data_root, images_dir
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'DICOM_SUFFIXES', 'CACHE_ENV', 'NEAR_DUPLICATE_DIFF',
-           'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'check_spread', 'load_xray',
-           'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay', 'check_images', 'balanced_rows',
-           'thumbnails', 'near_duplicates', 'name_group', 'group_rows', 'StratifiedSplitter', 'stratified_folds',
-           'FoldSplitter', 'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL',
-           'free_memory', 'fits_in_memory', 'covid_dataloaders']
+__all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'SPREAD_SIDE', 'DICOM_SUFFIXES', 'CACHE_ENV',
+           'NEAR_DUPLICATE_DIFF', 'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'grey_spread',
+           'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay',
+           'check_images', 'balanced_rows', 'thumbnails', 'near_duplicates', 'name_group', 'group_rows',
+           'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine',
+           'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -60,6 +60,7 @@ def to_rgb(im:Image.Image)->Image.Image:
 
 # %% ../nbs/02_datablock.ipynb #1f62b7e7
 MIN_SIDE, MAX_ASPECT, MIN_STD = 64, 4.0, 2.0   # pixels; longer side / shorter side; grey levels (of 255)
+SPREAD_SIDE = 64   # MIN_STD holds for the image at this size, whatever size it is read at: noise averages out as it shrinks
 
 # %% ../nbs/02_datablock.ipynb #d0e97c0a
 DICOM_SUFFIXES = ('.dcm', '.dicom')
@@ -228,7 +229,13 @@ def check_shape(fn, w:int, h:int, max_pixels:int=MAX_PIXELS):
     if max(w, h) > MAX_ASPECT*min(w, h): raise NotRadiographError(
         f"{fn}: {w} x {h} pixels, an aspect ratio of 1:{max(w, h)/min(w, h):.1f}: no radiograph is beyond 1:{MAX_ASPECT:g}")
 
-def check_spread(fn, spread:float # The standard deviation of the decoded image's grey levels (of 255)
+def grey_spread(im:Image.Image # A grey ('L') image
+               )->float:
+    "The standard deviation of `im`'s grey levels (of 255) at `SPREAD_SIDE` x `SPREAD_SIDE`: the same for an image read at any size."
+    if im.size != (SPREAD_SIDE, SPREAD_SIDE): im = im.resize((SPREAD_SIDE, SPREAD_SIDE), Image.BILINEAR)
+    return float(np.asarray(im).std())
+
+def check_spread(fn, spread:float # `grey_spread` of the decoded image
                 ):
     "Refuse, once decoded, an image that is blank or nearly so."
     if spread < MIN_STD: raise NotRadiographError(f"{fn}: blank (its grey levels vary by {spread:.1f} of 255): no radiograph to read")
@@ -246,8 +253,12 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter('error', Image.DecompressionBombWarning)
-                with Image.open(fn) as im:
+                # from an open file: Pillow 13 maps an uncompressed TIFF given by name, and then scrambles its orientations 5-8
+                with open(fn, 'rb') as f, Image.open(f) as im:
                     check_shape(fn, *im.size, max_pixels)
+                    if im.mode not in WIDE_MODES and any(';16' in str(t.args) for t in im.tile): raise UnreadableImageError(
+                        f"{fn}: 16-bit colour ({im.mode} of 16-bit samples), of which Pillow reads only the high byte; "
+                        "save it as a grey image (a 16-bit grey PNG keeps every level)")
                     if size: im.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `size`
                     # a TIFF whose 0 is white (as DICOM's MONOCHROME1): Pillow turns 8-bit ones the right way, not 16-bit ones
                     white_is_0 = im.format == 'TIFF' and im.mode in WIDE_MODES and im.tag_v2.get(262) == 0
@@ -261,12 +272,12 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
     except (OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"{fn}: not a readable image ({type(e).__name__}: {e})") from None
     im = im if size is None else im.resize((size, size), Image.BILINEAR)
-    check_spread(fn, np.asarray(im).std())
+    check_spread(fn, grey_spread(im))
     return im if grey else im.convert('RGB')
 
 # %% ../nbs/02_datablock.ipynb #ee74c503
 CACHE_ENV = 'COVID_FASTAI_CACHE'
-_LOADER_VERSION = 5   # bump when `load_xray`'s output changes, to retire old cache entries
+_LOADER_VERSION = 6   # bump when `load_xray`'s output changes, to retire old cache entries
 
 def default_cache_dir()->Path:
     "`$COVID_FASTAI_CACHE`, else `decoded/` in the user's cache folder."

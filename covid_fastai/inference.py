@@ -20,7 +20,7 @@ from fastai.vision.all import Learner, Normalize, Pipeline, TensorImage, create_
 import covid_fastai
 from .core import *
 from .data import POSITIVE, task_of
-from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread, covid_augment, load_xray, xray_array, xray_arrays
+from .datablock import OpenXRay, DecodeCache, DICOM_SUFFIXES, is_dicom, check_shape, check_spread, SPREAD_SIDE, covid_augment, load_xray, xray_array, xray_arrays
 from .learner import arch_fn, arch_stats, ARCHS, covid_model, arch_builder, softmax64
 from .ood import OODDescription, features_and_logits
 
@@ -217,7 +217,8 @@ def _decode_jpegs(self:CovidClassifier, loaded:list, pool)->list:
             images = None
         if images is not None:
             xs = self._squish(images)
-            spreads = xs.float().flatten(1).std(1, correction=0).tolist()   # the blank check: one wait for the GPU a batch
+            small = F.interpolate(xs.float(), (SPREAD_SIDE, SPREAD_SIDE), mode='bilinear', antialias=True)   # `grey_spread`'s size
+            spreads = small.flatten(1).std(1, correction=0).tolist()   # the blank check: one wait for the GPU a batch
             for i, x, s in zip(jpegs, xs, spreads):
                 try: check_spread(out[i][0], s); out[i] = (out[i][0], x, None)
                 except CovidFastaiError as e: out[i] = (out[i][0], None, str(e))
