@@ -47,7 +47,8 @@ WIDE_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')   # Pillow's 16-bit, 
 def to_grey(im:Image.Image)->Image.Image:
     "Convert any Pillow image to 8-bit grey ('L'): 16-bit and float scaled by their range, transparency onto black, colour removed."
     if im.mode in WIDE_MODES: im = _scale_to_8bit(im)
-    if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
+    if im.mode in ('P', 'L', 'RGB') and 'transparency' in im.info: im = im.convert('RGBA')   # a colour marked transparent (tRNS)
+    if im.mode == 'P': im = im.convert('RGB')
     if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
         im = im.convert('RGBA')
         bg = Image.new('RGBA', im.size, (0, 0, 0, 255))
