@@ -46,7 +46,7 @@ def rgb_first(fn, size:int):
 def _decode(args):
     from covid_fastai.datablock import load_xray
     fn, size = args
-    load_xray(fn, size)
+    return load_xray(fn, size)   # back to the parent, as threads hand theirs: the transfer is part of the processes' cost
 
 
 def methods(files, size:int, workers:int, tmp:Path)->dict:

@@ -6,7 +6,7 @@
 1. `CovidClassifier.predict` on a folder of the ~110 balanced-selection images vs the forward-only floor
    (the same model on tensors made beforehand, under torch.inference_mode).
 2. Latency of one image: from a cold process (`covid-fastai predict --model DIR IMAGE`) and from a loaded model.
-3. Peak memory (ru_maxrss) of a few training steps at each batch size, each in its own process.
+3. Peak memory (VmHWM) of a few training steps at each batch size, each in its own process.
 4. read_metadata + metadata_summary + select_balanced on the CSV and on copies of it 10x and 100x as long.
 The model is an untrained ResNet50 saved with `save_model`: its weights do not change any of these timings.
 """

@@ -187,7 +187,7 @@ def run_all(cfg, rows, dls, batches, tmp:Path)->tuple[dict, list]:
             set_seed(cfg.seed + r)
             t0 = time.perf_counter()
             if m == 'a': epochs = run_seed(train_rows, cfg)
-            elif m == 'b': epochs = run_fastai(make_dls(rows, cfg, DecodeCache(tmp/f'cache_{r}')), cfg, valid_seconds)
+            elif m == 'b': epochs = run_fastai(make_dls(rows, cfg, DecodeCache(tmp/f'cache_{r}'), in_memory=True), cfg, valid_seconds)
             elif m == 'd': epochs = run_fastai(dls, cfg, [])
             else: epochs = run_floor(dls, batches, cfg)
             results[m].append(epochs)

@@ -3,8 +3,9 @@
 
     python bench/bench_workers.py [--workers 2] [--rounds 3] [--epochs 3]    # about 9 min on 2 cores
 
-Each round trains covid_fastai (as bench_train.py's method b: ResNet50, 256 px, batch 8, images read from a warm
-DecodeCache) once with 0 loader workers and once with N, and takes the ratio of their median timed epochs (the first
+Each round trains covid_fastai (ResNet50, 256 px, batch 8, images read from a warm DecodeCache by fastai's per-item
+loader on both sides, so that the workers are the only difference: with no workers, `covid_dataloaders` would otherwise
+keep the images in memory) once with 0 loader workers and once with N, and takes the ratio of their median timed epochs (the first
 epoch of each run is warm-up). It prints each round's ratio and their median; above 1, the workers slow training down.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv=None):
             for w in secs:
                 cfg = parse(['--workers', str(w), '--epochs', str(a.epochs)] + (['--data', a.data] if a.data else []))
                 wait_for_quiet(30); set_seed(42 + r)
-                epochs = run_fastai(make_dls(rows, cfg, cache), cfg, [])
+                epochs = run_fastai(make_dls(rows, cfg, cache, in_memory=False), cfg, [])
                 secs[w].append(stats([e.seconds for e in epochs[1:]])['median'])
                 print(f"round {r+1}, {w} workers: epochs " + ', '.join(f"{e.seconds:.1f}s" for e in epochs)
                       + "; other processes' load " + ', '.join(f"{e.load:.2f}" for e in epochs), flush=True)
