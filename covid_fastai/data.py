@@ -413,9 +413,14 @@ def read_sources(root:str|Path, # A dataset root, from `find_data_root`
     "CoronaHack's rows of `root` and the rows of each extra dataset, in one frame with `source` (and `path` for the extra rows)."
     main = with_source(read_metadata(root), Path(root)/METADATA_CSV)
     extra = [read_extra(s, strict) for s in extra_data or []]
-    seen = {}   # the same dataset twice would weigh its rows double, and put copies on both sides of a split
+    seen, named = {}, {}   # the same dataset twice would weigh its rows double, and put copies on both sides of a split
     for spec, rows in zip(extra_data or [], extra):
         if (key := frozenset(map(os.path.realpath, rows.path))) in seen and key:   # the same files, through `..` or a link too
             raise OptionError(f"--extra-data {spec} gives the images of --extra-data {seen[key]} again; give each dataset once")
         seen[key] = spec
+        # rows are told apart by (source, name): two datasets under one source would pass for one (`pretrain`'s record, `--by source`)
+        if (name := source_name(_extra_parts(spec)[0], extra=True)) in set(rows.source) and name in named: raise OptionError(
+            f"--extra-data {named[name]} and --extra-data {spec} both give rows the source {name!r} (their CSVs' name): "
+            "rename one CSV, or give its rows a `source` column")
+        named[name] = spec
     return pd.concat([main, *extra], ignore_index=True)
