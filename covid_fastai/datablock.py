@@ -30,10 +30,12 @@ MAX_PIXELS = 50_000_000
 def _to_8bit(a:np.ndarray, # Any numbers
              keep:np.ndarray|None=None # Where the range is measured (a boolean mask); None: everywhere
             )->np.ndarray:
-    "`a` scaled linearly from its real range (minimum to maximum, where `keep`) onto 0-255, as `uint8`; a flat array becomes 0."
+    "`a` scaled linearly from its real range (minimum to maximum, where `keep`) onto 0-255, as `uint8`; a flat array becomes 0, a pixel that is not a number black."
     a = np.asarray(a, dtype=np.float64)
-    part = a if keep is None else a[keep]
+    finite = np.isfinite(a)   # a float TIFF's NaN or infinite pixel would make the whole range NaN
+    part = a[finite if keep is None else keep & finite]
     lo, hi = (float(part.min()), float(part.max())) if part.size else (0.0, 0.0)
+    a = np.where(finite, a, lo)
     a = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
     return np.round(np.clip(a, 0, 255)).astype(np.uint8)
 

@@ -91,12 +91,15 @@ def plot_lr_find(found:dict, # From `Learner.quiet_lr_find`
     return fig
 
 # %% ../nbs/03a_habits.ipynb #2e751902
-def check_lr(lr)->float|str:
+def check_lr(lr, # A rate as given: a number, or 'auto'
+             name:str='learning rate' # What it is called where it was given (`--frozen-lr`)
+            )->float|str:
     "`lr` as a rate: a positive number, or 'auto' (the suggestion of `lr_find`)."
     if lr == 'auto': return lr
     try: lr = float(lr)
     except (TypeError, ValueError): lr = None
-    if lr is None or not lr > 0: raise OptionError(f"learning rate {lr!r}: give a positive number (e.g. 1e-3) or 'auto' (the suggestion of lr_find)")
+    if lr is None or not (np.isfinite(lr) and lr > 0):
+        raise OptionError(f"{name} {lr!r}: give a positive number (e.g. 1e-3) or 'auto' (the suggestion of lr_find)")
     return lr
 
 def phase_lr(learn:Learner, # The learner, frozen or unfrozen for `phase`

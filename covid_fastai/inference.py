@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchvision.io import ImageReadMode
 from PIL import Image
 from safetensors.torch import save_file, load_file
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from fastcore.basics import patch
 from fastai.vision.all import Learner, Normalize, Pipeline, TensorImage, create_vision_model, imagenet_stats, load_learner
 import covid_fastai
@@ -26,9 +26,9 @@ from .ood import OODDescription, features_and_logits
 
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'SQUISH_BUDGET', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted', 'resize_weights',
-           'padded_groups', 'decoding_processes', 'model_description', 'run_folder', 'load_model', 'image_files',
-           'predict_files', 'prediction_records', 'tta_augment']
+__all__ = ['MODEL_FORMAT', 'SAVED_DESCRIPTION', 'SQUISH_BUDGET', 'IMAGE_SUFFIXES', 'save_model', 'CovidClassifier', 'predicted',
+           'resize_weights', 'padded_groups', 'decoding_processes', 'model_description', 'run_folder', 'load_model',
+           'image_files', 'predict_files', 'prediction_records', 'tta_augment']
 
 # %% ../nbs/05_inference.ipynb #a085f4e6
 MODEL_FORMAT = 'covid_fastai.model/1'
@@ -38,6 +38,12 @@ def _opener(learn:Learner)->OpenXRay|None:
     "The `OpenXRay` of `learn`'s DataLoaders, which knows the size its images are squished to; None for other DataLoaders."
     try: return next((t for t in learn.dls.train_ds.tls[0].tfms.fs if isinstance(t, OpenXRay)), None)
     except (AttributeError, IndexError): return None
+
+SAVED_DESCRIPTION = 'covid_fastai.model_json'   # the key of model.json's copy in model.safetensors' header
+
+def _described(meta:dict)->str:
+    "`meta` as the copy in the weights' header keeps it: canonical JSON, without the weights' own name and checksum."
+    return json.dumps({k: v for k, v in meta.items() if k not in ('weights', 'sha256')}, sort_keys=True)
 
 def save_model(learn:Learner, # A learner from `covid_learner`
                dest:str|Path, # Folder to write `model.safetensors` and `model.json` into
@@ -53,13 +59,13 @@ def save_model(learn:Learner, # A learner from `covid_learner`
     state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
              for k, v in learn.model.state_dict().items()}
     if ood is not None: state.update(ood.tensors())
-    with atomic_write(dest/WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp))
-        digest = file_sha256(tmp)
     meta = {'format': MODEL_FORMAT, 'arch': learn.arch_name, 'size': size, 'task': task_of(learn.dls.vocab), 'classes': list(learn.dls.vocab),
             'mean': list(arch_stats(learn.arch_name)[0]), 'std': list(arch_stats(learn.arch_name)[1]), 'threshold': threshold, 'temperature': temperature,
-            'builder': arch_builder(learn.arch_name), 'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE, 'sha256': digest}
+            'builder': arch_builder(learn.arch_name), 'version': covid_fastai.__version__, 'weights': WEIGHTS_FILE}
     if ood is not None: meta['ood'] = ood.description()
+    with atomic_write(dest/WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={SAVED_DESCRIPTION: _described(meta)})   # under the checksum, as model.json is not
+        meta['sha256'] = file_sha256(tmp)
     with atomic_write(dest/MODEL_JSON) as tmp: tmp.write_text(json.dumps(meta, indent=2) + '\n')
     return dest/MODEL_JSON
 
@@ -328,7 +334,7 @@ def _holds(ok, v)->bool:
 _META_CHECKS = [   # (key, test, what it must be): values `CovidClassifier` relies on
     ('arch', lambda v: isinstance(v, str) and v, 'the name of an architecture'),
     ('weights', lambda v: isinstance(v, str) and v, f'the name of the weights file beside it ({WEIGHTS_FILE})'),
-    ('size', lambda v: isinstance(v, int) and v > 0, 'a positive whole number of pixels'),
+    ('size', lambda v: type(v) is int and v > 0, 'a positive whole number of pixels'),
     ('classes', lambda v: isinstance(v, list) and len(v) >= 2 and len(set(v)) == len(v) and all(isinstance(c, str) for c in v) and v[-1] == POSITIVE,
      f'a list of two or more class names, {POSITIVE} last (as the model was trained: `predicted` reads the last column as COVID-19)'),
     ('mean', lambda v: isinstance(v, list) and len(v) == 3 and all(map(_number, v)), 'three numbers'),
@@ -353,8 +359,15 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
         raise ModelFileError(f"Weights file {weights} not found; keep {WEIGHTS_FILE} beside {path.name}")
     if file_sha256(weights) != meta['sha256']: raise ModelFileError(
         f"{weights} does not match the checksum in {path}: it was changed or truncated after training; use the original files")
-    try: state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+        with safe_open(str(weights), 'pt') as f: saved = (f.metadata() or {}).get(SAVED_DESCRIPTION)
     except (SafetensorError, OSError) as e: raise ModelFileError(f"{weights} is not a readable safetensors file ({e})") from None
+    if saved is not None and saved != _described(meta):   # files saved before the copy was kept have none to compare
+        was = json.loads(saved)
+        changed = sorted(k for k in {*was, *meta} - {'weights', 'sha256'} if was.get(k) != meta.get(k))
+        raise ModelFileError(f"{path}: {', '.join(changed)} differ from the description saved inside {weights.name} when the model was "
+                             "trained; model.json was edited: use the model.json written by `covid-fastai train`")
     ood = {k: state.pop(k) for k in [k for k in state if k.startswith('ood.')]}
     model = covid_model(meta['arch'], len(meta['classes']), meta['size'])
     try: model.load_state_dict(state)
@@ -363,7 +376,11 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
 
 # %% ../nbs/05_inference.ipynb #fbbc228e
 def _load_pickle(path:Path, device, cache)->CovidClassifier:
-    learn = load_learner(path, cpu=True)
+    try: learn = load_learner(path, cpu=True)
+    except AttributeError: learn = None   # fastai moves what it unpickled to the CPU as a Learner: a state dict has no `dls`
+    if not isinstance(learn, Learner): raise ModelFileError(
+        f"{path} is not a fastai Learner export: covid_fastai's .pth files are checkpoints and "
+        "backbones (for --resume and --weights), not models; give the run folder, whose model.json describes its model")
     if (opener := _opener(learn)) is None: raise ModelFileError(f"{path} is not a covid_fastai export: its DataLoaders do not open images with OpenXRay")
     norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
     meta = {'format': 'fastai-pickle', 'arch': getattr(learn, 'arch_name', '?'), 'size': opener.size, 'task': task_of(learn.dls.vocab),
@@ -417,7 +434,7 @@ def image_files(paths:list # Image files, or folders of them
         p = Path(p)
         if not p.is_dir(): files.append(p); continue
         entries = sorted(p.iterdir())
-        found = [f for f in entries if f.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(f)]
+        found = [f for f in entries if not f.name.startswith('.') and (f.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(f))]   # macOS's ._x.jpeg are no images
         others = sorted(set(f.name for f in entries if f.is_file() and not f.name.startswith('.')) - set(f.name for f in found))   # hidden files are no one's images
         if not found: warnings.warn(f"{p} holds no image files ({', '.join(IMAGE_SUFFIXES)}, or DICOM by its marker); subfolders are not searched", stacklevel=2)
         elif others: warnings.warn(f"{p}: {len(others)} file(s) left out, neither images ({', '.join(IMAGE_SUFFIXES)}) nor DICOM by its marker: "

@@ -151,3 +151,13 @@ def test_a_model_without_description_loads_says_so_once_and_scores_null(ood_run,
     res = run_cli('predict', '--model', old, *unseen_radiographs[:2], '--json')
     assert [(r['ood_score'], r['out_of_distribution']) for r in json.loads(res.stdout)] == [(None, None)] * 2
     assert res.stderr.count('no description of its training images') == 1
+
+
+def test_thresholds_edited_in_model_json_are_refused(ood_run, made, tmp_path):
+    "model.json is not under the weights' checksum: a threshold lowered by hand would flag nothing, or everything, in silence."
+    edited = tmp_path/'edited'; shutil.copytree(ood_run, edited)
+    meta = json.loads((edited/'model.json').read_text())
+    meta['ood']['thresholds'] = {v: -1.0 for v in meta['ood']['thresholds']}   # every score above it: every image would be flagged
+    (edited/'model.json').write_text(json.dumps(meta, indent=2))
+    res = run_cli('predict', '--model', edited, made['noise'][0], check=False)
+    assert res.returncode == 2 and 'ood differ from the description saved inside model.safetensors' in res.stderr and 'Traceback' not in res.stderr

@@ -143,6 +143,8 @@ def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_pa
     (['--extra-data', 'BADCSV'], 'lacks column(s) Label'),
     (['--folds', 10_000], 'too few for 10000 folds'),
     (['--group-col', 'patient'], '--group-col patient: no such column'),
+    (['--unfrozen-lr', -1], '--unfrozen-lr -1.0: give a positive number'),   # refused before the frozen phase, not after it
+    (['--frozen-lr', 'inf'], '--frozen-lr inf: give a positive number'),
 ])
 def test_bad_inputs_are_one_line_and_write_nothing(args, message, data_root, extra, tmp_path):
     if 'BADCSV' in args:
