@@ -13,7 +13,7 @@ from .core import *
 
 # %% auto #0
 __all__ = ['History', 'rng_states', 'set_rng_states', 'EpochCheckpoint', 'load_checkpoint', 'epochs_done', 'resume_from',
-           'restore_callbacks']
+           'load_optimizer', 'restore_callbacks']
 
 # %% ../nbs/03_checkpoint.ipynb #26bae95d
 class History(Callback):
@@ -91,7 +91,8 @@ def load_checkpoint(path:str|Path)->dict:
     "A checkpoint written by `EpochCheckpoint`, loaded without unpickling code."
     try: return torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError: raise DataNotFoundError(f"No checkpoint at {path}: nothing to resume (the run finished, or never completed an epoch)") from None
-    except Exception as e: raise ModelFileError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e: raise ModelFileError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
+                                                "the run cannot go on from it: train again without --resume") from None
 
 # %% ../nbs/03_checkpoint.ipynb #9776f935
 def epochs_done(resume:dict|None, # A checkpoint from `load_checkpoint`, or None for a fresh run
@@ -111,7 +112,14 @@ def resume_from(learn:Learner, resume:dict):
         raise ModelFileError(f"the checkpoint does not fit this run's model ({misfit(e)}): it is another run's; train again without --resume") from None
     learn.history.rows = list(resume['history'])
 
+def load_optimizer(learn:Learner, resume:dict):
+    "The checkpoint's optimizer state into `learn.opt`, or one line saying it is another optimizer's."
+    try: learn.opt.load_state_dict(resume['opt'])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e: raise ModelFileError(
+        f"the checkpoint's optimizer state does not fit this run's optimizer ({type(e).__name__}: {e}): it was saved by "
+        "another optimizer; train again without --resume") from None
+
 def restore_callbacks(learn:Learner, resume:dict, start:int)->list:
     "Call after freezing or unfreezing for the phase that goes on at epoch `start`: loads its optimizer state if it was under way."
-    if start: learn.opt.load_state_dict(resume['opt'])
+    if start: load_optimizer(learn, resume)
     return [_Restore(resume, start)]

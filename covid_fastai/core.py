@@ -48,8 +48,17 @@ def printable(s)->str:
     except UnicodeEncodeError: return s.encode('utf-8', 'backslashreplace').decode('utf-8')   # a surrogate no file name makes
 
 # %% ../nbs/00_core.ipynb #f30689ee
+def _fsync(path:Path):
+    "Flush a file's or a folder's data to the disk (a folder: the names in it)."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    except OSError: pass   # a file system that cannot (some network ones): nothing more to do
+    finally: os.close(fd)
+
 @contextlib.contextmanager
-def atomic_write(dest:str|Path): # The file to write
+def atomic_write(dest:str|Path, # The file to write
+                 sync:bool=True # Flush it to the disk before the move, so that a power cut leaves the old file or the new one, whole
+                ):
     "Yield a temporary path beside `dest`; move it onto `dest` only if the block succeeds."
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +68,9 @@ def atomic_write(dest:str|Path): # The file to write
     try:
         yield tmp
         os.chmod(tmp, mode)   # a writer that replaced the file (safetensors' `save_file` writes 0600) does not choose who reads it
+        if sync: _fsync(tmp)
         os.replace(tmp, dest)
+        if sync: _fsync(dest.parent)   # the move itself
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 

@@ -315,7 +315,7 @@ class DecodeCache:
         a = np.array(load_xray(fn, size, grey=True))
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as tmp:
+            with atomic_write(path, sync=False) as tmp:   # an entry a power cut damages is decoded again
                 with open(tmp, 'wb') as f: np.save(f, a)   # grey: a third of the disk and of the reading
         except OSError: pass                            # a read-only cache only costs speed
         return a

@@ -517,7 +517,7 @@ def fit_recipe(self:Learner,
         self.freeze() if phase == 'frozen' else self.unfreeze()
         # as the uninterrupted run has it here: the hypers where the last phase's one-cycle left them (lr_find runs with its
         # momentum), the state cleared by `unfreeze`
-        if ended and not start: self.opt.load_state_dict(resume['opt']); self.opt.clear_state()
+        if ended and not start: load_optimizer(self, resume); self.opt.clear_state()
         lr = phase_lr(self, phase, lr, lr_find, lr_find_its)
         restore = restore_callbacks(self, resume, start) if resume is not None else []
         resume, self.history.phase = None, phase

@@ -24,8 +24,8 @@ from .ood import learner_ood
 
 
 # %% auto #0
-__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'AFTER_TRAINING', 'split_frame', 'check_same_split', 'group_counts', 'record_habits',
-           'train', 'clear_run', 'resume_training']
+__all__ = ['SPLIT_COLUMNS', 'RUN_FILES', 'AFTER_TRAINING', 'RESUME_DEFAULTS', 'split_frame', 'check_same_split', 'group_counts',
+           'record_habits', 'train', 'clear_run', 'resume_training']
 
 # %% ../nbs/07_train.ipynb #dae2b856
 SPLIT_COLUMNS = ['X_ray_image_name', 'target', 'split', 'source', 'group', 'path']
@@ -190,6 +190,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/RUN_JSON)
     (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
+    for p in out.glob('.*.tmp'): p.unlink(missing_ok=True)   # a checkpoint half-written when an earlier try of this run was killed
     return metrics
 
 # %% ../nbs/07_train.ipynb #8f7b0f06
@@ -199,6 +200,7 @@ def clear_run(out:Path # A run folder about to hold a new run
              ):
     "Remove an earlier run's files and plots from `out`, so that none passes for the new run's; fold folders are runs of their own and stay."
     for f in RUN_FILES: (out/f).unlink(missing_ok=True)
+    for p in out.glob('.*.tmp'): p.unlink(missing_ok=True)   # `atomic_write`'s, left by a process killed as it wrote
     for p in (out/PLOTS_DIR).glob('*.png'): p.unlink()
 
 def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the folds before anything is written
@@ -229,6 +231,18 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
 
 # %% ../nbs/07_train.ipynb #4245d24f
 AFTER_TRAINING = ('threshold', 'calibrate', 'prevalence')   # settings of `train` used only after the last epoch
+RESUME_DEFAULTS = {'near_dups': False, 'name_groups': False, 'optimizer': 'fastai'}   # what runs begun before these settings did
+
+def _still_there(settings:dict):
+    "Refuse, in terms of `--resume`, to go on when the run's data, extra data or starting weights (recorded in run.json) are gone."
+    gone = [(f"dataset root {settings['data']}", not Path(settings['data']).is_dir())]
+    gone += [(f"--extra-data {s}", not all(p.exists() for p in map(Path, s.rsplit(':', 1)))) for s in settings.get('extra_data') or []]
+    if settings.get('weights'): gone.append((f"--weights {settings['weights']}", not Path(settings['weights']).is_file()))
+    if missing := [what for what, is_gone in gone if is_gone]: raise DataNotFoundError(
+        f"this run's {', '.join(missing)} (recorded in its run.json) is not there any more: put it back where it was, "
+        "or train again without --resume")
+    if (bs := settings.get('bs')) and bs % (n := max(num_distrib(), 1)): raise OptionError(
+        f"this run's --bs {bs} cannot be shared by {n} processes: resume it in a number of processes that divides {bs}")
 
 def resume_training(out:str|Path, # The folder of the interrupted run
                     **after # New values of `AFTER_TRAINING` settings (not for cross-validation); the rest are the run's own
@@ -237,9 +251,10 @@ def resume_training(out:str|Path, # The folder of the interrupted run
     out = Path(out)
     if unknown := set(after) - set(AFTER_TRAINING): raise OptionError(
         f"--resume goes on with the run's own settings; only {', '.join(AFTER_TRAINING)} may change, not {', '.join(sorted(unknown))}")
-    try: run = json.loads((out/RUN_JSON).read_text()); settings = {'near_dups': False, 'name_groups': False, **run['settings']}   # runs from before these groups
+    try: run = json.loads((out/RUN_JSON).read_text()); settings = {**RESUME_DEFAULTS, **run['settings']}
     except (OSError, ValueError, KeyError, TypeError): raise DataNotFoundError(
         f"{out/RUN_JSON} not found or unreadable: {out} is not the folder of a run that `covid-fastai train --out` started") from None
+    _still_there(settings)
     if settings.get('weights') and 'weights_sha256' in run and file_sha256(weights_file(settings['weights'])) != run['weights_sha256']:
         raise ModelFileError(f"{settings['weights']} changed since this run started from it (its SHA-256 differs), so the checkpoint "
                              "and the images left out would not match it: put the original file back, or train again without --resume")

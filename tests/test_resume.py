@@ -98,3 +98,20 @@ def test_resume_may_choose_the_threshold_anew(uninterrupted, data_root, tmp_path
     assert json.loads((out/'run.json').read_text())['settings']['threshold'] == 'youden'
     assert (out/'model.safetensors').read_bytes() == (uninterrupted/'model.safetensors').read_bytes()   # the same training
     assert metrics['roc_auc'] == whole['roc_auc']
+
+
+def test_resume_of_a_run_begun_before_newer_settings_and_of_a_run_whose_data_moved(data_root, images, tmp_path):
+    "A run.json without `optimizer` is a run trained with fastai's Adam (the default then); a dataset root that moved is named, with the way out."
+    root, out = selection_root(data_root, images, tmp_path/'data'), tmp_path/'run'
+    rc, err = _interrupt_after_first_epoch(out, signal.SIGINT, '--data', root, '--optimizer', 'fastai')
+    assert rc == 130, err[-2000:]
+    run = json.loads((out/'run.json').read_text()); del run['settings']['optimizer']
+    (out/'run.json').write_text(json.dumps(run))
+    root.rename(tmp_path/'moved')
+    res = run_cli('train', '--resume', out, check=False)
+    assert res.returncode == 2 and f"this run's dataset root {root} (recorded in its run.json) is not there any more" in res.stderr
+    assert 'Traceback' not in res.stderr and '--data' not in res.stderr   # not an option --resume would refuse
+    (tmp_path/'moved').rename(root)
+    run_cli('train', '--resume', out)
+    done = json.loads((out/'run.json').read_text())
+    assert done['status'] == 'done' and done['settings']['optimizer'] == 'fastai'
