@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, re, sys, random, zlib, atexit, difflib, functools, socket, urllib.error, importlib, importlib.util, importlib.resources
+import os, re, sys, random, zlib, atexit, difflib, functools, socket, warnings, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
 from contextlib import contextmanager, redirect_stdout
@@ -193,14 +193,25 @@ def pretrained_file(arch:str='resnet50', # One of `ARCHS`
     if arch in LITES: return lite_weights_path(arch)
     if is_timm(arch): return timm_weights_path(arch)
     path = cached_weights_path(arch)
-    return path if path.is_file() else None
+    if not path.is_file(): return None
+    if (named := torch.hub.HASH_REGEX.search(path.name)) and not _hashed(path).startswith(named.group(1)): warnings.warn(
+        f"{path}: its SHA-256 begins {_hashed(path)[:len(named.group(1))]}, not {named.group(1)} as that of torchvision's file of this "
+        "name: it is another file (converted or random weights, or a damaged copy); it is used as it is, and run.json records its "
+        "SHA-256. For ImageNet's weights, copy torchvision's file there again", stacklevel=2)
+    return path
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path:str, size:int, mtime_ns:int)->str: return file_sha256(path)
+def _hashed(path:Path)->str:
+    "`file_sha256(path)`, read once while the file stays as it is: `check_weights`, `covid_learner` and `weights_record` all ask."
+    st = os.stat(path); return _sha256_of(str(path), st.st_size, st.st_mtime_ns)
 
 def weights_record(arch:str='resnet50', # One of `ARCHS`
                    weights:str|Path|None=None # As for `pretrained_file`
                   )->dict|None:
     "Which file `arch`'s pretrained weights come from, and its SHA-256, as a run records them; None before a ResNet's download."
     path = pretrained_file(arch, weights)
-    return {'file': str(path.absolute()), 'sha256': file_sha256(path)} if path is not None else None   # not resolved: the hub cache's name, not its blob's
+    return {'file': str(path.absolute()), 'sha256': _hashed(path)} if path is not None else None   # not resolved: the hub cache's name, not its blob's
 
 # %% ../nbs/04_learner.ipynb #24cfd2b8
 def timm_weights_path(arch:str # A timm model name

@@ -37,7 +37,8 @@ def test_cached_file_is_used_without_network(torch_home, dls):
     path = cached_weights_path('resnet18')
     assert path == torch_home/'hub'/'checkpoints'/'resnet18-f37072fd.pth'
     state = _real_checkpoint('resnet18', path)
-    learn = covid_learner(dls, 'resnet18')          # pretrained=True is the default
+    with pytest.warns(UserWarning, match="begins [0-9a-f]{8}, not f37072fd as that of torchvision's file"):   # random weights under ImageNet's name
+        learn = covid_learner(dls, 'resnet18')          # pretrained=True is the default
     assert learn.pretrained
     assert torch.equal(learn.model[0][0].weight, state['conv1.weight'])
     assert torch.equal(learn.model[0][7][1].bn2.running_var, state['layer4.1.bn2.running_var'])
@@ -118,7 +119,7 @@ def test_densenet121_from_a_cached_checkpoint_with_the_published_key_names(torch
            for k, v in state.items() if not k.endswith('num_batches_tracked')}   # as in the 2017 file
     path = cached_weights_path('densenet121'); path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(old, path)
-    learn = covid_learner(dls, 'densenet121')
+    with pytest.warns(UserWarning, match='not a639ec97'): learn = covid_learner(dls, 'densenet121')
     assert learn.pretrained
     assert torch.equal(learn.model[0][0].denseblock4.denselayer16.norm1.weight, state['features.denseblock4.denselayer16.norm1.weight'])
 
