@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #10a1cd89
 from __future__ import annotations
-import argparse, importlib, inspect, json, re, sys, warnings
+import argparse, importlib, inspect, json, os, re, signal, sys, warnings
 from pathlib import Path
 from fastcore.docments import docments
 from fastcore.imports import IN_IPYTHON
@@ -180,7 +180,7 @@ def _serve(a): command_function('serve')(**_args_of(command_function('serve'), a
 def _field(s:str)->str:
     "`s` as one field of a line of `predict`: tabs, line breaks and other control characters in file names written as Python escapes (`\\t`, `\\n`)."
     from covid_fastai.core import printable   # and a name's bytes that are not UTF-8 as `\xe9`
-    return re.sub(r'[\x00-\x1f\x7f]', lambda m: repr(m[0])[1:-1], printable(s))
+    return re.sub(r'[\x00-\x1f\x7f-\x9f\u2028\u2029]', lambda m: repr(m[0])[1:-1], printable(s))   # and what `str.splitlines` breaks at
 
 def _shortcut_mark(r)->str:
     "The last column of a line of `predict --heatmaps`: the shortcut score of the image's map (n/a where the map shows no evidence)."
@@ -243,6 +243,9 @@ def main(argv:list[str]|None=None)->int:
     try: return run(a) or 0
     except CovidFastaiError as e:
         print(f"covid-fastai: error: {e}", file=sys.stderr); return e.exit_code
+    except BrokenPipeError:   # `predict ... | head`: the reader has what it wanted; say nothing, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so that the interpreter's final flush does not fail again
+        return 128 + signal.SIGPIPE
     except OSError as e:
         print(f"covid-fastai: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt:

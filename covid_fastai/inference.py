@@ -296,7 +296,8 @@ def predict(self:CovidClassifier,
             try: loaded = pending.popleft().result()
             except BrokenProcessPool as e:   # a process was killed: the next call starts new ones
                 self.close()
-                raise CovidFastaiError(f"a decoding process stopped abruptly (killed, or out of memory?); predict again, with fewer --processes or none") from e
+                raise CovidFastaiError("a decoding process stopped abruptly (killed, or out of memory?); predict again, with fewer "
+                                       "--processes or none (from a script: under `if __name__ == '__main__':`, which the processes' start needs)") from e
             if i + ahead_n < len(batches): pending.append(ahead.submit(load, batches[i + ahead_n]))
             ok = [x for _, x, e in loaded if e is None]
             probs, scores = self._probs(ok) if ok else (np.zeros((0, len(self.classes))), None)

@@ -2,10 +2,10 @@
 
 Counts come from the CSV and the image folder, never from one copy of the data: the tests pass on the packaged sample,
 on the shared development copy and on a complete download."""
-import json, os, shutil, signal, threading
+import json, os, shutil, signal, subprocess, threading
 from pathlib import Path
 import pandas as pd, pytest, torch
-from conftest import run_cli, with_files
+from conftest import CLI, run_cli, with_files
 from covid_fastai.data import images_dir
 from covid_fastai.datablock import name_group
 
@@ -288,3 +288,12 @@ def test_a_complete_download_selects_every_positive_and_trains(complete_root, tm
     run_cli('evaluate', '--model', out, '--csv', tmp_path/'test.csv', '--images', images_dir(root, 'test'), '--out', tmp_path/'eval')
     m = json.loads((tmp_path/'eval'/'metrics.json').read_text())
     assert m['n'] == (test.Label == 'Normal').sum() + (test.Label_2_Virus_category == 'COVID-19').sum()
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(small_run, images):
+    "`predict ... | head -1`: the reader has what it wanted, and no 'error: Broken pipe' follows it."
+    files = sorted(images.iterdir())[:10]
+    proc = subprocess.Popen([*CLI, 'predict', '--model', str(small_run[0]), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()   # closed before the first line is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141 and 'error' not in err and 'Traceback' not in err, err[-2000:]
