@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_learner.ipynb #167769cd
 from __future__ import annotations
-import os, re, sys, random, zlib, atexit, difflib, functools, socket, warnings, urllib.error, importlib, importlib.util, importlib.resources
+import os, re, sys, json, random, zlib, atexit, difflib, functools, socket, warnings, urllib.error, importlib, importlib.util, importlib.resources
 import numpy as np
 from pathlib import Path
 from contextlib import contextmanager, redirect_stdout
@@ -450,7 +450,10 @@ def load_start(model:nn.Module, # A model of `covid_model` on `arch`
     try: load_body(model, arch, state)
     except ModelFileError as e:
         if weights is None: raise
-        raise ModelFileError(f"{weights}: {e}; give --arch the architecture it was trained with") from None
+        try: trained = json.loads((Path(weights).parent/'model.json').read_text())['arch']   # a run's model: its description says
+        except (OSError, ValueError, KeyError, TypeError): trained = None
+        raise ModelFileError(f"{weights}: {e}; " + (f"it is a covid_fastai {trained} model (its model.json): give --arch {trained}"
+                             if isinstance(trained, str) and trained != arch else "give --arch the architecture it was trained with")) from None
 
 def check_weights(arch:str, # One of `ARCHS`, or a timm name
                   weights:str|Path|None=None, # A checkpoint of your own; None: the ImageNet weights

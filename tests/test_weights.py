@@ -149,6 +149,12 @@ def test_the_command_refuses_weights_of_another_architecture_before_reading_imag
     res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--arch', 'resnet34', '--weights', tmp_path/'r18.pth', check=False)
     assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
     assert f"{tmp_path/'r18.pth'}: These weights do not fit resnet34" in res.stderr and 'give --arch the architecture' in res.stderr
+    import json
+    from safetensors.torch import save_file
+    run = tmp_path/'run18'; run.mkdir()   # a run's model as --weights: its model.json names the architecture
+    save_file(torch.load(tmp_path/'r18.pth'), str(run/'model.safetensors')); (run/'model.json').write_text(json.dumps({'arch': 'resnet18'}))
+    res = run_cli('train', '--data', root, '--out', tmp_path/'run', '--arch', 'resnet34', '--weights', run/'model.safetensors', check=False)
+    assert res.returncode == 2 and 'it is a covid_fastai resnet18 model (its model.json): give --arch resnet18' in res.stderr, res.stderr[-2000:]
 
 
 def test_efficientnet_b0_builds_without_torchvision_deprecation_warnings():
