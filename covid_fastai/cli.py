@@ -163,13 +163,18 @@ def _evaluate(a):
 
 def _predict(a)->int:
     preds = command_function('predict')(**_args_of(command_function('predict'), a))
-    if a.json:
-        from covid_fastai.inference import prediction_records   # the records `serve` answers too
-        print(json.dumps(prediction_records(preds), indent=2))
-    else:
-        for r in preds.itertuples():
-            print(f"{_field(r.file)}\tERROR\t{_field(r.error)}" if isinstance(r.error, str)
-                  else f"{_field(r.file)}\t{r.label}\t{r.prob_covid:.4f}" + _ood_mark(r) + (_shortcut_mark(r) if 'shortcut' in preds else ''))
+    try:
+        if a.json:
+            from covid_fastai.inference import prediction_records   # the records `serve` answers too
+            print(json.dumps(prediction_records(preds), indent=2))
+        else:
+            for r in preds.itertuples():
+                print(f"{_field(r.file)}\tERROR\t{_field(r.error)}" if isinstance(r.error, str)
+                      else f"{_field(r.file)}\t{r.label}\t{r.prob_covid:.4f}" + _ood_mark(r) + (_shortcut_mark(r) if 'shortcut' in preds else ''))
+        sys.stdout.flush()
+    except BrokenPipeError:   # `predict ... | head`: the reader has what it wanted; say nothing, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so that the interpreter's last flush does not fail again
+        return 128 + signal.SIGPIPE
     failed = int(preds.error.notna().sum())
     if failed: print(f"covid-fastai: error: {failed} of {len(preds)} file(s) could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -243,9 +248,6 @@ def main(argv:list[str]|None=None)->int:
     try: return run(a) or 0
     except CovidFastaiError as e:
         print(f"covid-fastai: error: {e}", file=sys.stderr); return e.exit_code
-    except BrokenPipeError:   # `predict ... | head`: the reader has what it wanted; say nothing, as `cat` does
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so that the interpreter's final flush does not fail again
-        return 128 + signal.SIGPIPE
     except OSError as e:
         print(f"covid-fastai: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt:

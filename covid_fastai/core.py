@@ -4,16 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #f5c0a959
 from __future__ import annotations
-import os, json, secrets, hashlib, contextlib
+import os, re, json, secrets, hashlib, contextlib
 from pathlib import Path
 import pandas as pd, torch
 
 # %% auto #0
-__all__ = ['MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV', 'PREDICTIONS_CSV',
-           'PLOTS_DIR', 'CV_JSON', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError', 'UnsafeImageNameError',
-           'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError', 'NotRadiographError',
-           'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'DataChangedError', 'misfit', 'printable',
-           'atomic_write', 'file_sha256', 'write_json', 'write_csv', 'save_figure', 'out_folder', 'get_device']
+__all__ = ['TEMPORARY', 'MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV',
+           'PREDICTIONS_CSV', 'PLOTS_DIR', 'CV_JSON', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError',
+           'UnsafeImageNameError', 'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError',
+           'NotRadiographError', 'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'DataChangedError', 'misfit',
+           'printable', 'stale_temporaries', 'atomic_write', 'file_sha256', 'write_json', 'write_csv', 'save_figure',
+           'out_folder', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -49,11 +50,19 @@ def printable(s)->str:
 
 # %% ../nbs/00_core.ipynb #f30689ee
 def _fsync(path:Path):
-    "Flush a file's or a folder's data to the disk (a folder: the names in it)."
-    fd = os.open(path, os.O_RDONLY)
+    "Flush a file's or a folder's data to the disk (a folder: the names in it), where this system lets it be opened and flushed."
+    try: fd = os.open(path, os.O_RDONLY)
+    except OSError: return   # a folder that cannot be opened (no read permission; Windows): the write stands without it
     try: os.fsync(fd)
     except OSError: pass   # a file system that cannot (some network ones): nothing more to do
     finally: os.close(fd)
+
+TEMPORARY = re.compile(r'\..+\.[0-9a-f]{12}\.tmp')   # the name `atomic_write` writes to before the move
+
+def stale_temporaries(folder:Path # A folder `atomic_write` wrote into
+                     )->list[Path]:
+    "`atomic_write`'s temporary files left in `folder` by a process killed as it wrote: none of them is ever read."
+    return [p for p in Path(folder).glob('.*.tmp') if TEMPORARY.fullmatch(p.name)]
 
 @contextlib.contextmanager
 def atomic_write(dest:str|Path, # The file to write

@@ -419,8 +419,8 @@ def read_sources(root:str|Path, # A dataset root, from `find_data_root`
             raise OptionError(f"--extra-data {spec} gives the images of --extra-data {seen[key]} again; give each dataset once")
         seen[key] = spec
         # rows are told apart by (source, name): two datasets under one source would pass for one (`pretrain`'s record, `--by source`)
-        if (name := source_name(_extra_parts(spec)[0], extra=True)) in set(rows.source) and name in named: raise OptionError(
-            f"--extra-data {named[name]} and --extra-data {spec} both give rows the source {name!r} (their CSVs' name): "
-            "rename one CSV, or give its rows a `source` column")
+        if (name := source_name(_extra_parts(spec)[0], extra=True)) not in set(rows.source): continue   # its rows name their own
+        if name in named: raise OptionError(f"--extra-data {named[name]} and --extra-data {spec} both give rows the source {name!r} "
+                                            "(their CSVs' name): rename one CSV, or give its rows a `source` column")
         named[name] = spec
     return pd.concat([main, *extra], ignore_index=True)

@@ -35,7 +35,7 @@ def _to_8bit(a:np.ndarray, # Any numbers
     finite = np.isfinite(a)   # a float TIFF's NaN or infinite pixel would make the whole range NaN
     part = a[finite if keep is None else keep & finite]
     lo, hi = (float(part.min()), float(part.max())) if part.size else (0.0, 0.0)
-    a = np.where(finite, a, lo)
+    a = np.where(finite, a, np.where(a > 0, hi, lo))   # +inf white, -inf and NaN black
     a = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
     return np.round(np.clip(a, 0, 255)).astype(np.uint8)
 
@@ -232,6 +232,13 @@ def check_shape(fn, w:int, h:int, max_pixels:int=MAX_PIXELS):
     if max(w, h) > MAX_ASPECT*min(w, h): raise NotRadiographError(
         f"{fn}: {w} x {h} pixels, an aspect ratio of 1:{max(w, h)/min(w, h):.1f}: no radiograph is beyond 1:{MAX_ASPECT:g}")
 
+def _high_byte_only(im:Image.Image)->str|None:
+    "What a PNG or TIFF of 16-bit samples is ('RGB', 'RGBA', 'grey with alpha') when Pillow opens it as 8 bits; None for other images."
+    if im.format not in ('PNG', 'TIFF'): return None   # a BMP's RGB565 is 16 bits a pixel, decoded whole
+    raw = [str(t.args[0] if isinstance(t.args, tuple) else t.args) for t in im.tile]
+    kinds = {m.group(1) for r in raw if (m := re.match(r'(RGBA|RGB|LA);16', r))}
+    return {'LA': 'grey with alpha', 'RGB': 'RGB', 'RGBA': 'RGBA'}[min(kinds)] if kinds else None
+
 def grey_spread(im:Image.Image # A grey ('L') image
                )->float:
     "The standard deviation of `im`'s grey levels (of 255) at `SPREAD_SIDE` x `SPREAD_SIDE`: the same for an image read at any size."
@@ -259,9 +266,9 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
                 # from an open file: Pillow 13 maps an uncompressed TIFF given by name, and then scrambles its orientations 5-8
                 with open(fn, 'rb') as f, Image.open(f) as im:
                     check_shape(fn, *im.size, max_pixels)
-                    if im.mode not in WIDE_MODES and any(';16' in str(t.args) for t in im.tile): raise UnreadableImageError(
-                        f"{fn}: 16-bit colour ({im.mode} of 16-bit samples), of which Pillow reads only the high byte; "
-                        "save it as a grey image (a 16-bit grey PNG keeps every level)")
+                    if wide := _high_byte_only(im): raise UnreadableImageError(
+                        f"{fn}: {wide} of 16-bit samples, of which Pillow reads only the high byte (12-bit data: 0 to 15); "
+                        "save it as 16-bit grey without alpha (a 16-bit grey PNG keeps every level)")
                     if size: im.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below `size`
                     # a TIFF whose 0 is white (as DICOM's MONOCHROME1): Pillow turns 8-bit ones the right way, not 16-bit ones
                     white_is_0 = im.format == 'TIFF' and im.mode in WIDE_MODES and im.tag_v2.get(262) == 0

@@ -364,9 +364,8 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
         state = load_file(str(weights))
         with safe_open(str(weights), 'pt') as f: saved = (f.metadata() or {}).get(SAVED_DESCRIPTION)
     except (SafetensorError, OSError) as e: raise ModelFileError(f"{weights} is not a readable safetensors file ({e})") from None
-    if saved is not None and saved != _described(meta):   # files saved before the copy was kept have none to compare
-        was = json.loads(saved)
-        changed = sorted(k for k in {*was, *meta} - {'weights', 'sha256'} if was.get(k) != meta.get(k))
+    was, now = json.loads(saved or '{}'), json.loads(_described(meta))   # files saved before the copy was kept have none
+    if saved is not None and (changed := sorted(k for k in {*was, *now} if was.get(k) != now.get(k))):   # values: 1 is 1.0
         raise ModelFileError(f"{path}: {', '.join(changed)} differ from the description saved inside {weights.name} when the model was "
                              "trained; model.json was edited: use the model.json written by `covid-fastai train`")
     ood = {k: state.pop(k) for k in [k for k in state if k.startswith('ood.')]}
@@ -378,7 +377,9 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
 # %% ../nbs/05_inference.ipynb #fbbc228e
 def _load_pickle(path:Path, device, cache)->CovidClassifier:
     try: learn = load_learner(path, cpu=True)
-    except AttributeError: learn = None   # fastai moves what it unpickled to the CPU as a Learner: a state dict has no `dls`
+    except AttributeError as e:   # fastai moves what it unpickled to the CPU as a Learner: a state dict has no `dls`
+        if "attribute 'dls'" not in str(e): raise ModelFileError(f"{path}: {e}") from None   # fastai's own diagnosis (a class not defined here)
+        learn = None
     if not isinstance(learn, Learner): raise ModelFileError(
         f"{path} is not a fastai Learner export: covid_fastai's .pth files are checkpoints and "
         "backbones (for --resume and --weights), not models; give the run folder, whose model.json describes its model")

@@ -190,7 +190,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/RUN_JSON)
     (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
-    for p in out.glob('.*.tmp'): p.unlink(missing_ok=True)   # a checkpoint half-written when an earlier try of this run was killed
+    for p in stale_temporaries(out): p.unlink(missing_ok=True)   # a checkpoint half-written when an earlier try of this run was killed
     return metrics
 
 # %% ../nbs/07_train.ipynb #8f7b0f06
@@ -200,7 +200,7 @@ def clear_run(out:Path # A run folder about to hold a new run
              ):
     "Remove an earlier run's files and plots from `out`, so that none passes for the new run's; fold folders are runs of their own and stay."
     for f in RUN_FILES: (out/f).unlink(missing_ok=True)
-    for p in out.glob('.*.tmp'): p.unlink(missing_ok=True)   # `atomic_write`'s, left by a process killed as it wrote
+    for p in stale_temporaries(out): p.unlink(missing_ok=True)
     for p in (out/PLOTS_DIR).glob('*.png'): p.unlink()
 
 def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the folds before anything is written
@@ -235,7 +235,7 @@ RESUME_DEFAULTS = {'near_dups': False, 'name_groups': False, 'optimizer': 'fasta
 
 def _still_there(settings:dict):
     "Refuse, in terms of `--resume`, to go on when the run's data, extra data or starting weights (recorded in run.json) are gone."
-    gone = [(f"dataset root {settings['data']}", not Path(settings['data']).is_dir())]
+    gone = [(f"dataset root {settings['data']}", not Path(settings['data']).is_dir())] if settings.get('data') else []
     gone += [(f"--extra-data {s}", not all(p.exists() for p in map(Path, s.rsplit(':', 1)))) for s in settings.get('extra_data') or []]
     if settings.get('weights'): gone.append((f"--weights {settings['weights']}", not Path(settings['weights']).is_file()))
     if missing := [what for what, is_gone in gone if is_gone]: raise DataNotFoundError(
