@@ -17,10 +17,10 @@ from .core import *
 from .data import task_classes, select_balanced, read_sources, find_data_root, images_dir
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'SPREAD_SIDE', 'DICOM_SUFFIXES', 'CACHE_ENV',
-           'NEAR_DUPLICATE_DIFF', 'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape', 'grey_spread',
-           'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays', 'OpenXRay',
-           'check_images', 'balanced_rows', 'thumbnails', 'near_duplicates', 'name_group', 'group_rows',
+__all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'SPREAD_SIDE', 'DICOM_SUFFIXES', 'IMAGE_SIGNATURES',
+           'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape',
+           'grey_spread', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays',
+           'OpenXRay', 'check_images', 'balanced_rows', 'thumbnails', 'near_duplicates', 'name_group', 'group_rows',
            'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine',
            'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory', 'covid_dataloaders']
 
@@ -68,11 +68,14 @@ SPREAD_SIDE = 64   # MIN_STD holds for the image at this size, whatever size it 
 # %% ../nbs/02_datablock.ipynb #d0e97c0a
 DICOM_SUFFIXES = ('.dcm', '.dicom')
 
+IMAGE_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'II*\x00', b'MM\x00*', b'BM')   # JPEG, PNG, TIFF, BMP
+
 def is_dicom(fn:str|Path # A file
             )->bool:
-    "Whether `fn` is taken as DICOM: a `.dcm` or `.dicom` suffix, or the DICM marker after the 128-byte preamble."
-    if Path(fn).suffix.lower() in DICOM_SUFFIXES: return True
-    with open(fn, 'rb') as f: return f.read(132)[128:] == b'DICM'
+    "Whether `fn` is taken as DICOM: the DICM marker after the 128-byte preamble, or a `.dcm` or `.dicom` suffix on a file that does not begin as a JPEG, PNG, TIFF or BMP does (some exports name those `.dcm`)."
+    with open(fn, 'rb') as f: head = f.read(132)
+    if head[128:] == b'DICM': return True
+    return Path(fn).suffix.lower() in DICOM_SUFFIXES and not head.startswith(IMAGE_SIGNATURES)
 
 # %% ../nbs/02_datablock.ipynb #bef89422
 def _line(e:Exception)->str:
