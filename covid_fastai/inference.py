@@ -361,8 +361,7 @@ def _load_safe(path:Path, device, cache)->CovidClassifier:
     if file_sha256(weights) != meta['sha256']: raise ModelFileError(
         f"{weights} does not match the checksum in {path}: it was changed or truncated after training; use the original files")
     try:
-        state = load_file(str(weights))
-        with safe_open(str(weights), 'pt') as f: saved = (f.metadata() or {}).get(SAVED_DESCRIPTION)
+        with safe_open(str(weights), 'pt') as f: state, saved = {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {}).get(SAVED_DESCRIPTION)
     except (SafetensorError, OSError) as e: raise ModelFileError(f"{weights} is not a readable safetensors file ({e})") from None
     was, now = json.loads(saved or '{}'), json.loads(_described(meta))   # files saved before the copy was kept have none
     if saved is not None and (changed := sorted(k for k in {*was, *now} if was.get(k) != now.get(k))):   # values: 1 is 1.0

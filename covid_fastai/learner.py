@@ -548,7 +548,8 @@ def process_batch(bs:int # The global batch: images per optimizer step, over all
     return bs // n
 
 def check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:int, unfrozen_epochs:int,
-                  wd:float=0., clip:float|None=None, num_workers:int|None=None, lr_find_its:int=100):
+                  wd:float=0., clip:float|None=None, num_workers:int|None=None, lr_find_its:int=100,
+                  frozen_lr:float|str=1e-2, unfrozen_lr:float|str=1e-3):
     "Refuse numbers that would fail deep inside fastai, or train nothing, before anything is read or written."
     if size < 32: raise OptionError(f"--size {size}: give 32 or more (the networks shrink an image 32 times)")
     if process_batch(bs) < 2: raise OptionError(f"--bs {bs}: give each process at least 2 images a batch (batch norm cannot learn from one)")
@@ -561,6 +562,7 @@ def check_options(size:int, bs:int, ratio:float, valid_pct:float, frozen_epochs:
         f"--clip {clip}: give 0 (no clipping) or more; each gradient element is clipped to [-clip, clip]")
     if num_workers is not None and num_workers < 0: raise OptionError(f"--num-workers {num_workers}: give 0 (load in this process) or more loader processes")
     if lr_find_its < 1: raise OptionError(f"--lr-find-its {lr_find_its}: give 1 or more batches for lr_find to try (100 is the default)")
+    check_lr(frozen_lr, '--frozen-lr'); check_lr(unfrozen_lr, '--unfrozen-lr')   # not after the frozen phase, where they are used
 
 def _broadcast(self, t, rank):
     "`DistributedDL._broadcast`, on the GPU for NCCL and on the CPU for gloo."

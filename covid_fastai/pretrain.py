@@ -16,7 +16,6 @@ from .data import _with_paths
 from .datablock import *
 from .learner import *
 from .learner import _full_model, _body_of
-from .habits import check_lr
 
 # %% auto #0
 __all__ = ['PRETRAIN_JSON', 'BACKBONE_FILE', 'THUMBNAILS_FILE', 'PRETRAIN_CLASSES', 'task_names', 'task_selections',
@@ -166,8 +165,8 @@ def pretrain(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DAT
     extra_data = [absolute_extra(s) for s in extra_data] if extra_data else extra_data   # and its extra datasets, likewise
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     start, out = time.time(), out_folder(out)
-    check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs, wd, clip, num_workers)   # before anything is read or written
-    check_lr(frozen_lr, '--frozen-lr'); check_lr(unfrozen_lr, '--unfrozen-lr')
+    check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs, wd, clip, num_workers,   # before anything is read or written
+                  frozen_lr=frozen_lr, unfrozen_lr=unfrozen_lr)
     if arch not in ARCHS: raise OptionError(   # `train --weights` reads a backbone of these; a timm body has its own layout
         f"pretrain trains the backbones that `train --weights` reads: {', '.join(ARCHS)}; not {arch!r}")
     if (out/RUN_JSON).exists() or (out/MODEL_JSON).exists(): raise OptionError(

@@ -124,8 +124,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k != 'resume'}
     start, out = time.time(), out_folder(out)
     _check_folds(folds, fold)
-    check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs, wd, clip, num_workers, lr_find_its)
-    check_lr(frozen_lr, '--frozen-lr'); check_lr(unfrozen_lr, '--unfrozen-lr')   # not after the frozen phase, where they are used
+    check_options(size, bs, ratio, valid_pct, frozen_epochs, unfrozen_epochs, wd, clip, num_workers, lr_find_its, frozen_lr, unfrozen_lr)
     decoded = DecodeCache() if cache else None
     check_threshold_rule(threshold)                     # a bad rule stops here, before anything is read
     check_prevalence(prevalence)

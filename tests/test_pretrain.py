@@ -143,6 +143,8 @@ def test_weights_paths_and_pretrain_options_that_cannot_work_are_one_line(mini, 
     assert not (tmp_path/'timm').exists()
     res = run_cli('pretrain', '--data', root, '--out', tmp_path/'p0', *TINY, '--frozen-epochs', 0, '--unfrozen-epochs', 0, check=False, env=OFFLINE)
     assert res.returncode == 2 and '--frozen-epochs 0 --unfrozen-epochs 0' in res.stderr and not (tmp_path/'p0').exists()
+    res = run_cli('pretrain', '--data', root, '--out', tmp_path/'p1', *TINY, '--unfrozen-lr', 'nan', check=False, env=OFFLINE)
+    assert res.returncode == 2 and '--unfrozen-lr nan: give a positive number' in res.stderr and not (tmp_path/'p1').exists()
     run = tmp_path/'a_run'; run.mkdir(); (run/'run.json').write_text('{}')
     res = run_cli('pretrain', '--data', root, '--out', run, *TINY, check=False, env=OFFLINE)
     assert res.returncode == 2 and 'holds a training run' in res.stderr and os.listdir(run) == ['run.json']
