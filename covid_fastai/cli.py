@@ -109,6 +109,9 @@ def _fmt(v): return 'n/a' if v is None else f"{v:.3f}"
 def _print_metrics(m:dict):
     many = 'confusion_matrix_all' in m
     print(('COVID-19 against the rest: ' if many else '') + f"n={m['n']}  " + '  '.join(f"{k}={_fmt(m[k])}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')))
+    if ci := m.get('intervals'):   # evaluations written before intervals have none
+        print(f"{ci['level']:.0%} intervals: " + '  '.join(f"{k} {_fmt(ci[k][0])}-{_fmt(ci[k][1])}" if ci[k] else f"{k} n/a"
+                                                          for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'roc_auc')))
     (tn, fp), (fn, tp) = m['confusion_matrix']
     print(f"confusion matrix [[tn, fp], [fn, tp]] = [[{tn}, {fp}], [{fn}, {tp}]] at threshold {m['threshold']} (COVID-19 against the rest)")
     for c, pc in m.get('per_class', {}).items():

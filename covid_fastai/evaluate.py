@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, math, re, warnings, contextlib
 from pathlib import Path
+from statistics import NormalDist
 import numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -18,9 +19,9 @@ from .ood import ood_summary
 from .explain import explain_predictions, plot_top_losses, shortcut_baseline
 
 # %% auto #0
-__all__ = ['CV_METRICS', 'binary_metrics', 'decision_rule', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc',
-           'plot_predictions', 'add_operating_points', 'save_evaluation', 'metrics_by', 'plot_by', 'seen_in_training',
-           'evaluate', 'cv_summary', 'plot_cv']
+__all__ = ['CI_LEVEL', 'CV_METRICS', 'binary_metrics', 'wilson_interval', 'auc_interval', 'metric_intervals', 'decision_rule',
+           'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc', 'plot_predictions', 'add_operating_points',
+           'save_evaluation', 'metrics_by', 'plot_by', 'seen_in_training', 'evaluate', 'cv_summary', 'plot_cv']
 
 # %% ../nbs/06_evaluate.ipynb #163ca616
 def _ratio(a, b): return None if b == 0 else a / b
@@ -39,6 +40,50 @@ def binary_metrics(targets, # 1 for COVID-19, 0 for Normal
             'precision': prec, 'f1': _ratio(2*tp, 2*tp+fp+fn),
             'roc_auc': float(roc_auc_score(y, p)) if len(set(y)) == 2 else None,
             'threshold': threshold, 'confusion_matrix': [[tn, fp], [fn, tp]]}
+
+# %% ../nbs/06_evaluate.ipynb #fde8ca54
+CI_LEVEL = 0.95   # the coverage of every interval in metrics.json
+
+def wilson_interval(k:int, # The images a proportion counts (for sensitivity, the COVID-19 images found)...
+                    n:int, # ...out of these (for sensitivity, every COVID-19 image)
+                    level:float=CI_LEVEL # The interval's coverage
+                   )->list|None:
+    "Wilson's score interval `[low, high]` for the proportion `k/n`; None when `n` is 0."
+    if n == 0: return None
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p, d = k/n, 1 + z*z/n
+    centre, half = (p + z*z/(2*n)) / d, z * math.sqrt(p*(1-p)/n + z*z/(4*n*n)) / d
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+# %% ../nbs/06_evaluate.ipynb #3e4d4584
+def _auc(pos:np.ndarray, neg:np.ndarray)->float:
+    "ROC AUC as the chance that a positive scores above a negative, a tie counting half."
+    neg = np.sort(neg)
+    return float((np.searchsorted(neg, pos, 'left') + np.searchsorted(neg, pos, 'right')).sum() / (2 * len(pos) * len(neg)))
+
+def auc_interval(targets, probs, # As for `binary_metrics`
+                 level:float=CI_LEVEL, # The interval's coverage
+                 n_boot:int=2000, # Bootstrap resamples
+                 seed:int=0 # Seed of the resampling: the same images give the same interval
+                )->list|None:
+    "Percentile interval `[low, high]` of ROC AUC over stratified bootstrap resamples; None without both classes."
+    y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
+    pos, neg = p[y == 1], p[y == 0]
+    if not len(pos) or not len(neg): return None
+    rng = np.random.default_rng(seed)
+    aucs = [_auc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg))) for _ in range(n_boot)]
+    return np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2]).tolist()
+
+def metric_intervals(metrics:dict, # From `binary_metrics`: its confusion matrix holds the counts
+                     targets, probs, # As for `binary_metrics`
+                     level:float=CI_LEVEL # The intervals' coverage
+                    )->dict:
+    "Intervals of accuracy, sensitivity, specificity and precision (Wilson) and ROC AUC (stratified bootstrap); None where the metric is undefined."
+    (tn, fp), (fn, tp) = metrics['confusion_matrix']
+    return {'level': level, 'method': 'Wilson score for the proportions; ROC AUC: stratified bootstrap, percentile',
+            'accuracy': wilson_interval(tp + tn, tn + fp + fn + tp, level), 'sensitivity': wilson_interval(tp, tp + fn, level),
+            'specificity': wilson_interval(tn, tn + fp, level), 'precision': wilson_interval(tp, tp + fp, level),
+            'roc_auc': auc_interval(targets, probs, level)}
 
 # %% ../nbs/06_evaluate.ipynb #e2ed8e3a
 def decision_rule(classes:list, # The model's classes, COVID-19 among them
@@ -63,10 +108,12 @@ def class_metrics(targets, # Index of each image's true class in `classes`
                   classes:list, # The model's classes, COVID-19 among them
                   threshold:float=0.5 # COVID-19 probability at or above which an image counts as COVID-19
                  )->dict:
-    "`binary_metrics` of COVID-19 against every other class; with more than two classes also `classes`, `per_class`, `confusion_matrix_all` and `accuracy_all`."
+    "`binary_metrics` of COVID-19 against every other class, with their `intervals`; with more than two classes also `classes`, `per_class`, `confusion_matrix_all` and `accuracy_all`."
     y, p, k = np.asarray(targets).astype(int), np.asarray(probs, dtype=float).reshape(len(targets), len(classes)), classes.index(POSITIVE)
-    metrics = {**binary_metrics((y == k).astype(int), p[:, k], threshold), 'decision': decision_rule(classes, threshold),
-               'ece': expected_calibration_error((y == k).astype(int), p[:, k])}
+    yk, pk = (y == k).astype(int), p[:, k]
+    binary = binary_metrics(yk, pk, threshold)
+    metrics = {**binary, 'intervals': metric_intervals(binary, yk, pk), 'decision': decision_rule(classes, threshold),
+               'ece': expected_calibration_error(yk, pk)}
     if len(classes) == 2: return metrics
     cm = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(cm, (y, predicted(p, threshold)), 1)
@@ -114,13 +161,14 @@ def plot_roc(targets, probs, # As for `binary_metrics`
              threshold:float=0.5, # Marked on the curve, in red
              thresholds=() # Also marked, in grey, each with its value: the operating points one could choose instead
             )->plt.Figure:
-    "The ROC curve with its AUC, and the operating point at `threshold` (and at each of `thresholds`)."
+    "The ROC curve with its AUC and the AUC's interval, and the operating point at `threshold` (and at each of `thresholds`)."
     y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.plot([0, 1], [0, 1], ':', color='grey')
     if len(set(y)) == 2:
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, lw=2, label=f"AUC {roc_auc_score(y, p):.3f}")
+        lo, hi = auc_interval(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"AUC {roc_auc_score(y, p):.3f} (95 % interval {lo:.2f}-{hi:.2f})")
         for t in thresholds:
             m = binary_metrics(y, p, t)
             ax.plot(1-m['specificity'], m['sensitivity'], 'o', color='grey', ms=5)
@@ -195,14 +243,17 @@ def metrics_by(values, # The value of the column for each image
 def plot_by(by:dict, # From `metrics_by`
             column:str # The column's name, for the title
            )->plt.Figure:
-    "Sensitivity and specificity (COVID-19 against the rest) for each value, with its number of images; undefined ones marked n/a."
+    "Sensitivity and specificity (COVID-19 against the rest) for each value, with their 95 % intervals and its number of images; undefined ones marked n/a."
     names = [f"{v} (n={m['n']})" for v, m in by.items()]
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.6*len(by)))
     for i, (key, colour) in enumerate([('sensitivity', 'tab:red'), ('specificity', 'tab:blue')]):
         vals = [m[key] for m in by.values()]
         ys = np.arange(len(by)) + (i - 0.5) * 0.38
         ax.barh(ys, [v or 0 for v in vals], height=0.38, color=colour, label=key)
-        for y, v in zip(ys, vals): ax.text(0.01 if v is None else v + 0.01, y, 'n/a' if v is None else f"{v:.2f}", va='center', fontsize=8)
+        for y, v, ci in zip(ys, vals, [m['intervals'][key] for m in by.values()]):   # undefined value, undefined interval
+            if v is None: ax.text(0.01, y, 'n/a', va='center', fontsize=8); continue
+            ax.errorbar(v, y, xerr=[[v - ci[0]], [ci[1] - v]], color='black', capsize=3, lw=1)
+            ax.text(ci[1] + 0.01, y, f"{v:.2f}", va='center', fontsize=8)
     ax.set(yticks=range(len(by)), yticklabels=names, xlim=(0, 1.12), xlabel='COVID-19 against the rest', title=f"By {column}")
     ax.invert_yaxis(); ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()

@@ -25,8 +25,12 @@ def test_train_writes_model_metrics_history_and_plots(small_run, metadata, image
     out, res = small_run
     m = json.loads((out/'metrics.json').read_text())
     contract = {'n', 'accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc', 'threshold', 'confusion_matrix'}
-    assert set(m) == contract | {'decision', 'ece', 'threshold_choice', 'temperature', 'prevalence', 'operating_points'}
+    assert set(m) == contract | {'intervals', 'decision', 'ece', 'threshold_choice', 'temperature', 'prevalence', 'operating_points'}
     (tn, fp), (fn, tp) = m['confusion_matrix']
+    ci = m['intervals']                                     # each figure inside its 95 % interval, which the run prints
+    assert ci['level'] == 0.95 and all(ci[k][0] <= m[k] <= ci[k][1] for k in ('accuracy', 'sensitivity', 'specificity', 'roc_auc'))
+    assert ci['sensitivity'][1] - ci['sensitivity'][0] > 0.2   # a handful of validation positives: a wide interval
+    assert f"sensitivity {ci['sensitivity'][0]:.3f}-{ci['sensitivity'][1]:.3f}" in res.stdout
     split = pd.read_csv(out/'split.csv')
     valid = split[split.split == 'valid'].target.value_counts()
     assert m['n'] == tn + fp + fn + tp == valid.sum() and tp + fn == valid['COVID-19'] and tn + fp == valid['Normal']
