@@ -150,6 +150,8 @@ def _print_cv(cv:dict, out:Path):
     print(f"Cross-validation, {cv['folds']} folds of {', '.join(map(str, cv['n']))} images (mean ± sd; COVID-19 against the rest):")
     for k, s in cv['metrics'].items():
         print(f"  {k}: {_fmt(s['mean'])} ± {_fmt(s['sd'])}  (" + ', '.join(map(_fmt, s['folds'])) + ')')
+    for c, pc in cv.get('per_class', {}).items():
+        print(f"  {c}: " + '  '.join(f"{k}={_fmt(pc[k]['mean'])} ± {_fmt(pc[k]['sd'])}" for k in ('sensitivity', 'precision', 'f1', 'roc_auc')))
     print(f"Folds: {', '.join(str(out/r) for r in cv['runs'])}\nSummary: {out/CV_JSON}\nPlot: {out/PLOTS_DIR/'cv.png'}")
 
 def _evaluate(a):

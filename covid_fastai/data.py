@@ -122,6 +122,9 @@ def read_metadata(csv:str|Path # `Chest_xray_Corona_Metadata.csv`, or a dataset 
     if missing: raise MetadataError(f"{csv} lacks column(s) {', '.join(missing)} (found: {', '.join(map(str, df.columns))}); "
         + ("its columns are separated by semicolons: save it with commas" if semicolons else "it must have the columns of Chest_xray_Corona_Metadata.csv"))
     extra = [c for c in df.columns if c not in COLUMNS and c not in RESERVED and not str(c).startswith('Unnamed:')]
+    if ours := [c for c in df.columns if c in RESERVED]: warnings.warn(
+        f"{csv}: column(s) {', '.join(ours)} not read: covid_fastai makes columns of those names ({', '.join(RESERVED)}); "
+        "rename them (a patient column as patient, say) to use them", stacklevel=2)
     df = df[COLUMNS + extra].copy()
     df = df.dropna(how='all')                           # blank lines, and rows of commas only
     for c in df.columns: df[c] = df[c].str.strip().replace('', np.nan)   # every column: 'p0 ' is patient p0 for --group-col too
@@ -334,6 +337,9 @@ def select_balanced(df:pd.DataFrame, # Checked metadata, from `read_metadata`; r
                    )->pd.DataFrame:
     "TRAIN rows of `task`: every COVID-19 row and `ratio` times as many seeded-random rows of each other class, with `target` and `path`."
     classes = task_classes(task)
+    if 'path' in df and (test := df[(df.Dataset_type == 'TEST') & df.path.notna()]).shape[0]: warnings.warn(   # CoronaHack's TEST rows are left out by design
+        f"{len(test)} TEST row(s) of the extra data ({', '.join(sorted(test.source.astype(str).unique()))}) left out: the selection takes "
+        "TRAIN rows only; score them with `covid-fastai evaluate --csv`, or mark them TRAIN to train on them", stacklevel=2)
     train = df[df.Dataset_type=='TRAIN'].assign(target=lambda d: target_of(d, task)).dropna(subset=['target'])
     extra = train.index[train.path.notna()] if 'path' in train else []
     train = _with_paths(train, folder, strict)
@@ -361,6 +367,9 @@ def select_labelled(df:pd.DataFrame, # Checked metadata
     labelled = df.dropna(subset=['target'])
     kept = _with_paths(labelled, folder, strict)
     if not len(kept): raise EmptySelectionError(f"No rows of {task}'s classes ({', '.join(classes)}) with an image file in {folder}; nothing to evaluate")
+    if (twice := kept.path.map(os.path.realpath).duplicated(keep=False)).any(): raise MetadataError(   # one folder for TRAIN and TEST rows alike
+        f"rows that name one image file of {folder}, a TRAIN row and a TEST row: {_rows(kept[['X_ray_image_name']], twice)}; "
+        "each file would count twice: keep one row per file")
     return kept, {'other_labels': len(df)-len(labelled), 'missing_images': len(labelled)-len(kept)}
 
 # %% ../nbs/01_data.ipynb #d2849a1c

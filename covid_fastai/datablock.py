@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_datablock.ipynb #7a0b4ae8
 from __future__ import annotations
-import io, os, re, stat, hashlib, threading, warnings, zlib
+import io, os, re, stat, functools, hashlib, threading, warnings, zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -14,15 +14,16 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut, g
 from pydicom.encaps import generate_frames
 from fastai.vision.all import *
 from .core import *
-from .data import task_classes, select_balanced, read_sources, find_data_root, images_dir
+from .data import task_classes, select_balanced, read_sources, find_data_root, images_dir, PUBLISHED_METADATA
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'SPREAD_SIDE', 'DICOM_SUFFIXES', 'IMAGE_SIGNATURES',
            'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape',
            'grey_spread', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays',
-           'OpenXRay', 'check_images', 'balanced_rows', 'thumbnails', 'near_duplicates', 'name_group', 'group_rows',
-           'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment', 'SameSizeAffine',
-           'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory', 'covid_dataloaders']
+           'OpenXRay', 'check_images', 'balanced_rows', 'thumbnails', 'near_duplicates', 'name_group',
+           'coronahack_names', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment',
+           'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory',
+           'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -463,6 +464,11 @@ def name_group(name:str # A file name of CoronaHack's
     if m := _ARTICLE.match(stem): return m[1]
     return re.sub(r'(?:[-_](?:day\d+|[a-z]\d?|\d+|lrg))+$', '', stem)     # a series' letter, number or day
 
+@functools.lru_cache(None)
+def coronahack_names()->frozenset:
+    "The file names of CoronaHack's published metadata, which ships with the package: the names `name_group` can read."
+    return frozenset(pd.read_csv(PUBLISHED_METADATA, usecols=['X_ray_image_name'], dtype=str).X_ray_image_name)
+
 def _same_value(vals)->list:
     "Pairs joining each position with a value to the first position of that value (missing values join nothing)."
     firsts = {}
@@ -478,7 +484,7 @@ def group_rows(df:pd.DataFrame, # Rows with a `path` column
     pairs = []
     if name_groups and 'source' in df:
         names = df['X_ray_image_name'] if 'X_ray_image_name' in df else df.path.map(lambda p: Path(p).name)
-        pairs += _same_value([name_group(n) if s == 'coronahack' else None for n, s in zip(names, df.source)])
+        pairs += _same_value([name_group(n) if s == 'coronahack' and n in coronahack_names() else None for n, s in zip(names, df.source)])
     if col is not None:
         if col not in df: raise OptionError(
             f"--group-col {col}: no such column (columns: {', '.join(c for c in df if c not in ('path', 'target'))})")
@@ -500,7 +506,8 @@ def _group_split(df:pd.DataFrame, valid_pct:float, seed, col:str, group:str)->np
     "Positions of the validation rows: whole groups of each class, drawn at random until the class has its share."
     rng, sizes, valid = np.random.default_rng(seed), df.groupby(group).size(), []
     for cls, n in _groups_holding(df, col, group).items():
-        if n < 2: raise EmptySelectionError(f"Class {cls} has {n} group of rows: too few to train and validate")
+        if n < 2: raise EmptySelectionError(f"Class {cls} has {n} group of rows: too few to train and validate (a group is the rows that one "
+                                            "patient, series or picture ties together: --group-col, name groups, near duplicates)")
     for cls, groups in _group_classes(df, col, group).items():
         if len(groups) < 2: continue   # its other rows are in groups of another class: `_cover_classes` gives it a side
         n = int(sizes[groups].sum()); want = min(n-1, max(1, round(n*valid_pct)))

@@ -116,7 +116,7 @@ def class_metrics(targets, # Index of each image's true class in `classes`
                'ece': expected_calibration_error(yk, pk)}
     if len(classes) == 2: return metrics
     cm = np.zeros((len(classes), len(classes)), dtype=int)
-    np.add.at(cm, (y, predicted(p, threshold)), 1)
+    np.add.at(cm, (y, predicted(p, threshold, k)), 1)
     return {**metrics, 'classes': list(classes), 'per_class': _per_class(y, p, cm, classes), 'confusion_matrix_all': cm.tolist(),
             'accuracy_all': _ratio(int(np.trace(cm)), len(y))}   # `accuracy` is COVID-19 against the rest: a Normal called Pneumonia is right there
 
@@ -194,7 +194,7 @@ def plot_predictions(paths, # Image files
     n = min(max_n, len(paths)); nrows = max(1, math.ceil(n/ncols))
     fig, axs = plt.subplots(nrows, ncols, figsize=(3*ncols, 3.2*nrows), squeeze=False)
     for ax in axs.flat: ax.axis('off')
-    for ax, path, y, row, pred in zip(axs.flat, paths[:n], targets[:n], p[:n], predicted(p[:n], threshold)):
+    for ax, path, y, row, pred in zip(axs.flat, paths[:n], targets[:n], p[:n], predicted(p[:n], threshold, classes.index(POSITIVE))):
         ax.imshow(load_xray(path, size=224, grey=True), cmap='gray')
         ax.set_title(f"true {classes[int(y)]}\npred {classes[pred]} (p={row[pred]:.2f})", fontsize=9,
                      color='black' if pred == int(y) else 'tab:red')
@@ -235,8 +235,8 @@ def save_evaluation(out:Path, # Folder to write into
 def metrics_by(values, # The value of the column for each image
                targets, probs, classes:list, threshold:float=0.5 # As for `class_metrics`
               )->dict:
-    "`class_metrics` of the images of each value (missing: 'unknown'), by value, in sorted order."
-    values = pd.Series(list(values), dtype=object).fillna('unknown').astype(str).to_numpy()
+    "`class_metrics` of the images of each value (missing: '(missing)'), by value, in sorted order."
+    values = pd.Series(list(values), dtype=object).fillna('(missing)').astype(str).to_numpy()
     y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
     return {v: class_metrics(y[values == v], p[values == v], classes, threshold) for v in sorted(set(values))}
 
@@ -274,7 +274,7 @@ def _run_valid_rows(model, data):
     split = run_folder(model)/SPLIT_CSV
     if not split.is_file(): raise DataNotFoundError(f"{split} not found: evaluating on --data needs the run folder that train wrote; "
                                                     "or pass --csv CSV --images DIR")
-    valid = pd.read_csv(split, dtype={'X_ray_image_name': str}).query("split == 'valid'")
+    valid = pd.read_csv(split, dtype=str, keep_default_na=False, na_values=['']).query("split == 'valid'")   # a patient 007 stays 007
     if 'source' not in valid: valid = valid.assign(source='coronahack')   # runs from before extra data
     main = valid.source == 'coronahack'
     found = add_paths(valid[main].drop(columns='path', errors='ignore'), images_dir(find_data_root(data or _run_root(model))))
@@ -345,7 +345,9 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     check_prevalence(prevalence)   # before the model predicts every image
     clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
     if tta: clf.use_tta()
-    if csv is not None: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
+    if csv is not None:
+        try: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
+        except MetadataError as e: raise MetadataError(f"{csv}: {e}") if str(csv) not in str(e) else e from None   # the lines are the CSV's
     else: rows, left_out = _run_valid_rows(model, data)
     seen = seen_in_training(model, rows.path) if csv is not None else 0   # the run's own validation rows are unseen
     if seen: warnings.warn(f"{seen} of the {len(rows)} images of {csv} are among the model's training images "
@@ -395,11 +397,12 @@ def cv_summary(results:list[dict] # One `class_metrics` per fold, in fold order
               )->dict:
     "Each metric's mean, standard deviation and per-fold values; the confusion matrices summed over the folds."
     cv = {'folds': len(results), 'n': [r['n'] for r in results],
-          'metrics': {k: _spread([r.get(k) for r in results]) for k in CV_METRICS},
+          'metrics': {k: _spread([r.get(k) for r in results]) for k in CV_METRICS + (('accuracy_all',) if 'accuracy_all' in results[0] else ())},
           'confusion_matrix': np.sum([r['confusion_matrix'] for r in results], 0).tolist()}
     if 'per_class' in results[0]:
         cv['classes'] = results[0]['classes']
-        cv['per_class'] = {c: {k: _spread([r['per_class'][c][k] for r in results]) for k in ('sensitivity', 'precision', 'f1', 'roc_auc')}
+        cv['per_class'] = {c: {'n': [r['per_class'][c]['n'] for r in results],
+                               **{k: _spread([r['per_class'][c][k] for r in results]) for k in ('sensitivity', 'precision', 'f1', 'roc_auc')}}
                            for c in cv['classes']}
         cv['confusion_matrix_all'] = np.sum([r['confusion_matrix_all'] for r in results], 0).tolist()
     return cv

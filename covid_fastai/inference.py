@@ -104,12 +104,15 @@ def _no_answer(f)->str:
     return (f"{f}: the model's output for this image is not a number (NaN or infinite): its weights are damaged, or its "
             "training diverged; it has no answer (check the model with evaluate)")
 
-def predicted(probs, # Class probabilities, one row per image, COVID-19 last
-              threshold:float=0.5 # COVID-19 when its probability is at least this
+def predicted(probs, # Class probabilities, one row per image
+              threshold:float=0.5, # COVID-19 when its probability is at least this
+              positive:int=-1 # The column of COVID-19: last in a model's classes, wherever `classes.index(POSITIVE)` says elsewhere
              )->np.ndarray:
     "Index of the predicted class of each row: COVID-19 at `threshold`, else the most probable of the other classes."
     probs = np.asarray(probs, dtype=float)
-    return np.where(probs[:, -1] >= threshold, probs.shape[1] - 1, probs[:, :-1].argmax(1))
+    k = positive % probs.shape[1]
+    others = np.where(np.arange(probs.shape[1]) == k, -np.inf, probs)
+    return np.where(probs[:, k] >= threshold, k, others.argmax(1))
 
 @patch
 def _load_batch(self:CovidClassifier, files, pool):

@@ -122,6 +122,15 @@ def test_evaluate_on_unseen_csv_counts_what_it_leaves_out(small_run, unseen, ima
     assert res.stderr.count('The heat maps have 2 x 2 cells') == 1   # ResNet50 at 64 px: too coarse, said once
 
 
+def test_evaluate_refuses_a_file_listed_as_train_and_test(small_run, metadata, images, tmp_path):
+    rows = metadata[with_files(metadata, images) & (metadata.Label == 'Normal')].head(2)   # both splits are read from one --images folder
+    csv = tmp_path/'both.csv'
+    pd.concat([rows, rows.head(1).assign(Dataset_type='TEST')]).to_csv(csv, index=False)
+    res = run_cli('evaluate', '--model', small_run[0], '--csv', csv, '--images', images, check=False)
+    assert res.returncode == 2 and f"{csv}: rows that name one image file" in res.stderr and 'a TRAIN row and a TEST row: line 2' in res.stderr
+    assert 'Traceback' not in res.stderr and res.stdout == ''
+
+
 def test_predict_agrees_with_the_library(small_run, unseen, images):
     from covid_fastai.inference import load_model
     csv, rows = unseen
