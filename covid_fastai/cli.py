@@ -105,6 +105,7 @@ def _parse(argv:list[str])->argparse.Namespace:
 
 # %% ../nbs/08_cli.ipynb #ae3996de
 def _fmt(v): return 'n/a' if v is None else f"{v:.3f}"
+def _ci(m:dict, k:str)->str: return f" [{_fmt(ci[0])}-{_fmt(ci[1])}]" if (ci := (m.get('intervals') or {}).get(k)) else ''
 
 def _print_metrics(m:dict):
     many = 'confusion_matrix_all' in m
@@ -159,7 +160,7 @@ def _evaluate(a):
     m = command_function('evaluate')(**_args_of(command_function('evaluate'), a))
     _print_metrics(m)
     for v, mv in m.get('by', {}).items():
-        print(f"{m['by_column']} = {v}: n={mv['n']}  " + '  '.join(f"{k}={_fmt(mv[k])}" for k in ('sensitivity', 'specificity', 'roc_auc')))
+        print(f"{m['by_column']} = {v}: n={mv['n']}  " + '  '.join(f"{k}={_fmt(mv[k])}{_ci(mv, k)}" for k in ('sensitivity', 'specificity', 'roc_auc')))
     left = m['left_out']
     print(f"left out: {left.get('other_labels', 0)} rows of other classes, {left.get('missing_images', 0)} without image file, "
           f"{left['unreadable']} unreadable")

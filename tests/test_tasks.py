@@ -82,6 +82,8 @@ def test_evaluate_and_predict_carry_the_three_classes(three_run, extra, tmp_path
     assert m['classes'] == THREE and m['n'] == len(rows) and m['left_out'] == {'other_labels': 0, 'missing_images': 0, 'unreadable': 0}
     assert list(m['by']) == [_source(rows, csv)] and m['by_column'] == 'source' and m['by'][_source(rows, csv)]['n'] == len(rows)
     assert (tmp_path/'e'/'plots'/'by_source.png').is_file() and f"source = {_source(rows, csv)}: n={len(rows)}" in res.stdout
+    b = m['by'][_source(rows, csv)]; lo, hi = b['intervals']['specificity']   # negatives only: specificity, with its interval
+    assert b['sensitivity'] is None and f"specificity={b['specificity']:.3f} [{lo:.3f}-{hi:.3f}]" in res.stdout
     preds = pd.read_csv(tmp_path/'e'/'predictions.csv')
     assert np.allclose(preds[[f'prob_{c}' for c in THREE]].sum(1), 1, atol=1e-5)
     # on the run's own validation images, each source apart
