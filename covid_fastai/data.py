@@ -368,8 +368,8 @@ def select_labelled(df:pd.DataFrame, # Checked metadata
     kept = _with_paths(labelled, folder, strict)
     if not len(kept): raise EmptySelectionError(f"No rows of {task}'s classes ({', '.join(classes)}) with an image file in {folder}; nothing to evaluate")
     if (twice := kept.path.map(os.path.realpath).duplicated(keep=False)).any(): raise MetadataError(   # one folder for TRAIN and TEST rows alike
-        f"rows that name one image file of {folder}, a TRAIN row and a TEST row: {_rows(kept[['X_ray_image_name']], twice)}; "
-        "each file would count twice: keep one row per file")
+        f"image file(s) of {folder} named by two rows, as a TRAIN and a TEST row or under two names: "
+        f"{', '.join(kept.X_ray_image_name[twice].unique()[:5])}; each would count twice: keep one row per file")
     return kept, {'other_labels': len(df)-len(labelled), 'missing_images': len(labelled)-len(kept)}
 
 # %% ../nbs/01_data.ipynb #d2849a1c

@@ -127,7 +127,7 @@ def test_evaluate_refuses_a_file_listed_as_train_and_test(small_run, metadata, i
     csv = tmp_path/'both.csv'
     pd.concat([rows, rows.head(1).assign(Dataset_type='TEST')]).to_csv(csv, index=False)
     res = run_cli('evaluate', '--model', small_run[0], '--csv', csv, '--images', images, check=False)
-    assert res.returncode == 2 and f"{csv}: rows that name one image file" in res.stderr and 'a TRAIN row and a TEST row: line 2' in res.stderr
+    assert res.returncode == 2 and f"{csv}: image file(s) of {images} named by two rows" in res.stderr and f"two names: {rows.X_ray_image_name.iloc[0]};" in res.stderr
     assert 'Traceback' not in res.stderr and res.stdout == ''
 
 
