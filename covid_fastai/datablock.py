@@ -365,7 +365,8 @@ class OpenXRay(Transform):
     def encodes(self, fn:Path)->PILImage: return self.encodes(str(fn))
     # `learn.predict(PILImage.create(f))`: fastai drops the transforms before the first whose `input_types` take the
     # item, so this one must take images, or they would reach the model at their own size and in colour
-    def encodes(self, im:Image.Image)->PILImage: return PILImage(to_grey(im).resize((self.size, self.size), Image.BILINEAR).convert('RGB'))
+    def encodes(self, im:Image.Image)->PILImage:   # upright, as `load_xray` turns a file: `Image.open` keeps the EXIF orientation unapplied
+        return PILImage(to_grey(ImageOps.exif_transpose(im)).resize((self.size, self.size), Image.BILINEAR).convert('RGB'))
 
 # %% ../nbs/02_datablock.ipynb #94cc8728
 def check_images(df:pd.DataFrame, # Rows with a `path` column
@@ -657,6 +658,9 @@ class InMemoryDL(TfmdDL):
         self._made[new] = True
 
     def create_batches(self, samps):
+        if len(self.before_batch.fs): raise ValueError(   # they take the items before collation, which this loader never does again
+            f"InMemoryDL makes batches by indexing the items it keeps, so before_batch transforms ({', '.join(f.name for f in self.before_batch.fs)}) "
+            "would not run; make them batch transforms (after_batch), or use TfmdDL (in_memory=False)")
         for idxs in chunked(samps, self.bs, self.drop_last):
             self._keep(idxs)
             at, dev = torch.as_tensor(idxs), self._kept[0].device
@@ -693,7 +697,7 @@ def covid_dataloaders(df:pd.DataFrame, # Rows with `path` and `target`, from `se
                       in_memory:bool|None=None, # Keep the decoded images on `device` (`InMemoryDL`); default: when no loader processes are asked for and they fit
                       **kwargs)->DataLoaders:
     "Training and validation `DataLoaders` for `df`."
-    device = ifnone(device, get_device())
+    device = torch.device(ifnone(device, get_device()))   # 'cuda' as fastai takes it
     if in_memory and num_workers: raise OptionError(
         f"num_workers={num_workers} with in_memory: a loader that keeps the images in memory makes its batches in the main process")
     if in_memory is None: in_memory = not num_workers and fits_in_memory(len(df), size, device)

@@ -24,8 +24,8 @@ __all__ = ['RESNETS', 'TORCHVISION', 'LITES', 'ARCHS', 'LITE_STATS', 'OPTIMIZERS
            'weights_file', 'pretrained_state', 'pretrained_file', 'weights_record', 'timm_weights_path',
            'load_timm_body', 'timm_size', 'covid_model', 'arch_builder', 'ClipGradValue', 'softmax64', 'covid_metrics',
            'TorchAdamW', 'graph_model', 'GraphedForward', 'CudaGraphs', 'load_body', 'load_start', 'check_weights',
-           'covid_learner', 'process_batch', 'check_options', 'RankSeeds', 'close_process_group', 'alone',
-           'unused_parameters', 'distributed']
+           'CovidCrossEntropy', 'covid_learner', 'process_batch', 'check_options', 'RankSeeds', 'close_process_group',
+           'alone', 'unused_parameters', 'distributed']
 
 # %% ../nbs/04_learner.ipynb #d3022367
 RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
@@ -472,6 +472,12 @@ def _set_normalize(dls:DataLoaders, stats:tuple)->DataLoaders:
     return dls
 
 @delegates(vision_learner, but=['arch', 'pretrained', 'weights', 'normalize', 'opt_func'])
+class CovidCrossEntropy(CrossEntropyLossFlat):
+    "fastai's cross-entropy on logits, decoding as `predicted` does (COVID-19, the last class, at `threshold`, else the most probable other class), so that `Learner.predict`, `get_preds(with_decoded=True)` and `ClassificationInterpretation` label as `metrics.json` does."
+    def __init__(self, *args, threshold:float=0.5, **kwargs): super().__init__(*args, **kwargs); self.threshold = threshold
+    def decodes(self, x:Tensor)->Tensor:
+        return torch.where(x[..., -1] >= self.threshold, x.shape[-1] - 1, x[..., :-1].argmax(dim=-1))
+
 def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
                   arch:str='resnet50', # One of `ARCHS`
                   pretrained:bool=True, # Start from ImageNet weights
@@ -488,11 +494,11 @@ def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
     cbs = L(kwargs.pop('cbs', None)) + L(ClipGradValue(clip) if clip else None) + L(CudaGraphs() if cuda_graphs else None)
     dls = _set_normalize(dls, arch_stats(arch))
     if is_timm(arch) and not {'img_size'} & set(kwargs): kwargs.update(timm_size(arch, dls.train_ds[0][0].shape[-1]))
-    learn = vision_learner(dls, arch_fn(arch), pretrained=False, normalize=False, opt_func=Adam, wd=wd,
+    learn = vision_learner(dls, arch_fn(arch), pretrained=False, normalize=False, opt_func=Adam, wd=wd, loss_func=kwargs.pop('loss_func', CovidCrossEntropy()),
                            metrics=kwargs.pop('metrics', covid_metrics(len(dls.vocab))), cbs=cbs, **kwargs)
     if optimizer == 'adamw':   # which parameters decay is known only once the model exists
         learn.opt_func = partial(TorchAdamW, no_wd=norm_bias_params(learn.model), fused=dls.device.type == 'cuda')
-    if state is not None: load_start(learn.model, arch, state, weights)
+    if state is not None: load_start(learn.model, arch, state, weights); learn.freeze()   # as `vision_learner` leaves a pretrained learner
     learn.arch_name, learn.pretrained = arch, state is not None
     # mixed precision on CUDA, in bfloat16 where the GPU has it: float16's largest value (65504) is within reach of a
     # network trained from random weights, whose validation (batch norm on running statistics) then overflows to NaN
