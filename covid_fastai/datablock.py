@@ -291,7 +291,7 @@ def load_xray(fn:str|Path, # An image file: JPEG, PNG (8 or 16 bit), BMP, TIFF, 
 
 # %% ../nbs/02_datablock.ipynb #ee74c503
 CACHE_ENV = 'COVID_FASTAI_CACHE'
-_LOADER_VERSION = 6   # bump when `load_xray`'s output changes, to retire old cache entries
+_LOADER_VERSION = 7   # bump when `load_xray`'s output or the entries' format changes, to retire old cache entries
 
 def default_cache_dir()->Path:
     "`$COVID_FASTAI_CACHE`, else `decoded/` in the user's cache folder."
@@ -300,6 +300,8 @@ def default_cache_dir()->Path:
 
 # %% ../nbs/02_datablock.ipynb #904e99d7
 _NPY_LOCK = threading.Lock()   # np.load parses a header with ast, which CPython 3.11 cannot do in two threads at once (cpython#106905)
+
+def _checksum(a:np.ndarray)->bytes: return zlib.crc32(np.ascontiguousarray(a)).to_bytes(4, 'little')
 
 class DecodeCache:
     "Decoded and resized radiographs on disk, keyed by source file, its size and mtime, and the image size."
@@ -320,16 +322,23 @@ class DecodeCache:
         "The grey `load_xray(fn, size)` as a writable `uint8` array (size, size), from the cache when it is there, stored in it when not."
         path = self.entry(fn, size)
         try:
-            with _NPY_LOCK: a = np.load(path)
-            if a.shape[:2] == (size, size) and a.dtype == np.uint8: return a if a.ndim == 2 else a[..., 0].copy()   # RGB in entries written before it kept grey: equal channels
+            with open(path, 'rb') as f:
+                with _NPY_LOCK: a = np.lib.format.read_array(f)
+                if a.shape == (size, size) and a.dtype == np.uint8 and f.read() == _checksum(a): return a
         except (OSError, ValueError, EOFError, TypeError): pass   # absent, or damaged (an empty file is an EOFError): decode again
         a = np.array(load_xray(fn, size, grey=True))
+        self.store(path, a)
+        return a
+
+    def store(self, path:Path, # An `entry`
+              a:np.ndarray # The grey image it keeps
+             ):
+        "Keep `a` at `path`: the array, then the CRC-32 of its bytes, which an entry damaged on disk fails."
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(path, sync=False) as tmp:   # an entry a power cut damages is decoded again
-                with open(tmp, 'wb') as f: np.save(f, a)   # grey: a third of the disk and of the reading
+                with open(tmp, 'wb') as f: np.save(f, a); f.write(_checksum(a))   # grey: a third of the disk and of the reading
         except OSError: pass                            # a read-only cache only costs speed
-        return a
 
     def load(self, fn:str|Path, size:int, grey:bool=False)->Image.Image:
         "`load_xray(fn, size, grey=grey)`, from the cache when it is there, stored in it when not."
