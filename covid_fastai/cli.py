@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cli.ipynb #10a1cd89
 from __future__ import annotations
-import argparse, importlib, inspect, json, os, re, signal, sys, warnings
+import argparse, errno, importlib, inspect, json, os, re, signal, sys, warnings
 from pathlib import Path
 from fastcore.docments import docments
 from fastcore.imports import IN_IPYTHON
@@ -241,21 +241,30 @@ def _log_bars():
         with contextlib.redirect_stdout(io.StringIO()): self._printing_init(*args, **kwargs)
     bar.__init__ = __init__
 
+_IN_CALLBACK = re.compile(r"Exception occured in `\w+` when calling event `\w+`:\n\t")   # what fastai puts before a callback's error
+
+def _said(e:Exception)->str:
+    "The error's own message: without fastai's line about the callback it came from, and an `OSError` as Python writes one, which that line would cut to its number."
+    if isinstance(e, OSError) and e.strerror: return f"[Errno {e.errno}] {e.strerror}" + (f": {str(e.filename)!r}" if e.filename is not None else '')
+    return _IN_CALLBACK.sub('', str(e))
+
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `covid-fastai` command."
     argv = sys.argv[1:] if argv is None else list(argv)
     warnings.showwarning = _warn_once
     warnings.filterwarnings('ignore', category=FutureWarning)
     warnings.filterwarnings('ignore', message='.*insecure pickle.*')
-    a = _parse(argv)
+    try: a = _parse(argv)   # imports the library, some seconds in which Ctrl-C may come
+    except KeyboardInterrupt: print("covid-fastai: interrupted before it began; nothing was written", file=sys.stderr); return 130
     if not sys.stdout.isatty(): _log_bars()   # a log file gets the epoch table, not thousands of progress-bar updates
     from covid_fastai.core import CovidFastaiError
     run = {'summary': _summary, 'train': _train, 'evaluate': _evaluate, 'predict': _predict, 'serve': _serve, 'pretrain': _pretrain}[a.command]
     try: return run(a) or 0
     except CovidFastaiError as e:
-        print(f"covid-fastai: error: {e}", file=sys.stderr); return e.exit_code
-    except OSError as e:
-        print(f"covid-fastai: error: {e}", file=sys.stderr); return 2
+        print(f"covid-fastai: error: {_said(e)}", file=sys.stderr); return e.exit_code
+    except OSError as e:   # a full disk while training: the checkpoint of the last whole epoch is still there
+        hint = _resume_hint(Path(a.out or a.resume)) if a.command == 'train' and e.errno == errno.ENOSPC else ''
+        print(f"covid-fastai: error: {_said(e)}{hint}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("covid-fastai: interrupted; finished outputs are complete, unfinished ones were not written"
               + (_resume_hint(Path(a.out or a.resume)) if a.command == 'train' else ''), file=sys.stderr)

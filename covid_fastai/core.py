@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f5c0a959
 from __future__ import annotations
-import os, re, json, secrets, hashlib, contextlib
+import os, re, json, errno, shutil, secrets, hashlib, tempfile, contextlib
 from pathlib import Path
 import pandas as pd, torch
 
@@ -14,7 +14,7 @@ __all__ = ['TEMPORARY', 'MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON'
            'UnsafeImageNameError', 'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError',
            'NotRadiographError', 'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'DataChangedError', 'misfit',
            'printable', 'stale_temporaries', 'atomic_write', 'file_sha256', 'write_json', 'write_csv', 'save_figure',
-           'out_folder', 'get_device']
+           'out_folder', 'clear_outputs', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -70,9 +70,10 @@ def atomic_write(dest:str|Path, # The file to write
                 ):
     "Yield a temporary path beside `dest`; move it onto `dest` only if the block succeeds."
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent/f'.{dest.name}.{secrets.token_hex(6)}.tmp'
-    tmp.touch(exist_ok=False)   # created as `open` creates files, by the umask (mkstemp's would be 0600: unreadable to the team)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try: tmp.touch(exist_ok=False)   # created as `open` creates files, by the umask (mkstemp's would be 0600: unreadable to the team)
+    except OSError as e: raise type(e)(e.errno, e.strerror, str(dest)) from None   # the file the user asked for, not the temporary one
     mode = os.stat(tmp).st_mode & 0o777
     try:
         yield tmp
@@ -80,8 +81,18 @@ def atomic_write(dest:str|Path, # The file to write
         if sync: _fsync(tmp)
         os.replace(tmp, dest)
         if sync: _fsync(dest.parent)   # the move itself
+    except Exception as e:
+        # a full disk, as torch and safetensors report it (a RuntimeError, their own error), or as `write` does (no file named)
+        if _disk_full(tmp.parent) or getattr(e, 'errno', None) == errno.ENOSPC: raise OSError(
+            errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (free some space, then run the command again)", str(dest)) from e
+        raise
     finally:
         if os.path.exists(tmp): os.remove(tmp)
+
+def _disk_full(folder:Path, room:int=1 << 20)->bool:
+    "Whether `folder`'s file system has less than `room` bytes left (False where that cannot be told)."
+    try: return shutil.disk_usage(folder).free < room
+    except OSError: return False
 
 # %% ../nbs/00_core.ipynb #ce4acd92
 def file_sha256(path:str|Path # A file
@@ -119,9 +130,13 @@ def out_folder(path:str|Path, # A folder to write into; made when first written 
               )->Path:
     "`path`, checked before any work: a folder, or nothing yet, with no file in the way."
     path = Path(path)
-    for p in (path, *path.parents):   # the nearest part that exists must be a folder
+    for p in (path, *path.parents):   # the nearest part that exists must be a folder we can write in
+        if p.is_symlink() and not p.exists(): raise OptionError(
+            f"{option} {path}: {p} is a link to {os.readlink(p)}, which is not there; give a folder to write into")
         if p.exists():
             if not p.is_dir(): raise OptionError(f"{option} {path}: {p} is a file, not a folder; give a folder to write into")
+            try: tempfile.TemporaryFile(dir=p).close()   # as the writes will: permissions, capabilities, a read-only mount
+            except OSError as e: raise OptionError(f"{option} {path}: cannot write in {p} ({e.strerror}); give a folder you can write to") from None
             break
     return path
 
@@ -130,6 +145,15 @@ MODEL_JSON, WEIGHTS_FILE = 'model.json', 'model.safetensors'
 METRICS_JSON, RUN_JSON, CHECKPOINT = 'metrics.json', 'run.json', 'checkpoint.pth'
 HISTORY_CSV, SPLIT_CSV, PREDICTIONS_CSV = 'history.csv', 'split.csv', 'predictions.csv'
 PLOTS_DIR, CV_JSON = 'plots', 'cv.json'
+
+# %% ../nbs/00_core.ipynb #04dd3a7a
+def clear_outputs(out:Path, # A folder about to receive new outputs
+                  files:tuple # The names of the files an earlier one left there
+                 ):
+    "Remove `files`, the plots and `atomic_write`'s stale temporaries from `out`, so that none of an earlier output passes for the new one's."
+    for f in files: (out/f).unlink(missing_ok=True)
+    for p in stale_temporaries(out): p.unlink(missing_ok=True)
+    for p in (out/PLOTS_DIR).glob('*.png'): p.unlink()
 
 # %% ../nbs/00_core.ipynb #ee5f3438
 def get_device(cpu:bool=False # Use the CPU even when a GPU is present

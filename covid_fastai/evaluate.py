@@ -375,6 +375,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     if by is not None: metrics.update(by=metrics_by(rows[by][preds.error.isna().values], targets, probs, clf.classes, clf.threshold), by_column=by)
     if out is not None:
         out = Path(out)
+        clear_outputs(out, (METRICS_JSON, PREDICTIONS_CSV))   # an earlier evaluation's files must not pass for this one's
         preds = explain_predictions(clf, preds)          # the Grad-CAM shortcut score of every image
         score = preds.shortcut.dropna()
         metrics.update(shortcut_score=float(score.mean()) if len(score) else None, shortcut_baseline=shortcut_baseline(clf.size))

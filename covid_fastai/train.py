@@ -198,9 +198,7 @@ RUN_FILES = (CHECKPOINT, MODEL_JSON, WEIGHTS_FILE, METRICS_JSON, HISTORY_CSV, SP
 def clear_run(out:Path # A run folder about to hold a new run
              ):
     "Remove an earlier run's files and plots from `out`, so that none passes for the new run's; fold folders are runs of their own and stay."
-    for f in RUN_FILES: (out/f).unlink(missing_ok=True)
-    for p in stale_temporaries(out): p.unlink(missing_ok=True)
-    for p in (out/PLOTS_DIR).glob('*.png'): p.unlink()
+    clear_outputs(out, RUN_FILES)
 
 def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the folds before anything is written
                     settings:dict, # `train`'s arguments

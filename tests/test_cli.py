@@ -54,7 +54,11 @@ def test_train_writes_model_metrics_history_and_plots(small_run, metadata, image
 
 def test_evaluate_on_the_run_validation_split_matches_train(small_run, tmp_path):
     out, _ = small_run
+    (tmp_path/'plots').mkdir(); (tmp_path/'plots'/'by_source.png').write_bytes(b'an earlier evaluation')   # into a folder that holds one
+    (tmp_path/'predictions.csv').write_text('an earlier evaluation'); (tmp_path/'notes.txt').write_text("the user's own")
     run_cli('evaluate', '--model', out, '--out', tmp_path)
+    assert not (tmp_path/'plots'/'by_source.png').exists() and (tmp_path/'notes.txt').exists()   # none of it passes for this one's
+    assert 'an earlier evaluation' not in (tmp_path/'predictions.csv').read_text()
     again, first = json.loads((tmp_path/'metrics.json').read_text()), json.loads((out/'metrics.json').read_text())
     assert again['confusion_matrix'] == first['confusion_matrix']
     assert again['roc_auc'] == pytest.approx(first['roc_auc'], abs=1e-6)
