@@ -20,8 +20,7 @@ class History(Callback):
     "Keep each epoch's losses and metrics, with the phase and learning rate, across fits, in `learn.history`."
     order = Recorder.order + 1
     def __init__(self): self.rows, self.phase, self.trained = [], 'fit', False
-    def before_fit(self): self.run = not hasattr(self, 'lr_finder')   # fastai's `lr_find` sweeps in a fit of its own: no epoch of the run
-    def after_train(self): self.trained = True
+    def after_train(self): self.trained = not hasattr(self, 'lr_finder')   # fastai's `lr_find` sweeps in a fit of its own: no epoch of the run
     def after_epoch(self):
         trained, self.trained = self.trained, False
         if not trained: return   # an epoch skipped on resume, or `validate` and `get_preds`, which end an "epoch" without training
@@ -65,8 +64,7 @@ class EpochCheckpoint(Callback):
     "After each complete epoch, save what `fit_recipe(resume=...)` needs to go on, atomically, to `path`."
     order = History.order + 1
     def __init__(self, path:str|Path): self.path, self.trained = Path(path), False
-    def before_fit(self): self.run = not hasattr(self, 'lr_finder')   # as `History`: the sweep's weights are no epoch's
-    def after_train(self): self.trained = True
+    def after_train(self): self.trained = not hasattr(self, 'lr_finder')   # as `History`: the sweep's weights are no epoch's
     def after_epoch(self):
         trained, self.trained = self.trained, False
         if not trained: return   # as `History`: a checkpoint is of trained epochs only

@@ -82,8 +82,9 @@ def atomic_write(dest:str|Path, # The file to write
         os.replace(tmp, dest)
         if sync: _fsync(dest.parent)   # the move itself
     except Exception as e:
-        # a full disk, as torch and safetensors report it (a RuntimeError, their own error), or as `write` does (no file named)
-        if _disk_full(tmp.parent) or getattr(e, 'errno', None) == errno.ENOSPC: raise OSError(
+        # a full disk, as `write` reports it (no file named), or as torch and safetensors do (a RuntimeError, their own error)
+        writing = isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == 'SafetensorError'
+        if getattr(e, 'errno', None) == errno.ENOSPC or (writing and _disk_full(tmp.parent)): raise OSError(
             errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (free some space, then run the command again)", str(dest)) from e
         raise
     finally:

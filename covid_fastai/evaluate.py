@@ -53,7 +53,7 @@ def wilson_interval(k:int, # The images a proportion counts (for sensitivity, th
     z = NormalDist().inv_cdf((1 + level) / 2)
     p, d = k/n, 1 + z*z/n
     centre, half = (p + z*z/(2*n)) / d, z * math.sqrt(p*(1-p)/n + z*z/(4*n*n)) / d
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    return [0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half]   # exact where rounding would leave out k/n itself
 
 # %% ../nbs/06_evaluate.ipynb #3e4d4584
 def _auc(pos:np.ndarray, neg:np.ndarray)->float:
@@ -252,7 +252,7 @@ def plot_by(by:dict, # From `metrics_by`
         ax.barh(ys, [v or 0 for v in vals], height=0.38, color=colour, label=key)
         for y, v, ci in zip(ys, vals, [m['intervals'][key] for m in by.values()]):   # undefined value, undefined interval
             if v is None: ax.text(0.01, y, 'n/a', va='center', fontsize=8); continue
-            ax.errorbar(v, y, xerr=[[v - ci[0]], [ci[1] - v]], color='black', capsize=3, lw=1)
+            ax.errorbar(v, y, xerr=[[max(v - ci[0], 0)], [max(ci[1] - v, 0)]], color='black', capsize=3, lw=1)
             ax.text(ci[1] + 0.01, y, f"{v:.2f}", va='center', fontsize=8)
     ax.set(yticks=range(len(by)), yticklabels=names, xlim=(0, 1.12), xlabel='COVID-19 against the rest', title=f"By {column}")
     ax.invert_yaxis(); ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8)
@@ -347,7 +347,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     if tta: clf.use_tta()
     if csv is not None:
         try: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
-        except MetadataError as e: raise MetadataError(f"{csv}: {e}") if str(csv) not in str(e) else e from None   # the lines are the CSV's
+        except MetadataError as e: raise type(e)(f"{csv}: {e}") if str(csv) not in str(e) else e from None   # the lines are the CSV's
     else: rows, left_out = _run_valid_rows(model, data)
     seen = seen_in_training(model, rows.path) if csv is not None else 0   # the run's own validation rows are unseen
     if seen: warnings.warn(f"{seen} of the {len(rows)} images of {csv} are among the model's training images "

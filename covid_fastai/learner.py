@@ -471,13 +471,14 @@ def _set_normalize(dls:DataLoaders, stats:tuple)->DataLoaders:
     dls.normalized_for = stats
     return dls
 
-@delegates(vision_learner, but=['arch', 'pretrained', 'weights', 'normalize', 'opt_func'])
 class CovidCrossEntropy(CrossEntropyLossFlat):
-    "fastai's cross-entropy on logits, decoding as `predicted` does (COVID-19, the last class, at `threshold`, else the most probable other class), so that `Learner.predict`, `get_preds(with_decoded=True)` and `ClassificationInterpretation` label as `metrics.json` does."
+    "fastai's cross-entropy on logits, decoding by `predicted`'s rule (COVID-19, the last class, at `threshold`, else the most probable other class), so that `Learner.predict`, `get_preds(with_decoded=True)` and `ClassificationInterpretation` label as `predict` does at that threshold."
     def __init__(self, *args, threshold:float=0.5, **kwargs): super().__init__(*args, **kwargs); self.threshold = threshold
     def decodes(self, x:Tensor)->Tensor:
-        return torch.where(x[..., -1] >= self.threshold, x.shape[-1] - 1, x[..., :-1].argmax(dim=-1))
+        from covid_fastai.inference import predicted   # the rule, in one place (inference imports this module)
+        return tensor(predicted(x.detach().float().cpu().numpy(), self.threshold))
 
+@delegates(vision_learner, but=['arch', 'pretrained', 'weights', 'normalize', 'opt_func'])
 def covid_learner(dls:DataLoaders, # From `covid_dataloaders`
                   arch:str='resnet50', # One of `ARCHS`
                   pretrained:bool=True, # Start from ImageNet weights
