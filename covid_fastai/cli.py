@@ -112,7 +112,8 @@ def _print_metrics(m:dict):
     print(('COVID-19 against the rest: ' if many else '') + f"n={m['n']}  " + '  '.join(f"{k}={_fmt(m[k])}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')))
     if ci := m.get('intervals'):   # evaluations written before intervals have none
         print(f"{ci['level']:.0%} intervals: " + '  '.join(f"{k} {_fmt(ci[k][0])}-{_fmt(ci[k][1])}" if ci[k] else f"{k} n/a"
-                                                          for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'roc_auc')))
+                                                          for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'roc_auc'))
+              + (" (every resample separated perfectly: the ROC AUC's interval says nothing of other images)" if ci['roc_auc'] == [1.0, 1.0] else ''))
     (tn, fp), (fn, tp) = m['confusion_matrix']
     print(f"confusion matrix [[tn, fp], [fn, tp]] = [[{tn}, {fp}], [{fn}, {tp}]] at threshold {m['threshold']} (COVID-19 against the rest)")
     for c, pc in m.get('per_class', {}).items():
