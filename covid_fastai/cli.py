@@ -105,14 +105,14 @@ def _parse(argv:list[str])->argparse.Namespace:
 
 # %% ../nbs/08_cli.ipynb #ae3996de
 def _fmt(v): return 'n/a' if v is None else f"{v:.3f}"
-def _ci(m:dict, k:str)->str: return f" [{_fmt(ci[0])}-{_fmt(ci[1])}]" if (ci := (m.get('intervals') or {}).get(k)) else ''
+def _span(ci:list|None)->str: return f"{_fmt(ci[0])}-{_fmt(ci[1])}" if ci else 'n/a'
+def _ci(m:dict, k:str)->str: return f" [{_span(ci)}]" if (ci := (m.get('intervals') or {}).get(k)) else ''
 
 def _print_metrics(m:dict):
     many = 'confusion_matrix_all' in m
     print(('COVID-19 against the rest: ' if many else '') + f"n={m['n']}  " + '  '.join(f"{k}={_fmt(m[k])}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc')))
     if ci := m.get('intervals'):   # evaluations written before intervals have none
-        print(f"{ci['level']:.0%} intervals: " + '  '.join(f"{k} {_fmt(ci[k][0])}-{_fmt(ci[k][1])}" if ci[k] else f"{k} n/a"
-                                                          for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'roc_auc'))
+        print(f"{ci['level']:.0%} intervals: " + '  '.join(f"{k} {_span(ci[k])}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'roc_auc'))
               + (" (every resample separated perfectly: the ROC AUC's interval says nothing of other images)" if ci['roc_auc'] == [1.0, 1.0] else ''))
     (tn, fp), (fn, tp) = m['confusion_matrix']
     print(f"confusion matrix [[tn, fp], [fn, tp]] = [[{tn}, {fp}], [{fn}, {tp}]] at threshold {m['threshold']} (COVID-19 against the rest)")

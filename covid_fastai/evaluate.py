@@ -159,7 +159,8 @@ def plot_confusion(metrics:dict, # From `class_metrics`
 # %% ../nbs/06_evaluate.ipynb #758f04e6
 def plot_roc(targets, probs, # As for `binary_metrics`
              threshold:float=0.5, # Marked on the curve, in red
-             thresholds=() # Also marked, in grey, each with its value: the operating points one could choose instead
+             thresholds=(), # Also marked, in grey, each with its value: the operating points one could choose instead
+             auc_ci:list|None=None # The AUC's interval where the caller has it (`metrics['intervals']`); else bootstrapped here
             )->plt.Figure:
     "The ROC curve with its AUC and the AUC's interval, and the operating point at `threshold` (and at each of `thresholds`)."
     y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
@@ -167,7 +168,7 @@ def plot_roc(targets, probs, # As for `binary_metrics`
     ax.plot([0, 1], [0, 1], ':', color='grey')
     if len(set(y)) == 2:
         fpr, tpr, _ = roc_curve(y, p)
-        lo, hi = auc_interval(y, p)
+        lo, hi = auc_ci or auc_interval(y, p)
         ax.plot(fpr, tpr, lw=2, label=f"AUC {roc_auc_score(y, p):.3f} (95 % interval {lo:.2f}-{hi:.2f})")
         for t in thresholds:
             m = binary_metrics(y, p, t)
@@ -225,7 +226,8 @@ def save_evaluation(out:Path, # Folder to write into
     y, p, k = np.asarray(targets).astype(int), np.asarray(probs, dtype=float), classes.index(POSITIVE)
     write_json(metrics, out/METRICS_JSON)
     save_figure(plot_confusion(metrics, classes), out/PLOTS_DIR/'confusion.png')
-    save_figure(plot_roc((y == k).astype(int), p[:, k], metrics['threshold'], OPERATING_THRESHOLDS), out/PLOTS_DIR/'roc.png')
+    save_figure(plot_roc((y == k).astype(int), p[:, k], metrics['threshold'], OPERATING_THRESHOLDS, metrics.get('intervals', {}).get('roc_auc')),
+                out/PLOTS_DIR/'roc.png')
     save_figure(plot_reliability((y == k).astype(int), p[:, k]), out/PLOTS_DIR/'reliability.png')
     order = np.random.default_rng(0).permutation(len(paths))[:12]   # a fixed mix, not the first rows of one class
     save_figure(plot_predictions([paths[i] for i in order], y[order], p[order], metrics['threshold'], classes=classes),
