@@ -49,14 +49,15 @@ outputs: setup
 # workers took 13 min 43 s against 24 min 56 s in one: many tests start the command, and importing fastai takes about
 # 7 s of one core. `--dist loadscope` keeps each test file in one worker, so a file's trainings shared by its tests
 # (module fixtures) are made once, and the two launchers of test_distributed never start at once (14 min 3 s, the
-# same time). pytest prints its slowest tests, for CI's time.
+# same time). pytest prints its slowest tests, for CI's time. A test still running after 20 minutes (the slowest take
+# about one) is stopped by pytest-timeout and fails with the stack it hung in, rather than holding CI until it is killed.
 TEST_WORKERS ?= 2
 test: export-check
 	$(BIN)/python tools/readme.py --check
 	@scratch=$$(mktemp -d -t covid_fastai_test.XXXXXX); trap 'rm -rf "$$scratch"' EXIT; export TMPDIR="$$scratch" COVID_FASTAI_CACHE="$$scratch/decoded"; \
 	echo "make test: temporary files under $$scratch (removed at the end)"; \
 	export OMP_NUM_THREADS=1; $(BIN)/nbdev_test --n_workers $(TEST_WORKERS) && \
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15 --basetemp="$$scratch/pytest"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15 --timeout 1200 --basetemp="$$scratch/pytest"
 
 # Speed, on the data that `find_data_root` finds: training (about 8 min on 2 cores; ARGS go to bench_train.py), then
 # prediction, latency, memory and metadata (about 5 min), then decoding alone (about 1 min). bench/README.md explains

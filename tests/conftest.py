@@ -1,5 +1,5 @@
 "Shared fixtures: the data this machine has (the packaged sample when there is no dataset), and one small training run reused by the command-line tests."
-import os, signal, subprocess, sys
+import os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 
@@ -60,6 +60,23 @@ def metadata(data_root):
 def with_files(rows, folder):
     "Which of `rows` have their image file in `folder`."
     return rows.X_ray_image_name.isin({p.name for p in Path(folder).iterdir()})
+
+
+def started(argv, err:Path, **kw)->subprocess.Popen:
+    """`Popen(argv)` with its output discarded and its stderr in the file `err`. Never a pipe that no one reads while the
+    test waits: at 64 KB of warnings it fills, the process stops in its next write, and the test waits for ever."""
+    with open(err, 'w') as f: return subprocess.Popen(list(map(str, argv)), stdout=subprocess.DEVNULL, stderr=f, text=True, **kw)
+
+
+def wait_until(done, proc:subprocess.Popen, err:Path, timeout:float=600):
+    "Poll `done()` until true; fail, with the end of the process's stderr, if the process ends first or `timeout` s pass."
+    deadline = time.monotonic() + timeout
+    while not done():
+        if proc.poll() is not None: pytest.fail(f"the process ended ({proc.returncode}) before it got there:\n{err.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill(); proc.wait()
+            pytest.fail(f"the process did not get there in {timeout} s:\n{err.read_text()[-3000:]}")
+        time.sleep(0.01)
 
 
 def run_cli(*args, check=True, **kw):

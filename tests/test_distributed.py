@@ -1,8 +1,8 @@
 "Several processes (issue 11): the same training under torchrun and accelerate launch, on the CPU with gloo, against one process."
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest
-from conftest import ctrl_c_reaches, run_cli, selection_root
+from conftest import ctrl_c_reaches, run_cli, selection_root, started, wait_until
 
 BIN = Path(sys.executable).parent
 TINY = ['--arch', 'resnet18', '--size', 64, '--frozen-epochs', 1, '--unfrozen-epochs', 1, '--no-pretrained', '--num-workers', 0]
@@ -91,12 +91,10 @@ def test_a_distributed_run_resumes(data_root, images, tmp_path):
     import shutil
     root, out = selection_root(data_root, images, tmp_path/'data'), tmp_path/'run'
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}
-    proc = subprocess.Popen([*LAUNCHERS['torchrun'], '-m', 'covid_fastai.cli', 'train', '--out', str(out), '--data', str(root), *map(str, TINY)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ctrl_c_reaches)
-    while not (out/'checkpoint.pth').exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT); proc.communicate(timeout=120)
+    proc = started([*LAUNCHERS['torchrun'], '-m', 'covid_fastai.cli', 'train', '--out', out, '--data', root, *TINY], tmp_path/'err',
+                   env=env, preexec_fn=ctrl_c_reaches)
+    wait_until((out/'checkpoint.pth').exists, proc, tmp_path/'err')
+    proc.send_signal(signal.SIGINT); proc.wait(timeout=120)
     assert not (out/'metrics.json').exists()
     split = pd.read_csv(out/'split.csv'); moved = split[split.split == 'train'].path.iloc[0]
     shutil.move(moved, tmp_path/'moved.jpeg')

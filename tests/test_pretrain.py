@@ -153,19 +153,16 @@ def test_weights_paths_and_pretrain_options_that_cannot_work_are_one_line(mini, 
 @pytest.mark.parametrize('folds', [[], ['--folds', 2]], ids=['one run', 'cross-validation'])
 def test_resume_refuses_weights_that_changed_since_the_run_started(mini, pretrained, folds, tmp_path):
     "The run records its --weights absolute, with their SHA-256; a resume from another backbone at that path would mix two runs (or folds)."
-    import signal, subprocess, time
-    from conftest import CLI
+    import signal
+    from conftest import CLI, started, wait_until
     root, _ = mini
     pre, _, _ = pretrained
     shutil.copytree(pre, tmp_path/'bb')
-    proc = subprocess.Popen([*CLI, 'train', '--data', str(root), '--out', 'run', '--arch', 'efficientnet_lite0', '--weights', 'bb/backbone.pth',
-                             '--ratio', '0.5', *map(str, TINY), '--frozen-epochs', '3', '--unfrozen-epochs', '0', *map(str, folds)],
-                            cwd=tmp_path, env=OFFLINE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = started([*CLI, 'train', '--data', root, '--out', 'run', '--arch', 'efficientnet_lite0', '--weights', 'bb/backbone.pth',
+                    '--ratio', '0.5', *TINY, '--frozen-epochs', '3', '--unfrozen-epochs', '0', *folds], tmp_path/'err', cwd=tmp_path, env=OFFLINE)
     run_json = tmp_path/'run'/'run.json'
-    while not run_json.exists():   # written before the first epoch
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL); proc.communicate(timeout=60)
+    wait_until(run_json.exists, proc, tmp_path/'err')   # written before the first epoch
+    proc.send_signal(signal.SIGKILL); proc.wait(timeout=60)
     run = json.loads(run_json.read_text())
     assert run['status'] == 'training' and run['settings']['weights'] == str(tmp_path/'bb'/'backbone.pth')   # absolute: --resume from anywhere
     state = torch.load(tmp_path/'bb'/'backbone.pth'); state['_conv_stem.weight'] += 1; torch.save(state, tmp_path/'bb'/'backbone.pth')

@@ -1,7 +1,7 @@
 "Interrupted training: a real training process is stopped after an epoch, then resumed to the same result."
-import json, signal, subprocess, time
+import json, signal
 import pandas as pd, pytest, torch
-from conftest import CLI, ctrl_c_reaches, run_cli, selection_root
+from conftest import CLI, ctrl_c_reaches, run_cli, selection_root, started, wait_until
 
 SMALL = ['--arch', 'resnet18', '--size', 96,   # epochs long enough (seconds, on any copy) to interrupt the run between them
           '--frozen-epochs', 2, '--unfrozen-epochs', 3, '--no-pretrained', '--num-workers', 0]
@@ -9,14 +9,11 @@ SMALL = ['--arch', 'resnet18', '--size', 96,   # epochs long enough (seconds, on
 
 def _interrupt_after_first_epoch(out, sig, *args):
     "Start training into `out` (with more `args`) and send `sig` as soon as its first epoch checkpoint exists."
-    proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches)
-    while not (out/'checkpoint.pth').exists():
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err
+    err = out.parent/f'{out.name}.err'; out.parent.mkdir(parents=True, exist_ok=True)
+    proc = started([*CLI, 'train', '--out', out, *SMALL, *args], err, preexec_fn=ctrl_c_reaches)
+    wait_until((out/'checkpoint.pth').exists, proc, err)
+    proc.send_signal(sig); proc.wait(timeout=120)
+    return proc.returncode, err.read_text()
 
 
 @pytest.fixture(scope='module')
@@ -50,14 +47,12 @@ def test_a_new_run_drops_the_checkpoint_of_the_run_it_replaces(data_root, tmp_pa
     out = tmp_path/'run'
     rc, err = _interrupt_after_first_epoch(out, signal.SIGINT)
     assert rc == 130 and (out/'checkpoint.pth').exists(), (rc, sorted(p.name for p in out.iterdir()), err[-2000:])
-    proc = subprocess.Popen([*CLI, 'train', '--out', str(out), *map(str, SMALL), '--seed', '7'], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = started([*CLI, 'train', '--out', out, *SMALL, '--seed', '7'], tmp_path/'err')
     try:
-        while json.loads((out/'run.json').read_text())['settings']['seed'] != 7:   # run.json is replaced whole, never half-written
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.01)
+        # run.json is replaced whole, never half-written
+        wait_until(lambda: json.loads((out/'run.json').read_text())['settings']['seed'] == 7, proc, tmp_path/'err')
         assert not (out/'checkpoint.pth').exists()   # the new run's first epoch takes seconds: no checkpoint of its own yet
-    finally: proc.kill(); proc.communicate(timeout=60)
+    finally: proc.kill(); proc.wait(timeout=60)
 
 
 def test_resume_without_a_run_says_so(tmp_path):
