@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_inference.ipynb #6c06f0e0
 from __future__ import annotations
-import os, json, random, stat, threading, warnings, weakref, multiprocessing
+import os, json, random, stat, threading, warnings, multiprocessing, multiprocessing.util
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -252,7 +252,10 @@ def _processes(self:CovidClassifier, n:int)->ProcessPoolExecutor:
     if getattr(self, '_procs', None) is None or self._procs[0] != n:
         self.close()
         pool = decoding_processes(n)
-        self._procs = (n, pool, weakref.finalize(self, pool.shutdown, wait=False, cancel_futures=True))
+        # multiprocessing's finaliser, not weakref's: it also runs when a process that multiprocessing started ends (a pool's
+        # worker, as nbdev_test runs notebooks in), before that process waits for its children, which these processes are.
+        # Its priority, above the 10 of the pool's own queue, tells them to stop before that queue's thread is stopped
+        self._procs = (n, pool, multiprocessing.util.Finalize(self, pool.shutdown, kwargs=dict(wait=True, cancel_futures=True), exitpriority=20))
     return self._procs[1]
 
 @patch

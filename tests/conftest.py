@@ -79,9 +79,12 @@ def wait_until(done, proc:subprocess.Popen, err:Path, timeout:float=600):
         time.sleep(0.01)
 
 
-def run_cli(*args, check=True, **kw):
-    "Run `covid-fastai ARGS` in a fresh process; return the CompletedProcess."
-    res = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kw)
+def run_cli(*args, check=True, timeout=900, **kw):
+    "Run `covid-fastai ARGS` in a fresh process; return the CompletedProcess. One that has not ended in `timeout` s is stopped and fails the test."
+    try: res = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors='replace') if isinstance(e.stderr, bytes) else (e.stderr or '')
+        raise AssertionError(f"covid-fastai {' '.join(map(str, args))} did not end in {timeout} s:\n{err[-3000:]}") from None
     if check and res.returncode != 0: raise AssertionError(f"covid-fastai {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr}")
     return res
 

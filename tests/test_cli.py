@@ -2,7 +2,7 @@
 
 Counts come from the CSV and the image folder, never from one copy of the data: the tests pass on the packaged sample,
 on the shared development copy and on a complete download."""
-import json, os, shutil, signal, subprocess, threading
+import json, os, shutil, signal, subprocess, sys, threading
 from pathlib import Path
 import pandas as pd, pytest, torch
 from conftest import CLI, run_cli, with_files
@@ -213,6 +213,36 @@ def test_a_killed_decoding_process_is_one_error_and_the_next_call_starts_new_one
         with pytest.raises(CovidFastaiError, match='decoding process stopped abruptly'): clf.predict(files, processes=1)
         assert clf.predict(files[:2], processes=1).error.isna().all()
     finally: clf.close()
+
+
+LEFT_OPEN = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+import torch
+from covid_fastai.inference import load_model
+
+def predict_and_keep(model, files):
+    global clf   # kept, as a notebook keeps it, with its decoding processes: never closed
+    clf = load_model(model, device=torch.device('cpu'))
+    return clf.predict(files, processes=1).label.tolist()
+
+if __name__ == '__main__':
+    with ProcessPoolExecutor(1, mp_context=get_context('spawn')) as pool: print(pool.submit(predict_and_keep, sys.argv[1], sys.argv[2:]).result())
+    print('the pool ended')
+"""
+
+def test_decoding_processes_left_open_in_a_pool_process_let_it_end(small_run, images, tmp_path):
+    "A classifier that predicted in processes, inside a process of a pool (as nbdev_test runs a notebook): the pool's process ends, not waiting for them."
+    (tmp_path/'left_open.py').write_text(LEFT_OPEN)
+    files = [str(f) for f in sorted(images.glob('*.jp*g'))[:2]]
+    proc = subprocess.Popen([sys.executable, tmp_path/'left_open.py', small_run[0], *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)   # its own group: on failure, every process it started is stopped
+    try: out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL); proc.communicate()
+        pytest.fail("the pool's process did not end: it waited for the decoding processes it had left open")
+    assert proc.returncode == 0 and out.splitlines()[-1] == 'the pool ended', err[-3000:]
 
 
 @pytest.mark.parametrize('args, message', [

@@ -6,7 +6,7 @@ from conftest import ctrl_c_reaches, run_cli, selection_root, started, wait_unti
 
 BIN = Path(sys.executable).parent
 TINY = ['--arch', 'resnet18', '--size', 64, '--frozen-epochs', 1, '--unfrozen-epochs', 1, '--no-pretrained', '--num-workers', 0]
-LAUNCHERS = {'torchrun': [str(BIN/'torchrun'), '--nproc-per-node', '2'],
+LAUNCHERS = {'torchrun': [str(BIN/'torchrun'), '--standalone', '--nproc-per-node', '2'],   # a free port, not 29500
              # bf16, as a user's `accelerate config` may say: the precision is fastai's, so the run must not change (it trained
              # and validated under Accelerate's autocast, and kept it on the saved model's forward)
              'accelerate': [str(BIN/'accelerate'), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
