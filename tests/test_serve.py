@@ -112,10 +112,12 @@ def _card(page, name, timeout=120_000):
     return card
 
 
+@pytest.mark.timeout(600)   # a browser that stops answering Playwright fails this test, not the run
 def test_the_page_in_chromium(server, browser, radiographs, broken, tmp_path):
     url = server[0]
     expected = {r['file']: r for r in post(url, *radiographs[:2]).json()}
     page = browser.new_page()
+    page.set_default_timeout(120_000)
     page.goto(url)
     page.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
     # one radiograph, then another with a broken file in the same drop: each gets its own answer
