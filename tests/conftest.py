@@ -1,10 +1,11 @@
 "Shared fixtures: the data this machine has (the packaged sample when there is no dataset), and one small training run reused by the command-line tests."
-import os, signal, subprocess, sys, time
+import os, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [str(Path(sys.executable).parent/'covid-fastai')]   # the installed console script itself
+os.environ.setdefault('PYTHONFAULTHANDLER', '1')   # a command stopped for taking too long (`stop`) prints where each of its threads was
 
 
 def ctrl_c_reaches():
@@ -68,23 +69,39 @@ def started(argv, err:Path, **kw)->subprocess.Popen:
     with open(err, 'w') as f: return subprocess.Popen(list(map(str, argv)), stdout=subprocess.DEVNULL, stderr=f, text=True, **kw)
 
 
+def stop(proc:subprocess.Popen)->tuple:
+    "Stop a process that took too long: SIGABRT, on which Python prints where each of its threads was (PYTHONFAULTHANDLER), then SIGKILL if it is still there a minute later. Its remaining output."
+    proc.send_signal(signal.SIGABRT)
+    try: return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired: proc.kill(); return proc.communicate()
+
+
+def where(err:str)->str:
+    "What a stopped process's stderr says of where it was: faulthandler's report on, without its list of extension modules."
+    i = err.rfind('Fatal Python error')
+    return re.sub(r'\nExtension modules:.*', '', err[i:] if i >= 0 else err[-3000:], flags=re.S)[:8000]
+
+
 def wait_until(done, proc:subprocess.Popen, err:Path, timeout:float=600):
     "Poll `done()` until true; fail, with the end of the process's stderr, if the process ends first or `timeout` s pass."
     deadline = time.monotonic() + timeout
     while not done():
         if proc.poll() is not None: pytest.fail(f"the process ended ({proc.returncode}) before it got there:\n{err.read_text()[-3000:]}")
         if time.monotonic() > deadline:
-            proc.kill(); proc.wait()
-            pytest.fail(f"the process did not get there in {timeout} s:\n{err.read_text()[-3000:]}")
+            stop(proc)
+            pytest.fail(f"the process did not get there in {timeout} s; where it was:\n{where(err.read_text())}")
         time.sleep(0.01)
 
 
 def run_cli(*args, check=True, timeout=900, **kw):
     "Run `covid-fastai ARGS` in a fresh process; return the CompletedProcess. One that has not ended in `timeout` s is stopped and fails the test."
-    try: res = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
-    except subprocess.TimeoutExpired as e:
-        err = e.stderr.decode(errors='replace') if isinstance(e.stderr, bytes) else (e.stderr or '')
-        raise AssertionError(f"covid-fastai {' '.join(map(str, args))} did not end in {timeout} s:\n{err[-3000:]}") from None
+    with subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw) as proc:
+        try: out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _, err = stop(proc)
+            raise AssertionError(f"covid-fastai {' '.join(map(str, args))} did not end in {timeout} s; where it was:\n{where(err)}") from None
+        except BaseException: proc.kill(); raise   # pytest-timeout's, or Ctrl-C: not left running (leaving `with` waits for it)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     if check and res.returncode != 0: raise AssertionError(f"covid-fastai {' '.join(map(str, args))} failed ({res.returncode}):\n{res.stderr}")
     return res
 
