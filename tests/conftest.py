@@ -69,11 +69,15 @@ def started(argv, err:Path, **kw)->subprocess.Popen:
     with open(err, 'w') as f: return subprocess.Popen(list(map(str, argv)), stdout=subprocess.DEVNULL, stderr=f, text=True, **kw)
 
 
-def stop(proc:subprocess.Popen)->tuple:
-    "Stop a process that took too long: SIGABRT, on which Python prints where each of its threads was (PYTHONFAULTHANDLER), then SIGKILL if it is still there a minute later. Its remaining output."
+def stop(proc:subprocess.Popen)->str:
+    """Stop a process that took too long: SIGABRT, on which Python prints where each of its threads was (PYTHONFAULTHANDLER),
+    then SIGKILL if it is still there a minute later. Its stderr where that is a pipe, as far as it could be read (processes
+    it started may hold the pipe open after it ends)."""
     proc.send_signal(signal.SIGABRT)
-    try: return proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired: proc.kill(); return proc.communicate()
+    try: return proc.communicate(timeout=60)[1] or ''
+    except subprocess.TimeoutExpired as e:
+        proc.kill(); proc.wait()
+        return e.stderr.decode(errors='replace') if isinstance(e.stderr, bytes) else (e.stderr or '')
 
 
 def where(err:str)->str:
@@ -98,7 +102,7 @@ def run_cli(*args, check=True, timeout=900, **kw):
     with subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw) as proc:
         try: out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _, err = stop(proc)
+            err = stop(proc)
             raise AssertionError(f"covid-fastai {' '.join(map(str, args))} did not end in {timeout} s; where it was:\n{where(err)}") from None
         except BaseException: proc.kill(); raise   # pytest-timeout's, or Ctrl-C: not left running (leaving `with` waits for it)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
