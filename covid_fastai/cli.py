@@ -117,10 +117,10 @@ def _print_metrics(m:dict):
     (tn, fp), (fn, tp) = m['confusion_matrix']
     print(f"confusion matrix [[tn, fp], [fn, tp]] = [[{tn}, {fp}], [{fn}, {tp}]] at threshold {m['threshold']} (COVID-19 against the rest)")
     for c, pc in m.get('per_class', {}).items():
-        print(f"  {c}: n={pc['n']}  " + '  '.join(f"{k}={_fmt(pc[k])}" for k in ('sensitivity', 'precision', 'f1', 'roc_auc')))
+        print(f"  {c}: n={pc['n']}  " + '  '.join(f"{k}={_fmt(pc[k])}{_ci(pc, k)}" for k in ('sensitivity', 'precision', 'f1', 'roc_auc')))
     if many:
         print(f"confusion matrix of {', '.join(m['classes'])} (rows true, columns predicted) = {m['confusion_matrix_all']}; "
-              f"accuracy over the {len(m['classes'])} classes {_fmt(m['accuracy_all'])}")
+              f"accuracy over the {len(m['classes'])} classes {_fmt(m['accuracy_all'])}{_ci(m, 'accuracy_all')}")
 
 def _args_of(func, a)->dict:
     "The parsed options that are parameters of `func`."
@@ -154,6 +154,9 @@ def _print_cv(cv:dict, out:Path):
         print(f"  {k}: {_fmt(s['mean'])} ± {_fmt(s['sd'])}  (" + ', '.join(map(_fmt, s['folds'])) + ')')
     for c, pc in cv.get('per_class', {}).items():
         print(f"  {c}: " + '  '.join(f"{k}={_fmt(pc[k]['mean'])} ± {_fmt(pc[k]['sd'])}" for k in ('sensitivity', 'precision', 'f1', 'roc_auc')))
+    if pooled := cv.get('pooled'):   # cv.json written before `pooled` has none
+        print(f"Pooled over the folds, each of the {sum(cv['n'])} images validated once (95% intervals): "
+              + '  '.join(f"{k}={_fmt(pooled[k])}{_ci(pooled, k)}" for k in ('accuracy', 'sensitivity', 'specificity', 'precision', 'accuracy_all') if k in pooled))
     print(f"Folds: {', '.join(str(out/r) for r in cv['runs'])}\nSummary: {out/CV_JSON}\nPlot: {out/PLOTS_DIR/'cv.png'}")
 
 def _evaluate(a):

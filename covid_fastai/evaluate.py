@@ -19,12 +19,20 @@ from .ood import ood_summary
 from .explain import explain_predictions, plot_top_losses, shortcut_baseline
 
 # %% auto #0
-__all__ = ['CI_LEVEL', 'CV_METRICS', 'binary_metrics', 'wilson_interval', 'auc_interval', 'metric_intervals', 'decision_rule',
-           'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc', 'plot_predictions', 'add_operating_points',
-           'save_evaluation', 'metrics_by', 'plot_by', 'seen_in_training', 'evaluate', 'cv_summary', 'plot_cv']
+__all__ = ['CI_LEVEL', 'CV_METRICS', 'count_metrics', 'binary_metrics', 'wilson_interval', 'auc_interval', 'count_intervals',
+           'metric_intervals', 'decision_rule', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc',
+           'plot_predictions', 'add_operating_points', 'save_evaluation', 'metrics_by', 'plot_by', 'seen_in_training',
+           'evaluate', 'cv_summary', 'plot_cv']
 
 # %% ../nbs/06_evaluate.ipynb #163ca616
 def _ratio(a, b): return None if b == 0 else a / b
+
+def count_metrics(confusion_matrix # `[[tn, fp], [fn, tp]]`
+                 )->dict:
+    "Accuracy, sensitivity, specificity, precision and F1: the figures that the counts alone give."
+    (tn, fp), (fn, tp) = confusion_matrix
+    return {'accuracy': _ratio(tp+tn, tn+fp+fn+tp), 'sensitivity': _ratio(tp, tp+fn), 'specificity': _ratio(tn, tn+fp),
+            'precision': _ratio(tp, tp+fp), 'f1': _ratio(2*tp, 2*tp+fp+fn)}
 
 def binary_metrics(targets, # 1 for COVID-19, 0 for Normal
                    probs, # Probability of COVID-19
@@ -35,9 +43,7 @@ def binary_metrics(targets, # 1 for COVID-19, 0 for Normal
     pred = (p >= threshold).astype(int)
     tp, tn = int(((pred==1) & (y==1)).sum()), int(((pred==0) & (y==0)).sum())
     fp, fn = int(((pred==1) & (y==0)).sum()), int(((pred==0) & (y==1)).sum())
-    sens, prec = _ratio(tp, tp+fn), _ratio(tp, tp+fp)
-    return {'n': len(y), 'accuracy': _ratio(tp+tn, len(y)), 'sensitivity': sens, 'specificity': _ratio(tn, tn+fp),
-            'precision': prec, 'f1': _ratio(2*tp, 2*tp+fp+fn),
+    return {'n': len(y), **count_metrics([[tn, fp], [fn, tp]]),
             'roc_auc': float(roc_auc_score(y, p)) if len(set(y)) == 2 else None,
             'threshold': threshold, 'confusion_matrix': [[tn, fp], [fn, tp]]}
 
@@ -74,16 +80,21 @@ def auc_interval(targets, probs, # As for `binary_metrics`
     aucs = [_auc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg))) for _ in range(n_boot)]
     return np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2]).tolist()
 
+def count_intervals(confusion_matrix, # `[[tn, fp], [fn, tp]]`
+                    level:float=CI_LEVEL # The intervals' coverage
+                   )->dict:
+    "Wilson intervals of accuracy, sensitivity, specificity and precision from the counts; None where the metric is undefined."
+    (tn, fp), (fn, tp) = confusion_matrix
+    return {'accuracy': wilson_interval(tp + tn, tn + fp + fn + tp, level), 'sensitivity': wilson_interval(tp, tp + fn, level),
+            'specificity': wilson_interval(tn, tn + fp, level), 'precision': wilson_interval(tp, tp + fp, level)}
+
 def metric_intervals(metrics:dict, # From `binary_metrics`: its confusion matrix holds the counts
                      targets, probs, # As for `binary_metrics`
                      level:float=CI_LEVEL # The intervals' coverage
                     )->dict:
     "Intervals of accuracy, sensitivity, specificity and precision (Wilson) and ROC AUC (stratified bootstrap); None where the metric is undefined."
-    (tn, fp), (fn, tp) = metrics['confusion_matrix']
     return {'level': level, 'method': 'Wilson score for the proportions; ROC AUC: stratified bootstrap, percentile',
-            'accuracy': wilson_interval(tp + tn, tn + fp + fn + tp, level), 'sensitivity': wilson_interval(tp, tp + fn, level),
-            'specificity': wilson_interval(tn, tn + fp, level), 'precision': wilson_interval(tp, tp + fp, level),
-            'roc_auc': auc_interval(targets, probs, level)}
+            **count_intervals(metrics['confusion_matrix'], level), 'roc_auc': auc_interval(targets, probs, level)}
 
 # %% ../nbs/06_evaluate.ipynb #e2ed8e3a
 def decision_rule(classes:list, # The model's classes, COVID-19 among them
@@ -94,13 +105,17 @@ def decision_rule(classes:list, # The model's classes, COVID-19 among them
     return f"COVID-19 when its probability is at least {threshold:g}, else " + (others[0] if len(others) == 1 else f"the most probable of {', '.join(others)}")
 
 # %% ../nbs/06_evaluate.ipynb #81615ca5
-def _per_class(y:np.ndarray, p:np.ndarray, cm:np.ndarray, classes:list)->dict:
-    "n, sensitivity, precision, F1 and one-against-the-rest ROC AUC of each class."
+def _per_class(cm:np.ndarray, classes:list, y:np.ndarray|None=None, p:np.ndarray|None=None)->dict:
+    "n, sensitivity, precision and F1 of each class, with intervals; given the images' classes `y` and probabilities `p`, one-against-the-rest ROC AUC too."
     out = {}
     for i, c in enumerate(classes):
         tp, actual, called = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
-        out[c] = {'n': actual, 'sensitivity': _ratio(tp, actual), 'precision': _ratio(tp, called), 'f1': _ratio(2*tp, actual+called),
-                  'roc_auc': float(roc_auc_score(y == i, p[:, i])) if 0 < actual < len(y) else None}
+        out[c] = {'n': actual, 'sensitivity': _ratio(tp, actual), 'precision': _ratio(tp, called), 'f1': _ratio(2*tp, actual+called)}
+        ci = {'sensitivity': wilson_interval(tp, actual), 'precision': wilson_interval(tp, called)}
+        if y is not None:
+            out[c]['roc_auc'] = float(roc_auc_score(y == i, p[:, i])) if 0 < actual < len(y) else None
+            ci['roc_auc'] = auc_interval(y == i, p[:, i])
+        out[c]['intervals'] = ci
     return out
 
 def class_metrics(targets, # Index of each image's true class in `classes`
@@ -117,7 +132,8 @@ def class_metrics(targets, # Index of each image's true class in `classes`
     if len(classes) == 2: return metrics
     cm = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(cm, (y, predicted(p, threshold, k)), 1)
-    return {**metrics, 'classes': list(classes), 'per_class': _per_class(y, p, cm, classes), 'confusion_matrix_all': cm.tolist(),
+    metrics['intervals']['accuracy_all'] = wilson_interval(int(np.trace(cm)), len(y))
+    return {**metrics, 'classes': list(classes), 'per_class': _per_class(cm, classes, y, p), 'confusion_matrix_all': cm.tolist(),
             'accuracy_all': _ratio(int(np.trace(cm)), len(y))}   # `accuracy` is COVID-19 against the rest: a Normal called Pneumonia is right there
 
 # %% ../nbs/06_evaluate.ipynb #88b9be6d
@@ -398,21 +414,27 @@ def _spread(vals:list)->dict:
 
 def cv_summary(results:list[dict] # One `class_metrics` per fold, in fold order
               )->dict:
-    "Each metric's mean, standard deviation and per-fold values; the confusion matrices summed over the folds."
+    "Each metric's mean, standard deviation and per-fold values; the confusion matrices summed over the folds, and the figures they give with their intervals."
+    cm = np.sum([r['confusion_matrix'] for r in results], 0).tolist()
     cv = {'folds': len(results), 'n': [r['n'] for r in results],
           'metrics': {k: _spread([r.get(k) for r in results]) for k in CV_METRICS + (('accuracy_all',) if 'accuracy_all' in results[0] else ())},
-          'confusion_matrix': np.sum([r['confusion_matrix'] for r in results], 0).tolist()}
+          'confusion_matrix': cm,
+          'pooled': {**count_metrics(cm), 'intervals': {'level': CI_LEVEL, 'method': 'Wilson score', **count_intervals(cm)}}}
     if 'per_class' in results[0]:
         cv['classes'] = results[0]['classes']
         cv['per_class'] = {c: {'n': [r['per_class'][c]['n'] for r in results],
                                **{k: _spread([r['per_class'][c][k] for r in results]) for k in ('sensitivity', 'precision', 'f1', 'roc_auc')}}
                            for c in cv['classes']}
-        cv['confusion_matrix_all'] = np.sum([r['confusion_matrix_all'] for r in results], 0).tolist()
+        cm_all = np.sum([r['confusion_matrix_all'] for r in results], 0)
+        cv['confusion_matrix_all'] = cm_all.tolist()
+        right, n = int(np.trace(cm_all)), int(cm_all.sum())
+        cv['pooled']['accuracy_all'], cv['pooled']['intervals']['accuracy_all'] = _ratio(right, n), wilson_interval(right, n)
+        cv['pooled']['per_class'] = _per_class(cm_all, cv['classes'])
     return cv
 
 def plot_cv(cv:dict # From `cv_summary`
            )->plt.Figure:
-    "Each fold's value of each metric (dots) and their mean ± standard deviation (bar and line)."
+    "Each fold's value of each metric (dots), their mean ± standard deviation (bar and line), and the pooled figure with its interval (diamond)."
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for x, (k, s) in enumerate(cv['metrics'].items()):
         if s['mean'] is None: ax.text(x, 0.02, 'n/a', ha='center'); continue
@@ -420,7 +442,12 @@ def plot_cv(cv:dict # From `cv_summary`
         if s['sd'] is not None: ax.errorbar(x, s['mean'], yerr=s['sd'], color='black', capsize=4)
         ys = [v for v in s['folds'] if v is not None]
         ax.plot(x + np.linspace(-0.15, 0.15, len(ys)), ys, 'o', color='tab:blue', ms=4)
+        if ci := cv.get('pooled', {}).get('intervals', {}).get(k):   # cv.json written before `pooled` has none
+            v = cv['pooled'][k]
+            ax.errorbar(x + 0.3, v, yerr=[[max(v - ci[0], 0)], [max(ci[1] - v, 0)]], fmt='D', color='tab:red', ms=4, capsize=3,
+                        label=None if ax.get_legend_handles_labels()[1] else 'pooled over the folds, 95 % interval')
     ax.set(xticks=range(len(cv['metrics'])), xticklabels=list(cv['metrics']), ylim=(0, 1.05),
            title=f"{cv['folds']}-fold cross-validation (n = {sum(cv['n'])}), COVID-19 against the rest")
+    if ax.get_legend_handles_labels()[1]: ax.legend(loc='lower left', fontsize=8)
     fig.tight_layout()
     return fig

@@ -71,6 +71,12 @@ def test_three_classes_with_extra_data(three_run, extra):
     assert run['groups']['near_duplicates'] is True and run['groups']['groups'] == split.group.nunique()
     assert '  Pneumonia: n=' in res.stdout and 'confusion matrix of Normal, Pneumonia, COVID-19' in res.stdout
     assert f"accuracy over the 3 classes {m['accuracy_all']:.3f}" in res.stdout and 'COVID-19 against the rest: n=' in res.stdout
+    for c in THREE:   # each class's figures with their intervals, from its own counts
+        pc, lo_hi = m['per_class'][c], m['per_class'][c]['intervals']['sensitivity']
+        assert lo_hi[0] <= pc['sensitivity'] <= lo_hi[1] and f"sensitivity={pc['sensitivity']:.3f} [{lo_hi[0]:.3f}-{lo_hi[1]:.3f}]" in res.stdout
+        k = int(cm[THREE.index(c), THREE.index(c)]); assert pc['sensitivity'] == k / pc['n']
+    lo, hi = m['intervals']['accuracy_all']
+    assert lo <= m['accuracy_all'] <= hi and f"{m['accuracy_all']:.3f} [{lo:.3f}-{hi:.3f}]" in res.stdout
 
 
 def test_evaluate_and_predict_carry_the_three_classes(three_run, extra, tmp_path):
@@ -122,6 +128,11 @@ def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_pa
         ok = [x for x in s['folds'] if x is not None]
         assert s['mean'] == pytest.approx(np.mean(ok)) and (s['sd'] == pytest.approx(np.std(ok, ddof=1)) if len(ok) == 2 else s['sd'] is None)
     assert (out/'plots'/'cv.png').is_file() and 'Cross-validation, 2 folds' in res.stdout
+    (tn, fp), (fn, tp) = np.sum([f['confusion_matrix'] for f in folds], 0)   # pooled: the folds' counts together, with intervals
+    pooled = cv['pooled']
+    assert pooled['sensitivity'] == tp / (tp + fn) and pooled['specificity'] == tn / (tn + fp) and tn + fp + fn + tp == sum(cv['n'])
+    lo, hi = pooled['intervals']['specificity']
+    assert lo <= pooled['specificity'] <= hi and f"specificity={pooled['specificity']:.3f} [{lo:.3f}-{hi:.3f}]" in res.stdout
     valid = pd.concat([pd.read_csv(out/f'fold-{i}'/'split.csv').query("split == 'valid'").assign(fold=i) for i in (1, 2)])
     assert valid.X_ray_image_name.is_unique and len(valid) == len(pd.read_csv(out/'fold-1'/'split.csv'))   # each row validated once
     assert valid.target.value_counts().to_dict() == pd.read_csv(out/'fold-1'/'split.csv').target.value_counts().to_dict()
