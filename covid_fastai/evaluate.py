@@ -63,9 +63,8 @@ def wilson_interval(k:int, # The images a proportion counts (for sensitivity, th
 
 # %% ../nbs/06_evaluate.ipynb #3e4d4584
 def _auc(pos:np.ndarray, neg:np.ndarray)->float:
-    "ROC AUC as the chance that a positive scores above a negative, a tie counting half."
-    neg = np.sort(neg)
-    return float((np.searchsorted(neg, pos, 'left') + np.searchsorted(neg, pos, 'right')).sum() / (2 * len(pos) * len(neg)))
+    "ROC AUC from the number of positives and of negatives at each score, in increasing order: the chance that a positive scores above a negative, a tie counting half."
+    return float((pos * (np.cumsum(neg) - 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
 
 def auc_interval(targets, probs, # As for `binary_metrics`
                  level:float=CI_LEVEL, # The interval's coverage
@@ -74,10 +73,11 @@ def auc_interval(targets, probs, # As for `binary_metrics`
                 )->list|None:
     "Percentile interval `[low, high]` of ROC AUC over stratified bootstrap resamples; None without both classes."
     y, p = np.asarray(targets).astype(int), np.asarray(probs, dtype=float)
-    pos, neg = p[y == 1], p[y == 0]
+    scores, at = np.unique(p, return_inverse=True)   # sorted once: a resample only counts the images drawn at each score
+    pos, neg = at[y == 1], at[y == 0]
     if not len(pos) or not len(neg): return None
-    rng = np.random.default_rng(seed)
-    aucs = [_auc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg))) for _ in range(n_boot)]
+    rng, count = np.random.default_rng(seed), lambda idx: np.bincount(idx, minlength=len(scores))
+    aucs = [_auc(count(pos[rng.integers(0, len(pos), len(pos))]), count(neg[rng.integers(0, len(neg), len(neg))])) for _ in range(n_boot)]
     return np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2]).tolist()
 
 def count_intervals(confusion_matrix, # `[[tn, fp], [fn, tp]]`
