@@ -18,12 +18,12 @@ from .data import task_classes, select_balanced, read_sources, find_data_root, i
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'SPREAD_SIDE', 'DICOM_SUFFIXES', 'IMAGE_SIGNATURES',
-           'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'to_grey', 'to_rgb', 'is_dicom', 'read_dicom', 'check_shape',
-           'grey_spread', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache', 'xray_array', 'xray_arrays',
-           'OpenXRay', 'check_images', 'balanced_rows', 'thumbnails', 'near_duplicates', 'name_group',
-           'coronahack_names', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter', 'covid_augment',
-           'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory', 'fits_in_memory',
-           'covid_dataloaders']
+           'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'SAME_SERIES', 'to_grey', 'to_rgb', 'is_dicom', 'read_dicom',
+           'check_shape', 'grey_spread', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache', 'xray_array',
+           'xray_arrays', 'OpenXRay', 'check_images', 'balanced_rows', 'thumbnails', 'near_duplicates', 'name_group',
+           'coronahack_names', 'name_series', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter',
+           'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory',
+           'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -479,6 +479,14 @@ def coronahack_names()->frozenset:
     "The file names of CoronaHack's published metadata, which ships with the package: the names `name_group` can read."
     return frozenset(pd.read_csv(PUBLISHED_METADATA, usecols=['X_ray_image_name'], dtype=str).X_ray_image_name)
 
+SAME_SERIES = 'same patient or series'   # why a film counts as seen when another film of its patient or article was
+
+def name_series(names, # File names...
+                sources # ...and the source of each
+               )->list:
+    "The `name_group` of each of CoronaHack's films (source `coronahack`, a name in its published metadata); None for any other."
+    return [name_group(n) if s == 'coronahack' and n in coronahack_names() else None for n, s in zip(names, sources)]
+
 def _same_value(vals)->list:
     "Pairs joining each position with a value to the first position of that value (missing values join nothing)."
     firsts = {}
@@ -494,7 +502,7 @@ def group_rows(df:pd.DataFrame, # Rows with a `path` column
     pairs = []
     if name_groups and 'source' in df:
         names = df['X_ray_image_name'] if 'X_ray_image_name' in df else df.path.map(lambda p: Path(p).name)
-        pairs += _same_value([name_group(n) if s == 'coronahack' and n in coronahack_names() else None for n, s in zip(names, df.source)])
+        pairs += _same_value(name_series(names, df.source))
     if col is not None:
         if col not in df: raise OptionError(
             f"--group-col {col}: no such column (columns: {', '.join(c for c in df if c not in ('path', 'target'))})")

@@ -12,17 +12,18 @@ import matplotlib.pyplot as plt
 from sklearn.metrics import roc_auc_score, roc_curve
 from .core import *
 from .data import *
-from .datablock import load_xray, DecodeCache
+from .datablock import load_xray, DecodeCache, thumbnails, NEAR_DUPLICATE_DIFF, SAME_SERIES, name_series, coronahack_names
+from .pretrain import seen_by
 from .inference import load_model, run_folder, predicted
 from .operating import *
 from .ood import ood_summary
 from .explain import explain_predictions, plot_top_losses, shortcut_baseline
 
 # %% auto #0
-__all__ = ['CI_LEVEL', 'CV_METRICS', 'count_metrics', 'binary_metrics', 'wilson_interval', 'auc_interval', 'count_intervals',
-           'metric_intervals', 'decision_rule', 'class_metrics', 'plot_history', 'plot_confusion', 'plot_roc',
-           'plot_predictions', 'add_operating_points', 'save_evaluation', 'metrics_by', 'plot_by', 'seen_in_training',
-           'evaluate', 'cv_summary', 'plot_cv']
+__all__ = ['CI_LEVEL', 'SEEN_SAID', 'SEEN_REASONS', 'FITTED_BY', 'CV_METRICS', 'count_metrics', 'binary_metrics',
+           'wilson_interval', 'auc_interval', 'count_intervals', 'metric_intervals', 'decision_rule', 'class_metrics',
+           'plot_history', 'plot_confusion', 'plot_roc', 'plot_predictions', 'add_operating_points', 'save_evaluation',
+           'metrics_by', 'plot_by', 'seen_in_training', 'evaluate', 'cv_summary', 'plot_cv']
 
 # %% ../nbs/06_evaluate.ipynb #163ca616
 def _ratio(a, b): return None if b == 0 else a / b
@@ -298,13 +299,8 @@ def _run_valid_rows(model, data):
     found = add_paths(valid[main].drop(columns='path', errors='ignore'), images_dir(find_data_root(data or _run_root(model))))
     return pd.concat([found, valid[~main]]).sort_index(), {'other_labels': 0, 'missing_images': int(main.sum()) - len(found)}
 
-def seen_in_training(model:str|Path, # A run folder, its model.json or model.safetensors
-                     paths # Image files about to be evaluated
-                    )->int|None:
-    "How many of `paths` the model trained on, by path or by contents (a copy under another name), from the training rows of its run's split.csv (None without one): their figures flatter it."
-    split = run_folder(model)/SPLIT_CSV
-    if not split.is_file(): return None
-    train = [Path(p) for p in pd.read_csv(split, usecols=['path', 'split']).query("split == 'train'").path]
+def _same_file(train:list[Path], paths)->np.ndarray:
+    "Which of `paths` is one of the files `train`, by path or by contents (a copy under another name)."
     trained, by_size, digests = {str(p.resolve()) for p in train}, {}, {}
     for p in train:
         with contextlib.suppress(OSError): by_size.setdefault(p.stat().st_size, []).append(p)   # a file since moved matches by path only
@@ -319,7 +315,53 @@ def seen_in_training(model:str|Path, # A run folder, its model.json or model.saf
         try: same_size = by_size.get(p.stat().st_size, [])   # only files of one size can have one content: most are never read
         except OSError: return False
         return bool(same_size) and digest(p) is not None and any(digest(q) == digest(p) for q in same_size)
-    return sum(map(seen, paths))
+    return np.array([seen(p) for p in paths], dtype=bool)
+
+def _readable_thumbnails(paths:list, cache)->np.ndarray:
+    "The thumbnails of those of `paths` that can be read now."
+    try: return thumbnails(paths, cache)
+    except (CovidFastaiError, OSError): pass   # a training file moved or damaged since: the others still count
+    ok = np.array([Path(p).is_file() for p in paths], dtype=bool)
+    for i in np.flatnonzero(ok):
+        try: thumbnails([paths[i]], cache)
+        except (CovidFastaiError, OSError): ok[i] = False
+    return thumbnails([p for p, k in zip(paths, ok) if k], cache)
+
+def _pretraining_record(model)->tuple|None:
+    "The images that pretraining showed the run's backbone, with their thumbnails and the near-duplicate limit, as `run.json` names them; None if none or not at hand."
+    try:
+        path = Path(json.loads((run_folder(model)/RUN_JSON).read_text())['pretrained_on']['record'])
+        rec = json.loads(path.read_text())
+        return pd.DataFrame(rec['images']), np.load(path.parent/rec['thumbnails']['file']), rec['thumbnails']['max_diff']
+    except (OSError, ValueError, KeyError, TypeError): return None   # no backbone of `pretrain`, or its folder moved
+
+SEEN_SAID = {'file': 'the same file as a training image', 'near-duplicate': 'the same picture as one (a near-duplicate)',
+             SAME_SERIES: "another film of a training image's patient or series", 'pretraining': "seen in pretraining the model's backbone"}
+SEEN_REASONS = tuple(SEEN_SAID)
+
+def seen_in_training(model:str|Path, # A run folder, its model.json or model.safetensors
+                     rows:pd.DataFrame, # The images about to be evaluated: `path`, and `X_ray_image_name`
+                     cache:DecodeCache|None=None # Where the 64 px decoded images are kept, for the thumbnails
+                    )->dict|None:
+    "How many of `rows` the model has in effect seen, and why (`SEEN_REASONS`, the first that holds): their figures flatter it. None without the run's split.csv."
+    split = run_folder(model)/SPLIT_CSV
+    if not split.is_file(): return None
+    train = pd.read_csv(split, dtype=str, keep_default_na=False, na_values=['']).query("split == 'train'")
+    if 'source' not in train: train = train.assign(source='coronahack')   # runs from before extra data
+    names = rows.X_ray_image_name if 'X_ray_image_name' in rows else rows.path.map(lambda p: Path(p).name)
+    # a CSV's row named as one of CoronaHack's published films is that film, whatever source the CSV gives it
+    probe = pd.DataFrame({'X_ray_image_name': names.to_numpy(), 'path': rows.path.astype(str).to_numpy(),
+                          'source': np.where(names.isin(coronahack_names()), 'coronahack', rows.get('source', pd.Series('', index=rows.index)))})
+    why = pd.Series(None, index=range(len(probe)), dtype=object)
+    why[_same_file([Path(p) for p in train.path], probe.path)] = 'file'
+    thumbs, todo = _readable_thumbnails(train.path.tolist(), cache), np.flatnonzero(why.isna())
+    for i, t in zip(todo, thumbnails(probe.path[todo].tolist(), cache) if len(thumbs) else []):
+        if (np.abs(thumbs - t).mean(1) < NEAR_DUPLICATE_DIFF).any(): why[i] = 'near-duplicate'
+    series = set(name_series(train.X_ray_image_name, train.source)) - {None}
+    why[why.isna() & np.array([g in series for g in name_series(probe.X_ray_image_name, probe.source)])] = SAME_SERIES
+    if (pre := _pretraining_record(model)) is not None:
+        why[why.isna() & seen_by(probe, pre[0], pre[1], cache, pre[2]).notna().to_numpy()] = 'pretraining'
+    return {'n': int(why.notna().sum()), 'by': {r: int((why == r).sum()) for r in SEEN_REASONS}}
 
 def _prob_matrix(preds:pd.DataFrame, classes:list)->np.ndarray:
     "The probability of each class, one row per prediction of `CovidClassifier.predict`."
@@ -334,6 +376,16 @@ def _predictions_table(preds:pd.DataFrame)->pd.DataFrame:
     return preds.drop(columns='probs').join(probs)
 
 # %% ../nbs/06_evaluate.ipynb #b99d7a1d
+FITTED_BY = {'threshold': '--threshold {threshold}', 'temperature': '--calibrate', 'epoch': '--save-best'}   # what a run may choose on its validation images, by the option that asks
+
+def _fitted_on_validation(model)->list:
+    "What the run that wrote `model` chose on its own validation images (of `FITTED_BY`), as its metrics.json says."
+    try: m = json.loads((run_folder(model)/METRICS_JSON).read_text())
+    except (OSError, ValueError): return []
+    if 'fitted_on_these_images' in m: return m['fitted_on_these_images']
+    return [k for k, on in (('threshold', (m.get('threshold_choice') or {}).get('rule', 'fixed') != 'fixed'),   # runs from before
+                            ('temperature', m.get('temperature', 1.0) != 1.0)) if on]
+
 def _is_run_folder(out:Path, model)->bool:
     "Whether `out` is the folder of `model`'s own training run (its metrics.json and plots are the run's validation results)."
     run = run_folder(model).resolve()
@@ -367,14 +419,16 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
         try: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
         except MetadataError as e: raise type(e)(f"{csv}: {e}") if str(csv) not in str(e) else e from None   # the lines are the CSV's
     else: rows, left_out = _run_valid_rows(model, data)
-    seen = seen_in_training(model, rows.path) if csv is not None else 0   # the run's own validation rows are unseen
-    if seen: warnings.warn(f"{seen} of the {len(rows)} images of {csv} are among the model's training images "
-                           f"({run_folder(model)/SPLIT_CSV}), so the figures flatter it; leave them out for an unbiased figure", stacklevel=2)
     if by is not None and by not in rows: raise OptionError(
         f"--by {by}: no such column in {csv or run_folder(model)/SPLIT_CSV} (columns: {', '.join(c for c in rows if c not in ('path', 'target'))})")
     preds = clf.predict(rows.path, bs=bs).assign(target=rows.target.values)
     ok = preds[preds.error.isna()]
     if not len(ok): raise EmptySelectionError(f"None of the {len(preds)} images could be read; first error: {preds.error.iloc[0]}")
+    seen = seen_in_training(model, rows[preds.error.isna().values], DecodeCache() if cache else None)
+    if seen and seen['n']: warnings.warn(
+        f"{seen['n']} of the {len(ok)} images measured{f' of {csv}' if csv else ''} are among the model's training images, or as good as: "
+        + ', '.join(f"{n} {SEEN_SAID[r]}" for r, n in seen['by'].items() if n) + f" ({run_folder(model)/SPLIT_CSV}); "
+        "their figures flatter it: leave them out for an unbiased figure", stacklevel=2)
     targets, probs = [clf.classes.index(t) for t in ok.target], _prob_matrix(ok, clf.classes)
     if POSITIVE not in set(ok.target): warnings.warn(f"none of the {len(ok)} images measured is COVID-19, so sensitivity and ROC AUC are "
         "undefined (null): these images measure specificity", stacklevel=2)
@@ -386,7 +440,12 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
             "and specificity flatter it; choose it on validation images (train --threshold) to test it on these", stacklevel=2)
         clf.threshold = chosen['threshold']
         preds.loc[ok.index, 'label'] = [clf.classes[i] for i in predicted(probs, clf.threshold)]   # predictions.csv decides as metrics.json
-    metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold), 'threshold_choice': chosen, 'seen_in_training': seen,
+    fitted = [] if csv is not None else [k for k in _fitted_on_validation(model) if k != 'threshold' or threshold is None]   # the run's own validation images
+    if fitted: warnings.warn(f"{', '.join(fitted)} of this model {'were' if len(fitted) > 1 else 'was'} chosen on these validation images when it "
+                             "was trained, so their figures flatter it; evaluate --csv on images it never saw gives unbiased ones", stacklevel=2)
+    if chosen and chosen['rule'] != 'fixed': fitted.append('threshold')
+    metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold), 'threshold_choice': chosen, 'fitted_on_these_images': fitted,
+               'seen_in_training': seen and seen['n'], 'seen_in_training_by': seen and seen['by'],
                'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}, **ood_summary(preds)}
     metrics = add_operating_points(metrics, targets, probs, clf.classes, prevalence)
     if tta: metrics['tta'] = clf.tta
@@ -398,7 +457,8 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
         score = preds.shortcut.dropna()
         metrics.update(shortcut_score=float(score.mean()) if len(score) else None, shortcut_baseline=shortcut_baseline(clf.size))
         save_evaluation(out, metrics, ok.file.tolist(), targets, probs, clf.classes)
-        save_figure(plot_top_losses(clf, ok.file.tolist(), ok.target.tolist(), probs), out/PLOTS_DIR/'top_losses.png')
+        with contextlib.suppress(HeatmapError):   # a model without heat maps has no top-losses plot: explain_predictions said why
+            save_figure(plot_top_losses(clf, ok.file.tolist(), ok.target.tolist(), probs, flagged=ok.out_of_distribution.tolist()), out/PLOTS_DIR/'top_losses.png')
         write_csv(_predictions_table(preds), out/PREDICTIONS_CSV)
         if by is not None: save_figure(plot_by(metrics['by'], by), out/PLOTS_DIR/f"by_{re.sub(r'[^A-Za-z0-9_-]', '_', by)}.png")
     return metrics

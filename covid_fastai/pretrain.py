@@ -64,7 +64,7 @@ def seen_by(rows:pd.DataFrame, # Rows with `X_ray_image_name`, `source` and `pat
             cache:DecodeCache|None=None, # As for `image_record`
             max_diff:float=NEAR_DUPLICATE_DIFF # Largest mean absolute difference of two thumbnails that are one image
            )->pd.Series:
-    "Why each of `rows` is one of the `seen` images: 'name' (same source and name), 'content' (same file bytes), 'near-duplicate' (same picture); or None."
+    "Why each of `rows` is one of the `seen` images: 'name' (same source and name), 'content' (same file bytes), 'near-duplicate' (same picture); else 'same patient or series' (another of its films, by `name_series`), or None."
     if not len(rows): return pd.Series([], index=rows.index, dtype=object)
     names = set(zip(seen.source, seen.name))
     by_name = np.array([k in names for k in zip(rows.source, rows.X_ray_image_name)], dtype=bool)
@@ -72,7 +72,10 @@ def seen_by(rows:pd.DataFrame, # Rows with `X_ray_image_name`, `source` and `pat
     near = np.zeros(len(rows), dtype=bool)
     if len(thumbs):
         for i, t in enumerate(thumbnails(rows.path.tolist(), cache)): near[i] = (np.abs(thumbs - t).mean(1) < max_diff).any()
-    return pd.Series(np.select([by_name, by_content, near], ['name', 'content', 'near-duplicate'], None), index=rows.index, dtype=object)
+    series = set(name_series(seen.name, seen.source)) - {None}
+    by_series = np.array([g in series for g in name_series(rows.X_ray_image_name, rows.source)], dtype=bool)
+    return pd.Series(np.select([by_name, by_content, near, by_series], ['name', 'content', 'near-duplicate', SAME_SERIES], None),
+                     index=rows.index, dtype=object)
 
 # %% ../nbs/07a_pretrain.ipynb #2c96792e
 def _counts(s:pd.Series)->dict: return {str(k): int(v) for k, v in s.value_counts().sort_index().items()}
@@ -102,8 +105,9 @@ def pretrain_rows(data:str|Path|None=None, # Dataset root; see `find_data_root`
     taken = set(zip(sel.source, sel.X_ray_image_name))
     chosen = pd.Series([k in taken for k in zip(df.source, df.X_ray_image_name)], index=df.index, dtype=bool)
     left['task_selection'] = int(chosen.sum()); df = df[~chosen]
-    same = seen_by(df, *image_record(sel, cache), cache=cache).notna() if len(sel) else pd.Series(False, index=df.index)
-    left['same_image_as_selected'] = int(same.sum()); df = df[~same]
+    why = seen_by(df, *image_record(sel, cache), cache=cache) if len(sel) else pd.Series(None, index=df.index, dtype=object)
+    left['same_image_as_selected'] = int((why.notna() & (why != SAME_SERIES)).sum())
+    left['same_patient_as_selected'] = int((why == SAME_SERIES).sum()); df = df[why.isna()]
     if max_per_class is not None and len(df):
         n = len(df)
         df = pd.concat([g.sample(min(len(g), max_per_class), random_state=seed) for _, g in df.groupby('target')]).sort_index()

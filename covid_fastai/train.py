@@ -168,12 +168,12 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     except OptionError as e:   # a rule no threshold meets shows only now: the checkpoint of the last epoch keeps the training
         if fold is not None: raise   # a fold's rule is the cross-validation's: changing it for one fold would mix two rules
         raise OptionError(f"{e}. The trained model is kept: `covid-fastai train --resume {out} --threshold ...` chooses again without training") from None
-    if fitted := [o for o, on in ((f'--threshold {threshold}', chosen['rule'] != 'fixed'), ('--calibrate', calibrate)) if on]: warnings.warn(
-        f"{' and '.join(fitted)}: fitted on the {len(targs)} validation images that metrics.json measures, so its figures flatter "
-        "the model; `covid-fastai evaluate` on images it never saw gives unbiased ones", stacklevel=2)
+    fitted = [k for k, on in (('threshold', chosen['rule'] != 'fixed'), ('temperature', calibrate), ('epoch', save_best)) if on]
+    if fitted: warnings.warn(f"{', '.join(FITTED_BY[k].format(threshold=threshold) for k in fitted)}: chosen on the {len(targs)} validation "
+        "images that metrics.json measures, so its figures flatter the model; `covid-fastai evaluate` on images it never saw gives unbiased ones", stacklevel=2)
     save_model(learn, out, size, threshold=chosen['threshold'], temperature=temperature, ood=learner_ood(learn))   # what flags unfamiliar images
     metrics = add_operating_points({**class_metrics(targs, probs, classes, chosen['threshold']), 'threshold_choice': chosen,
-                                    'temperature': temperature}, targs, probs, classes, prevalence)
+                                    'temperature': temperature, 'fitted_on_these_images': fitted}, targs, probs, classes, prevalence)
     save_evaluation(out, metrics, dls.valid_ds.items.path.tolist(), targs, probs, classes)
     write_csv(hist, out/HISTORY_CSV)
     save_figure(plot_history(hist), out/PLOTS_DIR/'history.png')
@@ -219,7 +219,11 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
         warnings.simplefilter('ignore', UserWarning)
         results = [_fold_run(out/f'fold-{i}', {**settings, 'out': out/f'fold-{i}', 'fold': i}, keep_finished) for i in range(1, folds+1)]
     if rank_distrib(): return None
+    if fitted := results[0].get('fitted_on_these_images'):   # each fold's warning was held back with the selection's
+        warnings.warn(f"{', '.join(FITTED_BY[k].format(threshold=settings['threshold']) for k in fitted)}: each fold's chosen on its own "
+                      f"validation images, which {CV_JSON} measures, so its figures flatter the models", stacklevel=2)
     cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)],
+          'threshold_rule': settings['threshold'], 'calibrated': settings['calibrate'], 'fitted_on_these_images': fitted or [],
           'arch': settings['arch'], 'pretrained': settings['pretrained'] or bool(settings.get('weights')), 'weights': settings.get('weights'), **started}   # what every fold started from
     write_json({'settings': settings, 'status': 'done', **started}, out/RUN_JSON)
     write_json(cv, out/CV_JSON)

@@ -52,6 +52,7 @@ def test_save_best_keeps_the_epoch_with_the_lowest_validation_loss(habits_run, p
     best = hist.valid_loss.idxmin()
     assert run['best_epoch']['epoch'] == best and run['best_epoch']['phase'] == hist.phase[best] == 'frozen'
     assert run['best_epoch']['valid_loss'] == pytest.approx(hist.valid_loss[best])
+    assert json.loads((habits_run/'metrics.json').read_text())['fitted_on_these_images'] == ['epoch']   # chosen on the images it measures
     assert hist.valid_loss.iloc[-1] > hist.valid_loss[best]        # the last epoch was worse: keeping the best mattered
     # the saved model is that epoch's: its cross-entropy on the validation images is the loss recorded then
     p_true = np.where(plain_eval.target == 'COVID-19', plain_eval.prob_covid, 1 - plain_eval.prob_covid)

@@ -23,12 +23,15 @@ def test_train_saves_the_threshold_it_chose_and_on_how_many_positives(chosen_run
     assert m['prevalence'] == 0.05 and any(r['threshold'] == m['threshold'] for r in m['operating_points'])
     assert {'ppv_at_prevalence', 'npv_at_prevalence'} <= set(m['operating_points'][0])
     n_valid = choice['n_positives'] + choice['n_negatives']                                 # fitted on what it reports: says so
-    assert f"--threshold sens=1 and --calibrate: fitted on the {n_valid} validation images that metrics.json measures" in chosen_run[1].stderr
+    assert f"--threshold sens=1, --calibrate: chosen on the {n_valid} validation images that metrics.json measures" in chosen_run[1].stderr
+    assert m['fitted_on_these_images'] == ['threshold', 'temperature']
 
 
 def test_evaluate_and_predict_follow_the_saved_rule(chosen_run, tmp_path):
-    run_cli('evaluate', '--model', chosen_run[0], '--out', tmp_path, '--prevalence', 0.1)
+    res = run_cli('evaluate', '--model', chosen_run[0], '--out', tmp_path, '--prevalence', 0.1)
     m = json.loads((tmp_path/'metrics.json').read_text())
+    assert m['fitted_on_these_images'] == ['threshold', 'temperature']   # the run's own validation images: what it chose on them, said
+    assert 'threshold, temperature of this model were chosen on these validation images' in res.stderr
     assert m['confusion_matrix'] == json.loads((chosen_run[0]/'metrics.json').read_text())['confusion_matrix']
     assert (tmp_path/'plots'/'reliability.png').is_file()
     valid = pd.read_csv(tmp_path/'predictions.csv')
@@ -37,6 +40,7 @@ def test_evaluate_and_predict_follow_the_saved_rule(chosen_run, tmp_path):
     res = run_cli('evaluate', '--model', chosen_run[0], '--threshold', '1.0', '--out', tmp_path/'strict')
     strict = json.loads((tmp_path/'strict'/'metrics.json').read_text())
     assert strict['threshold'] == 1.0 and 'at threshold 1.0' in res.stdout
+    assert strict['fitted_on_these_images'] == ['temperature']   # a threshold given, not chosen: only the temperature was fitted on them
     relabelled = pd.read_csv(tmp_path/'strict'/'predictions.csv')                            # its labels follow the new threshold too
     assert ((relabelled.prob_covid >= 1.0) == (relabelled.label == 'COVID-19')).all()
     assert (relabelled.label == 'COVID-19').sum() == strict['confusion_matrix'][0][1] + strict['confusion_matrix'][1][1]
@@ -44,7 +48,8 @@ def test_evaluate_and_predict_follow_the_saved_rule(chosen_run, tmp_path):
                                           'n_negatives': sum(strict['confusion_matrix'][0]), 'model_threshold': threshold}
     res = run_cli('evaluate', '--model', chosen_run[0], '--threshold', 'youden', '--out', tmp_path/'fitted')   # fitted to what it judges: says so
     assert 'chosen on the images it is judged on' in res.stderr
-    assert json.loads((tmp_path/'fitted'/'metrics.json').read_text())['threshold_choice']['rule'] == 'youden'
+    fitted = json.loads((tmp_path/'fitted'/'metrics.json').read_text())
+    assert fitted['threshold_choice']['rule'] == 'youden' and fitted['fitted_on_these_images'] == ['temperature', 'threshold']
 
 
 def test_a_bad_threshold_rule_is_one_line_and_writes_nothing(data_root, tmp_path):

@@ -47,7 +47,12 @@ def test_pretrain_writes_a_backbone_and_the_record_of_what_it_saw(mini, pretrain
     assert 'Backbone:' in res.stdout and '--weights' in res.stdout
     names = {r['name'] for r in rec['images']}
     free = set(rows[finding(rows) != POSITIVE].X_ray_image_name) - set(_selection(root, 0.5).X_ray_image_name)
-    assert names <= free and len(names) == len(free) - rec['left_out']['same_image_as_selected']   # nothing else
+    left = rec['left_out']
+    assert names <= free and len(names) == len(free) - left['same_image_as_selected'] - left['same_patient_as_selected']   # nothing else
+    from covid_fastai.datablock import name_series   # no film of a patient or series that the selection holds
+    sel = _selection(root, 0.5)
+    selected = set(name_series(sel.X_ray_image_name, sel.source)) - {None}
+    assert not selected & set(name_series(names, ['coronahack'] * len(names)))
     assert rec['left_out']['covid19'] == (finding(rows) == POSITIVE).sum()
     assert rec['n_images'] == len(names) == sum(rec['counts'].values()) and set(rec['counts']) == {'Normal', 'Pneumonia'}
     folder = root/'Coronahack-Chest-XRay-Dataset'/'Coronahack-Chest-XRay-Dataset'/'train'
@@ -81,6 +86,15 @@ def test_train_weights_uses_the_backbone_and_proves_the_validation_images_unseen
     stem = load_model(run, device=torch.device('cpu')).model[0][0][0].weight
     assert torch.equal(stem, pretrained_state('efficientnet_lite0', pre/'backbone.pth')['_conv_stem.weight'])
     assert not torch.equal(stem, pretrained_state('efficientnet_lite0')['_conv_stem.weight'])
+    # evaluated on the films the backbone was pretrained on, renamed: evaluate says the model has, in effect, seen them
+    root_rows, seen = mini[1], [r['name'] for r in rec['images']][:4]
+    (tmp_path/'imgs').mkdir()
+    for n in seen: shutil.copy(root/'Coronahack-Chest-XRay-Dataset'/'Coronahack-Chest-XRay-Dataset'/'train'/n, tmp_path/'imgs'/f'copy-{n}')
+    root_rows[root_rows.X_ray_image_name.isin(seen)].assign(X_ray_image_name=lambda d: 'copy-' + d.X_ray_image_name).to_csv(tmp_path/'seen.csv', index=False)
+    res = run_cli('evaluate', '--model', run, '--csv', tmp_path/'seen.csv', '--images', tmp_path/'imgs', '--out', tmp_path/'ev')
+    m = json.loads((tmp_path/'ev'/'metrics.json').read_text())
+    assert m['seen_in_training'] == 4 and m['seen_in_training_by']['pretraining'] == 4, m['seen_in_training_by']
+    assert "4 seen in pretraining the model's backbone" in res.stderr
 
 
 def test_images_seen_in_pretraining_are_left_out_before_the_split(mini, pretrained, tmp_path):

@@ -113,7 +113,7 @@ def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_pa
     out = tmp_path/'cv'
     (out/'plots').mkdir(parents=True); (out/'model.json').write_text('{}'); (out/'plots'/'confusion.png').write_bytes(b'')   # an earlier single run's
     res = run_cli('train', '--task', 'covid-rest', '--extra-data', f"patients.csv:{folder}", '--folds', 2,   # the CSV relative to the folder it runs in
-                  '--group-col', 'patient', '--out', out, *TINY, cwd=tmp_path)
+                  '--group-col', 'patient', '--calibrate', '--out', out, *TINY, cwd=tmp_path)
     assert json.loads((out/'run.json').read_text())['settings']['extra_data'] == [f"{tmp_path/'patients.csv'}:{folder}"]   # --resume from anywhere
     assert not (out/'model.json').exists() and not (out/'plots'/'confusion.png').exists()   # nothing of the earlier run passes for this one's
     res_eval = run_cli('evaluate', '--model', out, check=False)
@@ -128,6 +128,8 @@ def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_pa
         ok = [x for x in s['folds'] if x is not None]
         assert s['mean'] == pytest.approx(np.mean(ok)) and (s['sd'] == pytest.approx(np.std(ok, ddof=1)) if len(ok) == 2 else s['sd'] is None)
     assert (out/'plots'/'cv.png').is_file() and 'Cross-validation, 2 folds' in res.stdout
+    assert cv['calibrated'] and cv['fitted_on_these_images'] == ['temperature'] and all(f['temperature'] != 1.0 for f in folds)
+    assert "--calibrate: each fold's chosen on its own validation images, which cv.json measures" in res.stderr   # said once, after the folds
     (tn, fp), (fn, tp) = np.sum([f['confusion_matrix'] for f in folds], 0)   # pooled: the folds' counts together, with intervals
     pooled = cv['pooled']
     assert pooled['sensitivity'] == tp / (tp + fn) and pooled['specificity'] == tn / (tn + fp) and tn + fp + fn + tp == sum(cv['n'])
@@ -146,7 +148,8 @@ def test_folds_write_cv_json_and_keep_patients_together(data_root, extra, tmp_pa
     expected = sum((Path(folder)/n).resolve() in trained for n in rows.X_ray_image_name)
     assert expected > 0
     res_eval = run_cli('evaluate', '--model', out/'fold-1', '--csv', tmp_path/'patients.csv', '--images', folder, '--out', tmp_path/'ev')
-    assert json.loads((tmp_path/'ev'/'metrics.json').read_text())['seen_in_training'] == expected
+    ev = json.loads((tmp_path/'ev'/'metrics.json').read_text())
+    assert ev['seen_in_training'] == expected and ev['seen_in_training_by']['file'] == expected
     assert f"{expected} of the " in res_eval.stderr and "among the model's training images" in res_eval.stderr
 
 
