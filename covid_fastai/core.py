@@ -12,9 +12,9 @@ import pandas as pd, torch
 __all__ = ['TEMPORARY', 'MODEL_JSON', 'WEIGHTS_FILE', 'METRICS_JSON', 'RUN_JSON', 'CHECKPOINT', 'HISTORY_CSV', 'SPLIT_CSV',
            'PREDICTIONS_CSV', 'PLOTS_DIR', 'CV_JSON', 'CovidFastaiError', 'DataNotFoundError', 'MetadataError',
            'UnsafeImageNameError', 'MissingImagesError', 'EmptySelectionError', 'UnreadableImageError',
-           'NotRadiographError', 'WeightsNotFoundError', 'ModelFileError', 'OptionError', 'DataChangedError', 'misfit',
-           'printable', 'stale_temporaries', 'atomic_write', 'file_sha256', 'write_json', 'write_csv', 'save_figure',
-           'out_folder', 'clear_outputs', 'get_device']
+           'NotRadiographError', 'WeightsNotFoundError', 'ModelFileError', 'HeatmapError', 'OptionError',
+           'DataChangedError', 'misfit', 'printable', 'stale_temporaries', 'atomic_write', 'file_sha256', 'write_json',
+           'write_csv', 'save_figure', 'out_folder', 'clear_outputs', 'get_device']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 class CovidFastaiError(Exception):
@@ -32,6 +32,7 @@ class WeightsNotFoundError(CovidFastaiError, FileNotFoundError):
     "Pretrained weights that are neither cached nor downloadable."
     exit_code = 3
 class ModelFileError(CovidFastaiError, ValueError): "A model file that is missing, damaged, or not trusted."
+class HeatmapError(CovidFastaiError, ValueError): "A model whose explained layer has no spatial layout (a transformer's pooled tokens): Grad-CAM can draw no map."
 class OptionError(CovidFastaiError, ValueError): "An option that names something that is not there: a task, a column, a malformed value."
 class DataChangedError(CovidFastaiError, ValueError): "The images of an interrupted run are not those it started with."
 

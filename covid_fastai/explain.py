@@ -20,9 +20,9 @@ from .datablock import load_xray
 from .inference import CovidClassifier, predicted
 
 # %% auto #0
-__all__ = ['Cams', 'cam_layer', 'grad_cam', 'frame_mask', 'shortcut_score', 'shortcut_baseline', 'plot_cam', 'learner_cams',
-           'clf_cams', 'record_probs', 'record_cams', 'show_cams', 'overlay_names', 'save_overlays', 'top_losses',
-           'plot_top_losses_cams', 'explain_predictions', 'plot_top_losses', 'overlay_png']
+__all__ = ['Cams', 'MIN_CAM_CELLS', 'cam_layer', 'grad_cam', 'frame_mask', 'shortcut_score', 'shortcut_baseline', 'plot_cam',
+           'learner_cams', 'clf_cams', 'record_probs', 'record_cams', 'show_cams', 'overlay_names', 'save_overlays',
+           'top_losses', 'plot_top_losses_cams', 'explain_predictions', 'plot_top_losses', 'overlay_png']
 
 # %% ../nbs/09_explain.ipynb #a3602c2f
 def cam_layer(model:nn.Module # `Sequential(body, head)`, as `covid_learner`, `create_vision_model` and `load_model` build it
@@ -75,6 +75,8 @@ def _maps(acts:torch.Tensor, grads:torch.Tensor, size)->torch.Tensor:
     return torch.where(top > 0, cam / top.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam)).clamp_(0, 1)
 
 # %% ../nbs/09_explain.ipynb #f0a52dfd
+MIN_CAM_CELLS = 6   # fewer cells a side, and a marker in the middle of an edge scores near a uniform map (0.59 against 0.51 at 4 x 4)
+
 def grad_cam(model:nn.Module, # `Sequential(body, head)`, as `covid_learner` and `load_model` build it
              x:torch.Tensor, # A batch of normalised images (B, 3, H, W), as the model takes them
              cls=None, # The class to explain: an index, one per image, or a function of the probabilities; None: the most probable
@@ -86,10 +88,15 @@ def grad_cam(model:nn.Module, # `Sequential(body, head)`, as `covid_learner` and
         logits = model(x.detach().as_subclass(torch.Tensor).to(device).clone()).float()
         probs = logits.detach().softmax(1)
         idx = _target_classes(cls, probs)
+        if hook.acts.ndim != 4: raise HeatmapError(
+            f"Grad-CAM needs a layer with a spatial layout, (batch, channels, height, width); the layer explained gives {tuple(hook.acts.shape)} "
+            "(a transformer's tokens, pooled), so this model has no heat maps and no shortcut score; pass `layer=` a layer that keeps one")
         grads, = torch.autograd.grad(logits.gather(1, idx[:, None]).sum(), hook.acts)
-    if min(hook.acts.shape[-2:]) < 3: warnings.warn(
-        f"The heat maps have {' x '.join(map(str, hook.acts.shape[-2:]))} cells: too coarse to say where the model looks, and "
-        "a map that coarse is flat, so its shortcut score says nothing (one value for every image, or n/a); use larger images (size 96 or more for the architectures here)", stacklevel=2)
+    h, w = hook.acts.shape[-2:]
+    if min(h, w) < MIN_CAM_CELLS: warnings.warn(f"The heat maps have {h} x {w} cells: " + (
+        "too coarse to say where the model looks, and a map that coarse is flat, so its shortcut score says nothing (one value for every image, or n/a)"
+        if min(h, w) < 3 else "a cell on an edge reaches well past the frame, so the shortcut score misses a marker in the middle of an edge")
+        + f"; use larger images (size {32 * MIN_CAM_CELLS} or more for the architectures here)", stacklevel=2)
     return Cams(_maps(hook.acts.detach(), grads, x.shape[-2:]).cpu(), probs.cpu(), idx.cpu())
 
 # %% ../nbs/09_explain.ipynb #98bf82bf
@@ -215,9 +222,10 @@ def _files_of(files, cams:Cams)->list:
         f"{len(files)} files but {len(cams.maps)} heat maps: give the files the maps were computed for, in the same order")
     return files
 
-def _title(i, cams:Cams, classes, band)->str:
+def _title(i, cams:Cams, classes, band, flagged:bool=False)->str:
     c, s = int(cams.cls[i]), float(shortcut_score(cams.maps[i], band))
-    return f"{classes[c]} {float(cams.probs[i, c]):.2f} · shortcut {'n/a' if math.isnan(s) else f'{s:.2f}'}"   # NaN: a map with no evidence
+    return (f"{classes[c]} {float(cams.probs[i, c]):.2f} · shortcut {'n/a' if math.isnan(s) else f'{s:.2f}'}"   # NaN: a map with no evidence
+            + ("\nOUT-OF-DISTRIBUTION: do not trust this label" if flagged else ''))
 
 def _grid(n, ncols, height=3.4):
     nrows = max(1, math.ceil(n/ncols))
@@ -257,16 +265,18 @@ def save_overlays(files:list, # Image files
                   out_dir:str|Path, # Folder to write into (made if missing)
                   band:float=0.15, # Frame of the shortcut score
                   dpi:int=110,
-                  names:list|None=None # The PNG names, one per file; default `overlay_names(files)`
+                  names:list|None=None, # The PNG names, one per file; default `overlay_names(files)`
+                  flagged:list|None=None # Whether each image is out of distribution (`predict`'s `out_of_distribution`), said in its title
                  )->list[Path]:
     "Write one PNG per image into `out_dir`, the radiograph beside its heat map, titled; return the paths, in the order of `files`."
-    files, paths = _files_of(files, cams), []
+    files, paths, flagged = _files_of(files, cams), [], flagged if flagged is not None else [False] * len(files)
     for i, (f, name) in enumerate(zip(files, names or overlay_names(files))):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6.4, 3.6), layout='constrained')
         image = load_xray(f, size=cams.maps.shape[-1])
         ax1.imshow(_grey(image), cmap='gray'); ax1.set_axis_off()
         plot_cam(image, cams.maps[i], ax=ax2, band=band)
-        fig.suptitle(f"{printable(Path(f).name)}\n{_title(i, cams, classes, band)}", fontsize=9)
+        fig.suptitle(f"{printable(Path(f).name)}\n{_title(i, cams, classes, band, flagged[i] is True)}", fontsize=9,
+                     color='tab:red' if flagged[i] is True else 'black')
         paths.append(save_figure(fig, Path(out_dir)/name, dpi=dpi))
     return paths
 
@@ -288,16 +298,18 @@ def plot_top_losses_cams(files:list, # Image files
                          targets, # True classes: names (as in `classes`) or indices
                          classes:list, # Class names, in the model's order
                          k:int=9, ncols:int=3, # How many images, in how many columns
-                         band:float=0.15 # Frame of the shortcut score
+                         band:float=0.15, # Frame of the shortcut score
+                         flagged:list|None=None # Whether each image is out of distribution, said in its title
                         )->plt.Figure:
     "The `k` images with the highest loss, worst first, with their heat maps; wrong predictions titled in red."
     files, targets = _files_of(files, cams), list(targets)
+    flagged = flagged if flagged is not None else [False] * len(files)
     losses, order = top_losses(cams.probs, targets, k, classes)
     fig, axs = _grid(len(order), ncols, height=3.6)
     for loss, i, ax in zip(losses, order, axs):
         t = _class_arg(targets[i], classes)
         plot_cam(load_xray(files[i], size=cams.maps.shape[-1]), cams.maps[i], ax=ax, band=band,
-                 title=f"{printable(Path(files[i]).name)[:28]}\ntrue {classes[t]} · loss {loss:.2f}\n{_title(i, cams, classes, band)}")
+                 title=f"{printable(Path(files[i]).name)[:28]}\ntrue {classes[t]} · loss {loss:.2f}\n{_title(i, cams, classes, band, flagged[i] is True)}")
         ax.title.set_color('black' if int(cams.cls[i]) == t else 'tab:red')
     if not len(order): axs[0].text(0.5, 0.5, 'no images', ha='center')
     fig.suptitle('Top losses: where the model looked when it was most wrong', fontsize=10)
@@ -317,16 +329,20 @@ def explain_predictions(clf:CovidClassifier, # From `load_model`
     for start in range(0, len(ok), chunk):
         idx = ok[start:start+chunk]
         files = preds.loc[idx, 'file'].tolist()
-        cams = record_cams(clf, preds.loc[idx], bs)
+        try: cams = record_cams(clf, preds.loc[idx], bs)
+        except HeatmapError as e:   # the predictions stand without their maps
+            warnings.warn(f"no heat maps: {e}", stacklevel=2); return preds
         preds.loc[idx, 'shortcut'] = np.atleast_1d(shortcut_score(cams.maps))
         if out_dir is not None:   # which overlay is whose: two x.jpeg of two folders get x_cam.png and x_2_cam.png
-            preds.loc[idx, 'heatmap_file'] = [str(p) for p in save_overlays(files, cams, clf.classes, out_dir, names=names[start:start+chunk])]
+            preds.loc[idx, 'heatmap_file'] = [str(p) for p in save_overlays(files, cams, clf.classes, out_dir, names=names[start:start+chunk],
+                                                                            flagged=preds.loc[idx].get('out_of_distribution', pd.Series(False, index=idx)).tolist())]
     return preds
 
 def plot_top_losses(clf:CovidClassifier, # From `load_model`
                     files:list, targets:list, # Readable image files and their true classes (names)
                     probs, # Their class probabilities (N, C), as `predict` gave them
-                    k:int=9 # How many images
+                    k:int=9, # How many images
+                    flagged:list|None=None # Whether each image is out of distribution (`predict`'s `out_of_distribution`)
                    )->plt.Figure:
     "The `k` worst-predicted images, labelled and titled with `probs` and `clf`'s threshold, with the heat maps of their labels."
     probs = np.asarray(probs, dtype=np.float32)
@@ -334,7 +350,7 @@ def plot_top_losses(clf:CovidClassifier, # From `load_model`
     order = [int(i) for i in order]
     cams = clf_cams(clf, [files[i] for i in order], cls=[int(c) for c in predicted(probs[order], clf.threshold)])
     return plot_top_losses_cams([files[i] for i in order], cams._replace(probs=torch.as_tensor(probs[order])),
-                                [targets[i] for i in order], clf.classes, k=k)
+                                [targets[i] for i in order], clf.classes, k=k, flagged=None if flagged is None else [flagged[i] for i in order])
 
 def overlay_png(clf:CovidClassifier, # From `load_model`
                 path:str|Path, # The image file
@@ -344,6 +360,6 @@ def overlay_png(clf:CovidClassifier, # From `load_model`
     import io
     cams = record_cams(clf, pd.DataFrame([{**record, 'file': str(path)}]))
     fig = Figure(figsize=(3.2, 3.2), layout='constrained')   # not pyplot's: the page draws in worker threads, where GUI backends fail
-    plot_cam(load_xray(path, size=cams.maps.shape[-1]), cams.maps[0], ax=fig.subplots(), title=_title(0, cams, clf.classes, 0.15))
+    plot_cam(load_xray(path, size=cams.maps.shape[-1]), cams.maps[0], ax=fig.subplots(), title=_title(0, cams, clf.classes, 0.15, record.get('out_of_distribution') is True))
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=100)
     return buf.getvalue()

@@ -186,6 +186,11 @@ def test_overlays_one_valid_png_per_file(real_model, tmp_path):
     for p in written:
         with Image.open(p) as im: im.verify()
         with Image.open(p) as im: assert im.format == 'PNG' and im.size[0] > im.size[1] > 100
+    from covid_fastai.explain import _title   # an image out of distribution says so on its overlay, which is shared on its own
+    assert 'OUT-OF-DISTRIBUTION' in _title(0, cams, clf.classes, 0.15, True) and 'OUT' not in _title(0, cams, clf.classes, 0.15)
+    flagged = save_overlays(files, cams, clf.classes, tmp_path/'flagged', flagged=[True, False, False])
+    same = [np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(written, flagged)]
+    assert same == [False, True, True]
 
 
 def test_flat_radiograph_files_give_no_nan(real_model, tmp_path):
