@@ -57,15 +57,17 @@ def shrunk_gaussian(feats:np.ndarray, # One row per training image
     n, p = X.shape
     if n < 2: raise EmptySelectionError(f"{n} training image(s): too few to describe the training images")
     mean = X.mean(0); Xc = X - mean
-    G = Xc @ Xc.T                                          # n x n: cheap when p is large
-    sq = np.diag(G)
+    G = Xc @ Xc.T if n <= p else Xc.T @ Xc                 # the smaller Gram matrix: n x n, or p x p for more images than features
+    sq = np.einsum('ij,ij->i', Xc, Xc)                      # each image's squared distance to the mean
     mu = sq.sum() / (n*p)                                  # average variance
     delta_ = (G**2).sum() / n**2                           # |S|_F^2 (the Frobenius norms of Xc^T Xc and Xc Xc^T agree)
     beta = ((sq**2).sum()/n - delta_) / (p*n)
     delta = (delta_ - 2*mu*sq.sum()/n + p*mu**2) / p       # |S - mu I|_F^2 / p
     a = 0. if beta <= 0 or delta <= 0 else min(beta, delta) / delta
-    _, sig, Vt = np.linalg.svd(Xc, full_matrices=False)
-    s = sig**2 / n
+    if n <= p: _, sig, Vt = np.linalg.svd(Xc, full_matrices=False); s = sig**2 / n
+    else:   # the eigenvectors of Xc^T Xc are the SVD's directions, its eigenvalues the squared singular values: no n x p factor
+        ev, V = np.linalg.eigh(G); order = ev.argsort()[::-1]
+        s, Vt = ev[order].clip(min=0) / n, V[:, order].T
     keep = s > 1e-12 * max(s.max(initial=0.), 1e-300)
     s, Vt = s[keep][:max_rank], Vt[keep][:max_rank]
     floor = max(a*mu, 1e-12 * max(mu, 1e-300))            # a = 0 (more images than features, no shrinkage needed)
