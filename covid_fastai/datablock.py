@@ -4,10 +4,11 @@
 
 # %% ../nbs/02_datablock.ipynb #7a0b4ae8
 from __future__ import annotations
-import io, os, re, stat, functools, hashlib, threading, warnings, zlib
+import io, os, re, math, stat, functools, hashlib, threading, warnings, zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np, pandas as pd
+from scipy.spatial import cKDTree
 from PIL import Image, ImageOps
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut, get_decoder
@@ -20,10 +21,10 @@ from .data import task_classes, select_balanced, read_sources, find_data_root, i
 __all__ = ['MAX_PIXELS', 'WIDE_MODES', 'MIN_SIDE', 'MAX_ASPECT', 'MIN_STD', 'SPREAD_SIDE', 'DICOM_SUFFIXES', 'IMAGE_SIGNATURES',
            'CACHE_ENV', 'NEAR_DUPLICATE_DIFF', 'SAME_SERIES', 'to_grey', 'to_rgb', 'is_dicom', 'read_dicom',
            'check_shape', 'grey_spread', 'check_spread', 'load_xray', 'default_cache_dir', 'DecodeCache', 'xray_array',
-           'xray_arrays', 'OpenXRay', 'check_images', 'balanced_rows', 'thumbnails', 'near_duplicates', 'name_group',
-           'coronahack_names', 'name_series', 'group_rows', 'StratifiedSplitter', 'stratified_folds', 'FoldSplitter',
-           'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL', 'free_memory',
-           'fits_in_memory', 'covid_dataloaders']
+           'xray_arrays', 'OpenXRay', 'check_images', 'balanced_rows', 'thumbnails', 'near_pairs', 'near_duplicates',
+           'name_group', 'coronahack_names', 'name_series', 'group_rows', 'StratifiedSplitter', 'stratified_folds',
+           'FoldSplitter', 'covid_augment', 'SameSizeAffine', 'covid_datablock', 'default_workers', 'InMemoryDL',
+           'free_memory', 'fits_in_memory', 'covid_dataloaders']
 
 # %% ../nbs/02_datablock.ipynb #723becf3
 MAX_PIXELS = 50_000_000
@@ -440,16 +441,35 @@ def thumbnails(paths, # Image files
         return (a - a.mean()) / (a.std() + 1e-6)
     with ThreadPoolExecutor(4) as pool: return np.stack(list(pool.map(thumb, paths))) if len(paths) else np.zeros((0, side*side), np.float32)
 
+def _block_means(t:np.ndarray)->np.ndarray:
+    "Each thumbnail's 4 x 4 block means."
+    side = math.isqrt(t.shape[1])
+    return t.reshape(len(t), 4, side // 4, 4, side // 4).mean((2, 4)).reshape(len(t), 16)
+
+def near_pairs(a:np.ndarray, # Thumbnails, one per row, as `thumbnails` makes them
+               b:np.ndarray|None=None, # Others to pair with `a`'s; None: pair `a`'s among themselves
+               max_diff:float=NEAR_DUPLICATE_DIFF # Largest mean absolute difference of two thumbnails that are one image
+              )->list[tuple[int, int]]:
+    "The pairs (i, j) whose thumbnails `a[i]` and `b[j]` (`a[j]`, i < j, without `b`) differ by less than `max_diff` on average, in order."
+    other = a if b is None else b
+    if not len(a) or not len(other): return []
+    if a.shape[1] % 16 or math.isqrt(a.shape[1])**2 != a.shape[1] or math.isqrt(a.shape[1]) % 4:   # no 4 x 4 blocks: every pair
+        cand = [(i, j) for i in range(len(a)) for j in (range(i+1, len(a)) if b is None else range(len(b)))]
+    else:   # the blocks' means differ by at most 16 x the mean difference of the pixels: a tree finds every pair that may be one
+        r = 16 * max_diff
+        cand = (sorted(map(tuple, cKDTree(_block_means(a)).query_pairs(r, p=1, output_type='ndarray'))) if b is None else
+                [(i, j) for i, js in enumerate(cKDTree(_block_means(b)).query_ball_point(_block_means(a), r, p=1)) for j in sorted(js)])
+    if not cand: return []
+    i, j = np.array(cand).T
+    close = np.abs(a[i] - other[j]).mean(1) < max_diff
+    return [(int(x), int(y)) for x, y in zip(i[close], j[close])]
+
 def near_duplicates(paths, # Image files
                     max_diff:float=NEAR_DUPLICATE_DIFF, # Largest mean absolute difference of two thumbnails that are one image
                     cache:DecodeCache|None=None # As for `thumbnails`
                    )->list[tuple[int, int]]:
     "The pairs (i, j), i < j, of `paths` whose images are near-duplicates: the same picture, whatever its size, format or exposure."
-    t, pairs = thumbnails(list(paths), cache), []
-    for i in range(len(t) - 1):
-        d = np.abs(t[i+1:] - t[i]).mean(1)
-        pairs += [(i, i+1+int(j)) for j in np.flatnonzero(d < max_diff)]
-    return pairs
+    return near_pairs(thumbnails(list(paths), cache), max_diff=max_diff)
 
 # %% ../nbs/02_datablock.ipynb #0c9f0d7f
 def _components(n:int, pairs)->np.ndarray:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from sklearn.metrics import roc_auc_score, roc_curve
 from .core import *
 from .data import *
-from .datablock import load_xray, DecodeCache, thumbnails, NEAR_DUPLICATE_DIFF, SAME_SERIES, name_series, coronahack_names
+from .datablock import load_xray, DecodeCache, thumbnails, near_pairs, SAME_SERIES, name_series, coronahack_names
 from .pretrain import seen_by
 from .inference import load_model, run_folder, predicted
 from .operating import *
@@ -355,8 +355,7 @@ def seen_in_training(model:str|Path, # A run folder, its model.json or model.saf
     why = pd.Series(None, index=range(len(probe)), dtype=object)
     why[_same_file([Path(p) for p in train.path], probe.path)] = 'file'
     thumbs, todo = _readable_thumbnails(train.path.tolist(), cache), np.flatnonzero(why.isna())
-    for i, t in zip(todo, thumbnails(probe.path[todo].tolist(), cache) if len(thumbs) else []):
-        if (np.abs(thumbs - t).mean(1) < NEAR_DUPLICATE_DIFF).any(): why[i] = 'near-duplicate'
+    if len(thumbs) and len(todo): why[todo[[i for i, _ in near_pairs(thumbnails(probe.path[todo].tolist(), cache), thumbs)]]] = 'near-duplicate'
     series = set(name_series(train.X_ray_image_name, train.source)) - {None}
     why[why.isna() & np.array([g in series for g in name_series(probe.X_ray_image_name, probe.source)])] = SAME_SERIES
     if (pre := _pretraining_record(model)) is not None:

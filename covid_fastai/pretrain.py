@@ -71,7 +71,7 @@ def seen_by(rows:pd.DataFrame, # Rows with `X_ray_image_name`, `source` and `pat
     by_content = np.isin([file_sha256(p) for p in rows.path], seen.sha256.to_numpy())
     near = np.zeros(len(rows), dtype=bool)
     if len(thumbs):
-        for i, t in enumerate(thumbnails(rows.path.tolist(), cache)): near[i] = (np.abs(thumbs - t).mean(1) < max_diff).any()
+        near[[i for i, _ in near_pairs(thumbnails(rows.path.tolist(), cache), thumbs, max_diff)]] = True
     series = set(name_series(seen.name, seen.source)) - {None}
     by_series = np.array([g in series for g in name_series(rows.X_ray_image_name, rows.source)], dtype=bool)
     return pd.Series(np.select([by_name, by_content, near, by_series], ['name', 'content', 'near-duplicate', SAME_SERIES], None),
