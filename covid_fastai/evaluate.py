@@ -260,9 +260,14 @@ def metrics_by(values, # The value of the column for each image
     return {v: class_metrics(y[values == v], p[values == v], classes, threshold) for v in sorted(set(values))}
 
 def plot_by(by:dict, # From `metrics_by`
-            column:str # The column's name, for the title
+            column:str, # The column's name, for the title
+            max_values:int=40 # Draw at most this many values, those with the most images (a column of patients may have thousands)
            )->plt.Figure:
     "Sensitivity and specificity (COVID-19 against the rest) for each value, with their 95 % intervals and its number of images; undefined ones marked n/a."
+    title = f"By {column}"
+    if len(by) > max_values:
+        title += f": the {max_values} of its {len(by)} values with the most images"
+        by = dict(sorted(sorted(by.items(), key=lambda kv: -kv[1]['n'])[:max_values]))
     names = [f"{v} (n={m['n']})" for v, m in by.items()]
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.6*len(by)))
     for i, (key, colour) in enumerate([('sensitivity', 'tab:red'), ('specificity', 'tab:blue')]):
@@ -273,7 +278,7 @@ def plot_by(by:dict, # From `metrics_by`
             if v is None: ax.text(0.01, y, 'n/a', va='center', fontsize=8); continue
             ax.errorbar(v, y, xerr=[[max(v - ci[0], 0)], [max(ci[1] - v, 0)]], color='black', capsize=3, lw=1)
             ax.text(ci[1] + 0.01, y, f"{v:.2f}", va='center', fontsize=8)
-    ax.set(yticks=range(len(by)), yticklabels=names, xlim=(0, 1.12), xlabel='COVID-19 against the rest', title=f"By {column}")
+    ax.set(yticks=range(len(by)), yticklabels=names, xlim=(0, 1.12), xlabel='COVID-19 against the rest', title=title)
     ax.invert_yaxis(); ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     return fig
