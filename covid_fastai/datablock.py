@@ -705,6 +705,16 @@ class InMemoryDL(TfmdDL):
             at = at.to(dev, non_blocking=True)
             yield tuple(kept[at] for kept in self._kept)
 
+    def kept_batches(self, idxs=None, # Positions of the items in the dataset, in the batches' order; default all
+                     bs:int|None=None, # Items per batch; default the loader's
+                     after_batch=None # The batch transforms, e.g. a validation loader's (no augmentation); default the loader's
+                    ):
+        "Batches of the kept items `idxs`, in order, through `after_batch`: another pass over the same images without a second copy."
+        idxs = list(range(len(self.dataset))) if idxs is None else [int(i) for i in idxs]
+        self._keep(idxs)
+        for chunk in chunked(idxs, bs or self.bs):
+            yield (after_batch or self.after_batch)(tuple(kept[torch.as_tensor(chunk, device=kept.device)] for kept in self._kept))
+
 # %% ../nbs/02_datablock.ipynb #63874cbd
 def free_memory(device:torch.device # Where the images would be kept
                )->int:

@@ -8,6 +8,7 @@ import warnings
 import numpy as np, pandas as pd, torch
 from torch import nn
 from .core import *
+from .datablock import InMemoryDL
 
 # %% auto #0
 __all__ = ['OOD_VIEWS', 'OOD_QUANTILE', 'OOD_METHOD', 'head_linears', 'features_and_logits', 'loader_features', 'shrunk_gaussian',
@@ -201,8 +202,10 @@ def learner_ood(learn, # A trained learner from `covid_learner`
     "`fit_ood` on `learn`'s training images without augmentation and its validation images; None, with a warning, when they are too few."
     dls = learn.dls
     items = dls.train_ds.items
-    if isinstance(items, pd.DataFrame) and 'path' in items: items = items[~items.path.duplicated()]   # each image once: repeated (oversampled), it would be its own neighbour in the held-out folds
-    train_dl = dls.test_dl(items, bs=dls.valid.bs)   # the validation transforms: no augmentation, in order
+    once = ~items.path.duplicated().to_numpy() if isinstance(items, pd.DataFrame) and 'path' in items else np.ones(len(items), dtype=bool)   # each image once: repeated (oversampled), it would be its own neighbour in the held-out folds
+    if isinstance(dls.train, InMemoryDL):   # its images are kept already: a loader of its own would keep a second copy
+        train_dl = dls.train.kept_batches(np.flatnonzero(once), dls.valid.bs, dls.valid.after_batch)
+    else: train_dl = dls.test_dl(items[once], bs=dls.valid.bs)   # the validation transforms: no augmentation, in order
     try: return fit_ood(loader_features(learn.model, train_dl), loader_features(learn.model, dls.valid), **kwargs)
     except EmptySelectionError as e:
         warnings.warn(f"the model is saved without a description of its training images, so it cannot flag unfamiliar ones: {e}")
