@@ -322,15 +322,15 @@ def _same_file(train:list[Path], paths)->np.ndarray:
         return bool(same_size) and digest(p) is not None and any(digest(q) == digest(p) for q in same_size)
     return np.array([seen(p) for p in paths], dtype=bool)
 
-def _readable_thumbnails(paths:list, cache)->np.ndarray:
-    "The thumbnails of those of `paths` that can be read now."
-    try: return thumbnails(paths, cache)
-    except (CovidFastaiError, OSError): pass   # a training file moved or damaged since: the others still count
+def _readable_thumbnails(paths:list, cache)->tuple[np.ndarray, np.ndarray]:
+    "The thumbnails of those of `paths` that can be read now, and the positions of those."
+    try: return thumbnails(paths, cache), np.arange(len(paths))
+    except (CovidFastaiError, OSError): pass   # a training file moved or damaged since, a film too faint at 64 px: the others still count
     ok = np.array([Path(p).is_file() for p in paths], dtype=bool)
     for i in np.flatnonzero(ok):
         try: thumbnails([paths[i]], cache)
         except (CovidFastaiError, OSError): ok[i] = False
-    return thumbnails([p for p, k in zip(paths, ok) if k], cache)
+    return thumbnails([p for p, k in zip(paths, ok) if k], cache), np.flatnonzero(ok)
 
 def _pretraining_record(model)->tuple|None:
     "The images that pretraining showed the run's backbone, with their thumbnails and the near-duplicate limit, as `run.json` names them; None if none or not at hand."
@@ -359,12 +359,14 @@ def seen_in_training(model:str|Path, # A run folder, its model.json or model.saf
                           'source': np.where(names.isin(coronahack_names()), 'coronahack', rows.get('source', pd.Series('', index=rows.index)))})
     why = pd.Series(None, index=range(len(probe)), dtype=object)
     why[_same_file([Path(p) for p in train.path], probe.path)] = 'file'
-    thumbs, todo = _readable_thumbnails(train.path.tolist(), cache), np.flatnonzero(why.isna())
-    if len(thumbs) and len(todo): why[todo[[i for i, _ in near_pairs(thumbnails(probe.path[todo].tolist(), cache), thumbs)]]] = 'near-duplicate'
+    (thumbs, _), (mine, at) = _readable_thumbnails(train.path.tolist(), cache), _readable_thumbnails(probe.path.tolist(), cache)
+    near = np.zeros(len(probe), dtype=bool); near[at[[i for i, _ in near_pairs(mine, thumbs)]]] = True
+    why[why.isna() & near] = 'near-duplicate'
     series = set(name_series(train.X_ray_image_name, train.source)) - {None}
     why[why.isna() & np.array([g in series for g in name_series(probe.X_ray_image_name, probe.source)])] = SAME_SERIES
     if (pre := _pretraining_record(model)) is not None:
-        why[why.isna() & seen_by(probe, pre[0], pre[1], cache, pre[2]).notna().to_numpy()] = 'pretraining'
+        pretrained = np.zeros(len(probe), dtype=bool); pretrained[at] = seen_by(probe.iloc[at], pre[0], pre[1], cache, pre[2]).notna().to_numpy()
+        why[why.isna() & pretrained] = 'pretraining'
     return {'n': int(why.notna().sum()), 'by': {r: int((why == r).sum()) for r in SEEN_REASONS}}
 
 def _prob_matrix(preds:pd.DataFrame, classes:list)->np.ndarray:
