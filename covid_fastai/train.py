@@ -56,7 +56,8 @@ def group_counts(rows:pd.DataFrame, # Rows with a `group` column, from `group_ro
     "What `run.json` records of the groups: how they were made, how many there are, and how many hold more than one row."
     sizes = rows.group.value_counts()
     return {'column': col, 'near_duplicates': near_dups, 'name_groups': name_groups, 'groups': len(sizes), 'shared': int((sizes > 1).sum()),
-            'rows_in_shared': int(sizes[sizes > 1].sum())}
+            'rows_in_shared': int(sizes[sizes > 1].sum()),
+            'across_sources': int((rows.groupby('group').source.nunique() > 1).sum()) if 'source' in rows else 0}   # one picture or patient, two datasets
 
 def _check_folds(folds:int, fold:int|None):
     if folds < 1: raise OptionError(f"--folds {folds}: give 1 (one split, no cross-validation) or more")
@@ -133,6 +134,9 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     if resume is None and (pretrained or weights is not None): check_weights(arch, weights, size)   # and weights missing or of another one
     rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded, name_groups)
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
+    if across := group_counts(rows, group_col, near_dups, name_groups)['across_sources']: warnings.warn(
+        f"{across} group(s) join images of different sources: the same picture (or, by --group-col, the same patient) given by two "
+        "datasets. Each group stays on one side of every split; where that is validation, each copy counts as an image of its own", stacklevel=2)
     if folds > 1 and fold is None: return _cross_validate(rows, settings, keep_finished=resume is not None)
     set_seed(seed, reproducible=True)
     splitter = FoldSplitter(folds, fold, seed) if fold is not None else StratifiedSplitter(valid_pct, seed)
