@@ -293,16 +293,16 @@ def _run_root(model)->str|None:
         f"{root}, where {run} says the run's images are, is not a CoronaHack dataset root now; pass --data ROOT")
     return root
 
-def _run_valid_rows(model, data):
-    "The validation rows of the run that wrote `model`: CoronaHack's with their image paths under the dataset root `data`, extra data's where they were."
+def _run_rows(model, data, side:str='valid'):
+    "The rows of one side of the split of the run that wrote `model`: CoronaHack's with their image paths under the dataset root `data`, extra data's where they were."
     split = run_folder(model)/SPLIT_CSV
     if not split.is_file(): raise DataNotFoundError(f"{split} not found: evaluating on --data needs the run folder that train wrote; "
                                                     "or pass --csv CSV --images DIR")
-    valid = pd.read_csv(split, dtype=str, keep_default_na=False, na_values=['']).query("split == 'valid'")   # a patient 007 stays 007
-    if 'source' not in valid: valid = valid.assign(source='coronahack')   # runs from before extra data
-    main = valid.source == 'coronahack'
-    found = add_paths(valid[main].drop(columns='path', errors='ignore'), images_dir(find_data_root(data or _run_root(model))))
-    return pd.concat([found, valid[~main]]).sort_index(), {'other_labels': 0, 'missing_images': int(main.sum()) - len(found)}
+    rows = pd.read_csv(split, dtype=str, keep_default_na=False, na_values=['']).query("split == @side")   # a patient 007 stays 007
+    if 'source' not in rows: rows = rows.assign(source='coronahack')   # runs from before extra data
+    main = rows.source == 'coronahack'
+    found = add_paths(rows[main].drop(columns='path', errors='ignore'), images_dir(find_data_root(data or _run_root(model))))
+    return pd.concat([found, rows[~main]]).sort_index(), {'other_labels': 0, 'missing_images': int(main.sum()) - len(found)}
 
 def _same_file(train:list[Path], paths)->np.ndarray:
     "Which of `paths` is one of the files `train`, by path or by contents (a copy under another name)."
@@ -346,20 +346,27 @@ SEEN_REASONS = tuple(SEEN_SAID)
 
 def seen_in_training(model:str|Path, # A run folder, its model.json or model.safetensors
                      rows:pd.DataFrame, # The images about to be evaluated: `path`, and `X_ray_image_name`
-                     cache:DecodeCache|None=None # Where the 64 px decoded images are kept, for the thumbnails
+                     cache:DecodeCache|None=None, # Where the 64 px decoded images are kept, for the thumbnails
+                     data:str|Path|None=None # Dataset root of the run's CoronaHack images; default the one its run.json names
                     )->dict|None:
-    "How many of `rows` the model has in effect seen, and why (`SEEN_REASONS`, the first that holds): their figures flatter it. None without the run's split.csv."
+    "How many of `rows` the model has in effect seen, and why (`SEEN_REASONS`, the first that holds), and how many of its training images could not be read to check: figures on seen images flatter it. None without the run's split.csv."
     split = run_folder(model)/SPLIT_CSV
     if not split.is_file(): return None
     train = pd.read_csv(split, dtype=str, keep_default_na=False, na_values=['']).query("split == 'train'")
     if 'source' not in train: train = train.assign(source='coronahack')   # runs from before extra data
+    if not (there := train.path.map(lambda p: Path(p).is_file())).all():   # moved since: CoronaHack's files under the dataset root now
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # its own notes (missing files, the sample) are not this check's
+            try: moved = _run_rows(model, data, 'train')[0].path
+            except CovidFastaiError: moved = pd.Series(dtype=object)
+        train = train.assign(path=[p if ok else moved.get(i, p) for i, p, ok in zip(train.index, train.path, there)])
     names = rows.X_ray_image_name if 'X_ray_image_name' in rows else rows.path.map(lambda p: Path(p).name)
     # a CSV's row named as one of CoronaHack's published films is that film, whatever source the CSV gives it
     probe = pd.DataFrame({'X_ray_image_name': names.to_numpy(), 'path': rows.path.astype(str).to_numpy(),
                           'source': np.where(names.isin(coronahack_names()), 'coronahack', rows.get('source', pd.Series('', index=rows.index)))})
     why = pd.Series(None, index=range(len(probe)), dtype=object)
     why[_same_file([Path(p) for p in train.path], probe.path)] = 'file'
-    (thumbs, _), (mine, at) = _readable_thumbnails(train.path.tolist(), cache), _readable_thumbnails(probe.path.tolist(), cache)
+    (thumbs, read), (mine, at) = _readable_thumbnails(train.path.tolist(), cache), _readable_thumbnails(probe.path.tolist(), cache)
     near = np.zeros(len(probe), dtype=bool); near[at[[i for i, _ in near_pairs(mine, thumbs)]]] = True
     why[why.isna() & near] = 'near-duplicate'
     series = set(name_series(train.X_ray_image_name, train.source)) - {None}
@@ -367,7 +374,7 @@ def seen_in_training(model:str|Path, # A run folder, its model.json or model.saf
     if (pre := _pretraining_record(model)) is not None:
         pretrained = np.zeros(len(probe), dtype=bool); pretrained[at] = seen_by(probe.iloc[at], pre[0], pre[1], cache, pre[2]).notna().to_numpy()
         why[why.isna() & pretrained] = 'pretraining'
-    return {'n': int(why.notna().sum()), 'by': {r: int((why == r).sum()) for r in SEEN_REASONS}}
+    return {'n': int(why.notna().sum()), 'by': {r: int((why == r).sum()) for r in SEEN_REASONS}, 'unchecked': len(train) - len(read)}
 
 def _prob_matrix(preds:pd.DataFrame, classes:list)->np.ndarray:
     "The probability of each class, one row per prediction of `CovidClassifier.predict`."
@@ -389,8 +396,10 @@ def _fitted_on_validation(model)->list:
     try: m = json.loads((run_folder(model)/METRICS_JSON).read_text())
     except (OSError, ValueError): return []
     if 'fitted_on_these_images' in m: return m['fitted_on_these_images']
+    try: best = bool(json.loads((run_folder(model)/RUN_JSON).read_text())['settings'].get('save_best'))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError): best = False
     return [k for k, on in (('threshold', (m.get('threshold_choice') or {}).get('rule', 'fixed') != 'fixed'),   # runs from before
-                            ('temperature', m.get('temperature', 1.0) != 1.0)) if on]
+                            ('temperature', m.get('temperature', 1.0) != 1.0), ('epoch', best)) if on]
 
 def _is_run_folder(out:Path, model)->bool:
     "Whether `out` is the folder of `model`'s own training run (its metrics.json and plots are the run's validation results)."
@@ -424,13 +433,16 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     if csv is not None:
         try: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
         except MetadataError as e: raise type(e)(f"{csv}: {e}") if str(csv) not in str(e) else e from None   # the lines are the CSV's
-    else: rows, left_out = _run_valid_rows(model, data)
+    else: rows, left_out = _run_rows(model, data)
     if by is not None and by not in rows: raise OptionError(
         f"--by {by}: no such column in {csv or run_folder(model)/SPLIT_CSV} (columns: {', '.join(c for c in rows if c not in ('path', 'target'))})")
     preds = clf.predict(rows.path, bs=bs).assign(target=rows.target.values)
     ok = preds[preds.error.isna()]
     if not len(ok): raise EmptySelectionError(f"None of the {len(preds)} images could be read; first error: {preds.error.iloc[0]}")
-    seen = seen_in_training(model, rows[preds.error.isna().values], DecodeCache() if cache else None)
+    seen = seen_in_training(model, rows[preds.error.isna().values], DecodeCache() if cache else None, data)
+    if seen and seen['unchecked']: warnings.warn(
+        f"{seen['unchecked']} of the model's training images ({run_folder(model)/SPLIT_CSV}) could not be read where its dataset root is now, so "
+        "copies and near-duplicates of them among these images cannot be found; put the data where the run's run.json says, or give --data", stacklevel=2)
     if seen and seen['n']: warnings.warn(
         f"{seen['n']} of the {len(ok)} images measured{f' of {csv}' if csv else ''} are among the model's training images, or as good as: "
         + ', '.join(f"{n} {SEEN_SAID[r]}" for r, n in seen['by'].items() if n) + f" ({run_folder(model)/SPLIT_CSV}); "
@@ -451,7 +463,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
                              "was trained, so their figures flatter it; evaluate --csv on images it never saw gives unbiased ones", stacklevel=2)
     if chosen and chosen['rule'] != 'fixed': fitted.append('threshold')
     metrics = {**class_metrics(targets, probs, clf.classes, clf.threshold), 'threshold_choice': chosen, 'fitted_on_these_images': fitted,
-               'seen_in_training': seen and seen['n'], 'seen_in_training_by': seen and seen['by'],
+               'seen_in_training': seen and seen['n'], 'seen_in_training_by': seen and seen['by'], 'training_images_unchecked': seen and seen['unchecked'],
                'left_out': {**left_out, 'unreadable': int(preds.error.notna().sum())}, **ood_summary(preds)}
     metrics = add_operating_points(metrics, targets, probs, clf.classes, prevalence)
     if tta: metrics['tta'] = clf.tta

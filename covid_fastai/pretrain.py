@@ -249,8 +249,9 @@ def leave_out_pretrained(rows:pd.DataFrame, # The selection, with `X_ray_image_n
         return rows, {**info, 'record': None}
     why = seen_by(rows, rec['seen'], rec['thumbs'], cache, rec['thumbnails']['max_diff'])
     gone = rows[why.notna()]
-    if len(gone): warnings.warn(f"{len(gone)} of {len(rows)} selected images were seen in pretraining ({rec['path']}) and are left "
-                                f"out: {', '.join(gone.X_ray_image_name[:5])}{' ...' if len(gone) > 5 else ''}", stacklevel=2)
+    if len(gone): warnings.warn(f"{len(gone)} of {len(rows)} selected images were seen in pretraining ({rec['path']}), or are other films "
+                                f"of a patient or series it saw, and are left out ({', '.join(f'{n} by {k}' for k, n in _counts(why.dropna()).items())}): "
+                                f"{', '.join(gone.X_ray_image_name[:5])}{' ...' if len(gone) > 5 else ''}", stacklevel=2)
     return rows[why.isna()], {**info, 'record': rec['path'], 'record_sha256': file_sha256(rec['path']), 'images_seen': rec['n_images'],
                               'left_out': {'n': len(gone), 'by': _counts(why.dropna()), 'images': gone.X_ray_image_name.tolist()}}
 
