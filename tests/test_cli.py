@@ -25,7 +25,8 @@ def test_train_writes_model_metrics_history_and_plots(small_run, metadata, image
     out, res = small_run
     m = json.loads((out/'metrics.json').read_text())
     contract = {'n', 'accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'roc_auc', 'threshold', 'confusion_matrix'}
-    assert set(m) == contract | {'intervals', 'decision', 'ece', 'threshold_choice', 'temperature', 'prevalence', 'operating_points'}
+    assert set(m) == contract | {'intervals', 'decision', 'ece', 'threshold_choice', 'temperature', 'prevalence', 'operating_points', 'fitted_on_these_images'}
+    assert m['fitted_on_these_images'] == []                # the default recipe chooses nothing on the validation images it measures
     (tn, fp), (fn, tp) = m['confusion_matrix']
     ci = m['intervals']                                     # each figure inside its 95 % interval, which the run prints
     assert ci['level'] == 0.95 and all(ci[k][0] <= m[k] <= ci[k][1] for k in ('accuracy', 'sensitivity', 'specificity', 'roc_auc'))
