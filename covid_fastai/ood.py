@@ -205,7 +205,7 @@ def learner_ood(learn, # A trained learner from `covid_learner`
     once = ~items.path.duplicated().to_numpy() if isinstance(items, pd.DataFrame) and 'path' in items else np.ones(len(items), dtype=bool)   # each image once: repeated (oversampled), it would be its own neighbour in the held-out folds
     if isinstance(dls.train, InMemoryDL):   # its images are kept already: a loader of its own would keep a second copy
         train_dl = dls.train.kept_batches(np.flatnonzero(once), dls.valid.bs, dls.valid.after_batch)
-    else: train_dl = dls.test_dl(items[once], bs=dls.valid.bs)   # the validation transforms: no augmentation, in order
+    else: train_dl = dls.test_dl(items if once.all() else items[once], bs=dls.valid.bs)   # the validation transforms: no augmentation, in order
     try: return fit_ood(loader_features(learn.model, train_dl), loader_features(learn.model, dls.valid), **kwargs)
     except EmptySelectionError as e:
         warnings.warn(f"the model is saved without a description of its training images, so it cannot flag unfamiliar ones: {e}")

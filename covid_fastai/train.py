@@ -224,10 +224,10 @@ def _cross_validate(rows:pd.DataFrame, # The grouped selection, to check the fol
         results = [_fold_run(out/f'fold-{i}', {**settings, 'out': out/f'fold-{i}', 'fold': i}, keep_finished) for i in range(1, folds+1)]
     if rank_distrib(): return None
     if fitted := results[0].get('fitted_on_these_images'):   # each fold's warning was held back with the selection's
-        warnings.warn(f"{', '.join(FITTED_BY[k].format(threshold=settings['threshold']) for k in fitted)}: each fold's chosen on its own "
+        warnings.warn(f"{', '.join(FITTED_BY[k].format(threshold=settings.get('threshold')) for k in fitted)}: each fold's chosen on its own "
                       f"validation images, which {CV_JSON} measures, so its figures flatter the models", stacklevel=2)
     cv = {**cv_summary(results), 'task': settings['task'], 'runs': [f'fold-{i}' for i in range(1, folds+1)],
-          'threshold_rule': settings['threshold'], 'calibrated': settings['calibrate'], 'fitted_on_these_images': fitted or [],
+          'threshold_rule': settings.get('threshold'), 'calibrated': bool(settings.get('calibrate')), 'fitted_on_these_images': fitted or [],
           'arch': settings['arch'], 'pretrained': settings['pretrained'] or bool(settings.get('weights')), 'weights': settings.get('weights'), **started}   # what every fold started from
     write_json({'settings': settings, 'status': 'done', **started}, out/RUN_JSON)
     write_json(cv, out/CV_JSON)
