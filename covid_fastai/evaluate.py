@@ -340,6 +340,11 @@ def _pretraining_record(model)->tuple|None:
         return pd.DataFrame(rec['images']), np.load(path.parent/rec['thumbnails']['file']), rec['thumbnails']['max_diff']
     except (OSError, ValueError, KeyError, TypeError): return None   # no backbone of `pretrain`, or its folder moved
 
+def _group_column(model)->str|None:
+    "The column whose values the run that wrote `model` kept together (`--group-col`), as its run.json says."
+    try: return json.loads((run_folder(model)/RUN_JSON).read_text())['groups']['column']
+    except (OSError, ValueError, KeyError, TypeError): return None
+
 SEEN_SAID = {'file': 'the same file as a training image', 'near-duplicate': 'the same picture as one (a near-duplicate)',
              SAME_SERIES: "another film of a training image's patient or series", 'pretraining': "seen in pretraining the model's backbone"}
 SEEN_REASONS = tuple(SEEN_SAID)
@@ -371,6 +376,8 @@ def seen_in_training(model:str|Path, # A run folder, its model.json or model.saf
     why[why.isna() & near] = 'near-duplicate'
     series = set(name_series(train.X_ray_image_name, train.source)) - {None}
     why[why.isna() & np.array([g in series for g in name_series(probe.X_ray_image_name, probe.source)])] = SAME_SERIES
+    if (col := _group_column(model)) and col in rows and col in train:   # the run's --group-col: a patient of its training images
+        why[why.isna() & rows[col].astype(str).isin(set(train[col].dropna())).to_numpy() & rows[col].notna().to_numpy()] = SAME_SERIES
     if (pre := _pretraining_record(model)) is not None:
         pretrained = np.zeros(len(probe), dtype=bool); pretrained[at] = seen_by(probe.iloc[at], pre[0], pre[1], cache, pre[2]).notna().to_numpy()
         why[why.isna() & pretrained] = 'pretraining'
