@@ -379,7 +379,7 @@ def seen_in_training(model:str|Path, # A run folder, its model.json or model.saf
     if (col := _group_column(model)) and col in rows and col in train:   # the run's --group-col: a patient of its training images
         why[why.isna() & rows[col].astype(str).isin(set(train[col].dropna())).to_numpy() & rows[col].notna().to_numpy()] = SAME_SERIES
     if (pre := _pretraining_record(model)) is not None:
-        pretrained = np.zeros(len(probe), dtype=bool); pretrained[at] = seen_by(probe.iloc[at], pre[0], pre[1], cache, pre[2]).notna().to_numpy()
+        pretrained = np.zeros(len(probe), dtype=bool); pretrained[at] = seen_by(probe.iloc[at], pre[0], pre[1], cache, pre[2], mine).notna().to_numpy()
         why[why.isna() & pretrained] = 'pretraining'
     return {'n': int(why.notna().sum()), 'by': {r: int((why == r).sum()) for r in SEEN_REASONS}, 'unchecked': len(train) - len(read)}
 
@@ -435,7 +435,8 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     if out is not None and _is_run_folder(out_folder(out), model): raise OptionError(
         f"--out {out} is the model's run folder, whose metrics.json and plots are its validation results; give another folder, e.g. {Path(out)/'eval'}")
     check_prevalence(prevalence)   # before the model predicts every image
-    clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=DecodeCache() if cache else None)
+    decoded = DecodeCache() if cache else None
+    clf = load_model(model, trust_pickle=trust_pickle, device=get_device(cpu), cache=decoded)
     if tta: clf.use_tta()
     if csv is not None:
         try: rows, left_out = select_labelled(with_source(read_metadata(csv), csv), images, task=clf.task)
@@ -446,7 +447,7 @@ def evaluate(model:str|Path, # A run folder, its model.json or its model.safeten
     preds = clf.predict(rows.path, bs=bs).assign(target=rows.target.values)
     ok = preds[preds.error.isna()]
     if not len(ok): raise EmptySelectionError(f"None of the {len(preds)} images could be read; first error: {preds.error.iloc[0]}")
-    seen = seen_in_training(model, rows[preds.error.isna().values], DecodeCache() if cache else None, data)
+    seen = seen_in_training(model, rows[preds.error.isna().values], decoded, data)
     if seen and seen['unchecked']: warnings.warn(
         f"{seen['unchecked']} of the model's training images ({run_folder(model)/SPLIT_CSV}) could not be read where its dataset root is now, so "
         "copies and near-duplicates of them among these images cannot be found; put the data where the run's run.json says, or give --data", stacklevel=2)

@@ -62,7 +62,8 @@ def seen_by(rows:pd.DataFrame, # Rows with `X_ray_image_name`, `source` and `pat
             seen:pd.DataFrame, # The recorded images, from `image_record`
             thumbs:np.ndarray, # Their thumbnails, in the same order
             cache:DecodeCache|None=None, # As for `image_record`
-            max_diff:float=NEAR_DUPLICATE_DIFF # Largest mean absolute difference of two thumbnails that are one image
+            max_diff:float=NEAR_DUPLICATE_DIFF, # Largest mean absolute difference of two thumbnails that are one image
+            row_thumbs:np.ndarray|None=None # The thumbnails of `rows`, where the caller has them already
            )->pd.Series:
     "Why each of `rows` is one of the `seen` images: 'name' (same source and name), 'content' (same file bytes), 'near-duplicate' (same picture); else 'same patient or series' (another of its films, by `name_series`), or None."
     if not len(rows): return pd.Series([], index=rows.index, dtype=object)
@@ -71,7 +72,8 @@ def seen_by(rows:pd.DataFrame, # Rows with `X_ray_image_name`, `source` and `pat
     by_content = np.isin([file_sha256(p) for p in rows.path], seen.sha256.to_numpy())
     near = np.zeros(len(rows), dtype=bool)
     if len(thumbs):
-        near[[i for i, _ in near_pairs(thumbnails(rows.path.tolist(), cache), thumbs, max_diff)]] = True
+        mine = thumbnails(rows.path.tolist(), cache) if row_thumbs is None else row_thumbs
+        near[[i for i, _ in near_pairs(mine, thumbs, max_diff)]] = True
     series = set(name_series(seen.name, seen.source)) - {None}
     by_series = np.array([g in series for g in name_series(rows.X_ray_image_name, rows.source)], dtype=bool)
     return pd.Series(np.select([by_name, by_content, near, by_series], ['name', 'content', 'near-duplicate', SAME_SERIES], None),

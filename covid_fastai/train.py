@@ -134,7 +134,8 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
     if resume is None and (pretrained or weights is not None): check_weights(arch, weights, size)   # and weights missing or of another one
     rows = group_rows(balanced_rows(data, ratio, seed, strict, size, decoded, task, extra_data), group_col, near_dups, decoded, name_groups)
     if weights is not None: rows, pretrained_on = leave_out_pretrained(rows, weights, arch, decoded)   # before any split
-    if across := group_counts(rows, group_col, near_dups, name_groups)['across_sources']: warnings.warn(
+    groups = group_counts(rows, group_col, near_dups, name_groups)   # what run.json records of them
+    if across := groups['across_sources']: warnings.warn(
         f"{across} group(s) join images of different sources: the same picture (or, by --group-col, the same patient) given by two "
         "datasets. Each group stays on one side of every split; where that is validation, each copy counts as an image of its own", stacklevel=2)
     if folds > 1 and fold is None: return _cross_validate(rows, settings, keep_finished=resume is not None)
@@ -189,7 +190,7 @@ def train(data:str|Path|None=None, # Dataset root (default: $COVID_FASTAI_DATA, 
                 'n_train': len(dls.train_ds), 'n_valid': len(dls.valid_ds),
                 'pretrained_on': unseen_proof(pretrained_on, dls, decoded) if weights is not None else None,   # the images it saw
                 'sources': {k: int(v) for k, v in rows.source.value_counts().items()},
-                'groups': group_counts(rows, group_col, near_dups, name_groups), **habits, 'seconds': round(time.time()-start, 1),
+                'groups': groups, **habits, 'seconds': round(time.time()-start, 1),
                 'versions': {'covid_fastai': covid_fastai.__version__, 'fastai': fastai.__version__,
                              'torch': torch.__version__, 'python': platform.python_version()}}, out/RUN_JSON)
     (out/CHECKPOINT).unlink(missing_ok=True)   # everything it held is in the finished files now
